@@ -1,0 +1,1 @@
+"""Alembic migrations of postburner_py (installed as ``postburner_py.migrations``)."""

@@ -1,0 +1,184 @@
+"""The :class:`Postburner` object: configuration, database engine, sessions and queue adapter.
+
+Application code, admin scripts, the watchdog and the workers all use one of these.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from postburner_py.beanstalk import BeanstalkQueue
+from postburner_py.config import Settings, resolve_settings
+from postburner_py.db import utcnow
+
+log = logging.getLogger("postburner_py")
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class Postburner:
+    """Entry point of the library.
+
+    Every argument falls back to a ``POSTBURNER_*`` environment variable
+    (``POSTBURNER_DATABASE_URL``, ``POSTBURNER_BEANSTALKD_URL``, ``POSTBURNER_NAMESPACE``,
+    ``POSTBURNER_ALLOWED_JOB_PREFIXES`` (comma-separated), ``POSTBURNER_SECRET``,
+    ``POSTBURNER_CATCH_UP_WINDOW`` (seconds), ``POSTBURNER_NODE_ID``), then to the defaults:
+    SQLite in the working directory and Beanstalkd on ``127.0.0.1:11300``.
+    ``clock`` is the source of "now" for everything this object does on its own
+    (hooks after commit, default arguments); tests pass a controllable one.
+
+    Sessions from :meth:`session` carry this object, so ``execution.skip()`` and
+    ``schedule.reconcile()`` reach the queue without globals.
+    """
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        beanstalkd_url: str | None = None,
+        allowed_job_prefixes: str | Sequence[str] | None = None,
+        secret: str | None = None,
+        namespace: str | None = None,
+        *,
+        catch_up_window: float | timedelta | None = None,
+        node_id: str | None = None,
+        engine_options: dict[str, Any] | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings: Settings = resolve_settings(
+            database_url=database_url,
+            beanstalkd_url=beanstalkd_url,
+            namespace=namespace,
+            allowed_job_prefixes=allowed_job_prefixes,
+            secret=secret,
+            catch_up_window=catch_up_window,
+            node_id=node_id,
+        )
+        self.clock = clock
+        self.engine: Engine = _make_engine(self.settings.database_url, engine_options or {})
+        self.session_factory: sessionmaker[Session] = sessionmaker(
+            self.engine, expire_on_commit=False, info={"postburner": self}
+        )
+        self.work_session_factory: sessionmaker[Session] = sessionmaker(
+            _writer_bind(self.engine), expire_on_commit=False, info={"postburner": self}
+        )
+        self.queue = BeanstalkQueue(self.settings.beanstalkd_url, self.settings.namespace)
+        self._secret: bytes | None = None
+        self._secret_lock = threading.Lock()
+        from postburner_py.session_hooks import install_session_hooks
+
+        install_session_hooks(self.session_factory)
+        install_session_hooks(self.work_session_factory)
+        if not self.settings.allowed_job_prefixes:
+            _warn_unrestricted_once()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Postburner database={self.engine.url.render_as_string(hide_password=True)} "
+            f"beanstalkd={self.settings.beanstalkd_url} namespace={self.settings.namespace}>"
+        )
+
+    @property
+    def dialect(self) -> str:
+        """``postgresql`` or ``sqlite``."""
+        return self.engine.dialect.name
+
+    def session(self) -> Session:
+        """A new ORM session that knows this Postburner (use it as a context manager)."""
+        return self.session_factory()
+
+    def work_session(self) -> Session:
+        """A session for the library's own read-then-write transactions.
+
+        On SQLite its transactions begin ``IMMEDIATE`` (the write lock up front), so a
+        transaction that reads and then writes never fails to upgrade its lock.
+        """
+        return self.work_session_factory()
+
+    def migrate(self, revision: str = "head") -> None:
+        """Upgrade the database schema (Alembic) and make sure a signing secret exists."""
+        from postburner_py.migrate import upgrade
+
+        upgrade(self.engine, revision)
+        if revision == "head":
+            self.secret()
+
+    def secret(self) -> bytes:
+        """The HMAC key that signs job bodies: ``secret=``/``POSTBURNER_SECRET``, else a
+        random key generated once and stored in the database for every process to share."""
+        with self._secret_lock:
+            if self._secret is None:
+                from postburner_py.signing import load_or_create_secret
+
+                configured = self.settings.secret
+                self._secret = (
+                    configured.encode() if configured else load_or_create_secret(self.engine)
+                )
+            return self._secret
+
+    def dispose(self) -> None:
+        """Close the Beanstalkd connections and the database pool."""
+        self.queue.close()
+        self.engine.dispose()
+
+
+def _make_engine(url: str, options: dict[str, Any]) -> Engine:
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite"):
+        options.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, **options)
+        event.listen(engine, "connect", _configure_sqlite)
+        event.listen(engine, "begin", _begin_sqlite)
+        return engine
+    options.setdefault("pool_pre_ping", True)
+    options.setdefault("pool_size", 10)
+    return create_engine(url, **options)
+
+
+def _writer_bind(engine: Engine) -> Engine:
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(sqlite_begin="IMMEDIATE")
+    return engine
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy issue BEGIN itself (see _begin_sqlite) so transactions are real.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.close()
+
+
+def _begin_sqlite(connection: Any) -> None:
+    options = connection.get_execution_options()
+    mode = options.get("sqlite_begin", "DEFERRED")
+    busy_timeout = options.get("sqlite_busy_timeout")
+    if busy_timeout is None:
+        connection.exec_driver_sql(f"BEGIN {mode}")
+        return
+    connection.exec_driver_sql(f"PRAGMA busy_timeout={int(busy_timeout)}")
+    try:
+        connection.exec_driver_sql(f"BEGIN {mode}")
+    finally:
+        connection.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+
+
+_unrestricted_warned = threading.Event()
+
+
+def _warn_unrestricted_once() -> None:
+    if not _unrestricted_warned.is_set():
+        _unrestricted_warned.set()
+        log.warning(
+            "allowed_job_prefixes is empty: any importable job_class may run; "
+            "set POSTBURNER_ALLOWED_JOB_PREFIXES to restrict it"
+        )

@@ -1,0 +1,500 @@
+"""Beanstalkd adapter: every call postburner_py makes to Beanstalkd goes through this module.
+
+Facts it is built on (DESIGN section 5):
+
+* A greenstalk ``Client`` must not be shared between threads, so each thread gets its own
+  connection; :meth:`BeanstalkQueue.close` closes all of them.
+* A lost connection is replaced once, transparently, for commands that are safe to repeat
+  (``put``, ``delete``, ``peek``, ``stats*``, ``kick``). Commands on a *reserved* job are bound to
+  the connection that reserved it: after a reconnect that reservation is gone, so those raise
+  :class:`~postburner_py.errors.QueueUnavailableError` instead of retrying.
+* ``delay`` is whole seconds: :func:`delay_seconds` floors, and the worker waits out the rest.
+* Tubes are namespaced, ``<namespace>.<queue>``: one tube per queue, never one per schedule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import greenstalk
+
+from postburner_py.errors import (
+    ConfigurationError,
+    PayloadTooLargeError,
+    PostburnerError,
+    QueueUnavailableError,
+    ScheduleValidationError,
+)
+
+#: Beanstalkd's default ``-z`` maximum job size in bytes.
+MAX_JOB_SIZE = 65535
+#: Longest tube name Beanstalkd accepts, in bytes.
+MAX_TUBE_NAME = 200
+DEFAULT_PORT = 11300
+_MAX_UINT32 = 2**32 - 1
+_TUBE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-+/;.$_()")
+_SCHEMES = ("beanstalk", "beanstalkd")
+#: Errors meaning the connection is unusable. Socket errors (reset, broken pipe, EOF,
+#: timeout) are all ``OSError``; an unknown reply means the stream is out of step.
+_CONNECTION_LOST = (OSError, greenstalk.UnknownResponseError)
+#: Puts written before reading their replies; small enough that replies never fill a buffer.
+_PIPELINE_WINDOW = 256
+#: Items per connection below which another connection (and thread) costs more than it saves.
+_ITEMS_PER_EXTRA_CONNECTION = 2000
+_STATUS_OF_ERROR = {cls: status for status, cls in greenstalk.ERROR_RESPONSES.items()}
+
+T = TypeVar("T")
+
+
+class ReservationLostError(PostburnerError, LookupError):
+    """``release``/``bury``/``touch`` named a job this connection does not hold.
+
+    Its TTR expired, it was deleted, or it was reserved on a connection since lost.
+    """
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """A job as Beanstalkd returns it."""
+
+    id: int
+    body: bytes
+
+
+@dataclass(frozen=True)
+class PutRequest:
+    """One job for :meth:`BeanstalkQueue.put_many`."""
+
+    body: bytes
+    queue: str
+    priority: int
+    delay: int
+    ttr: int
+
+
+def parse_beanstalkd_url(url: str) -> tuple[str, int]:
+    """``beanstalk://host:port`` (or ``beanstalkd://``) to ``(host, port)``; default port 11300."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or DEFAULT_PORT
+    except ValueError as exc:
+        raise ConfigurationError(f"beanstalkd_url: {url!r} is not a valid URL ({exc})") from None
+    if parts.scheme not in _SCHEMES or not parts.hostname or parts.path not in ("", "/"):
+        raise ConfigurationError(
+            f"beanstalkd_url: {url!r} must look like beanstalk://127.0.0.1:11300"
+        )
+    return parts.hostname, port
+
+
+def delay_seconds(run_at: datetime, now: datetime) -> int:
+    """Whole seconds from ``now`` until ``run_at``, floored and never negative.
+
+    Flooring makes the job ready up to one second early; the worker waits out the rest,
+    which is far more precise than Beanstalkd's one-second tick.
+    """
+    for field, value in (("run_at", run_at), ("now", now)):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ScheduleValidationError(field, f"{value.isoformat()} is naive; pass aware")
+    return max(0, (run_at - now) // timedelta(seconds=1))
+
+
+def _tube_problem(name: str) -> str | None:
+    if not name:
+        return "must not be empty"
+    if not set(name) <= _TUBE_CHARS:
+        return "may only contain letters, digits and - + / ; . $ _ ( )"
+    if name.startswith("-"):
+        return "must not start with '-'"
+    return None
+
+
+def validate_queue_name(queue: str, *, namespace: str = "postburner") -> str:
+    """Return ``queue`` if ``<namespace>.<queue>`` is a tube name Beanstalkd accepts."""
+    problem = _tube_problem(queue) if isinstance(queue, str) else "must be a string"
+    if problem is None and len(namespace) + 1 + len(queue) > MAX_TUBE_NAME:
+        limit = MAX_TUBE_NAME - len(namespace) - 1
+        problem = f"is {len(queue)} characters; with namespace {namespace!r} the limit is {limit}"
+    if problem is not None:
+        raise ScheduleValidationError("queue", f"{queue!r} {problem}")
+    return queue
+
+
+def _check_put(body: bytes, priority: int, delay: int, ttr: int) -> None:
+    if len(body) > MAX_JOB_SIZE:
+        raise PayloadTooLargeError(
+            "body",
+            f"is {len(body)} bytes; Beanstalkd accepts at most {MAX_JOB_SIZE}. "
+            "Keep job bodies to ids; the database holds the arguments",
+        )
+    for field, value, low in (("priority", priority, 0), ("delay", delay, 0), ("ttr", ttr, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= _MAX_UINT32:
+            raise ScheduleValidationError(
+                field, f"{value!r} is not an integer {low}..{_MAX_UINT32}"
+            )
+
+
+def _refusal(status: bytes, detail: str = "") -> Exception:
+    """Our error for a reply Beanstalkd gives when it will not take a job."""
+    if status == b"JOB_TOO_BIG":
+        return PayloadTooLargeError("body", "is larger than this Beanstalkd's -z max-job-size")
+    return QueueUnavailableError(f"Beanstalkd refused the command: {status.decode()} {detail}")
+
+
+class _Connection:
+    """One socket, its greenstalk client, and the tube state already set on it."""
+
+    def __init__(self, address: tuple[str, int], timeout: float) -> None:
+        sock = socket.create_connection(address, timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self.sock = sock
+        self.timeout = timeout
+        self.client: greenstalk.Client[bytes] = greenstalk.Client(sock, encoding=None)
+        # Replies to pipelined puts are read here. Sharing the socket with greenstalk's own
+        # reader is safe: Beanstalkd only ever answers, so between commands both are empty.
+        self.replies = sock.makefile("rb")
+        self.using = greenstalk.DEFAULT_TUBE
+        self.watching = frozenset({greenstalk.DEFAULT_TUBE})
+        self.closed = False
+
+    def use(self, tube: str) -> None:
+        if tube != self.using:
+            self.client.use(tube)
+            self.using = tube
+
+    def watch(self, tubes: frozenset[str]) -> None:
+        if tubes == self.watching:
+            return
+        for tube in tubes - self.watching:
+            self.client.watch(tube)
+        for tube in self.watching - tubes:
+            self.client.ignore(tube)
+        self.watching = tubes
+
+    def put_pipelined(
+        self, items: Sequence[PutRequest], tubes: Sequence[str], ids: list[int]
+    ) -> None:
+        """Put ``items``, appending each id to ``ids`` as its reply arrives.
+
+        A caller whose connection breaks midway knows from ``len(ids)`` which items landed.
+        Any failure leaves unread replies behind, so the connection is closed.
+        """
+        try:
+            for start in range(0, len(items), _PIPELINE_WINDOW):
+                end = start + _PIPELINE_WINDOW
+                self._put_window(items[start:end], tubes[start:end], ids)
+        except BaseException:
+            self.close()
+            raise
+
+    def _put_window(
+        self, items: Sequence[PutRequest], tubes: Sequence[str], ids: list[int]
+    ) -> None:
+        wire = bytearray()
+        expected: list[bytes] = []
+        for item, tube in zip(items, tubes, strict=True):
+            if tube != self.using:
+                wire += b"use %b\r\n" % tube.encode("ascii")
+                expected.append(b"USING")
+                self.using = tube
+            wire += b"put %d %d %d %d\r\n%b\r\n" % (
+                item.priority,
+                item.delay,
+                item.ttr,
+                len(item.body),
+                item.body,
+            )
+            expected.append(b"INSERTED")
+        self.sock.sendall(wire)
+        for status in expected:
+            value = self._reply(status)
+            if status == b"INSERTED":
+                ids.append(int(value))
+
+    def _reply(self, expected: bytes) -> bytes:
+        line = self.replies.readline()
+        if not line.endswith(b"\r\n"):
+            raise ConnectionError("Beanstalkd closed the connection")
+        status, _, value = line[:-2].partition(b" ")
+        if status != expected:
+            raise _refusal(status, value.decode(errors="replace"))
+        return value
+
+    def close(self) -> None:
+        self.closed = True
+        # shutdown wakes a thread blocked in reserve on this socket; close alone does not.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.replies.close()
+        self.client.close()
+
+
+class BeanstalkQueue:
+    """Beanstalkd as postburner_py uses it: namespaced tubes, one connection per thread.
+
+    Safe to share between threads. After :meth:`close`, the next call reconnects.
+    """
+
+    def __init__(
+        self, url: str, namespace: str = "postburner", *, connect_timeout: float = 5.0
+    ) -> None:
+        problem = _tube_problem(namespace)
+        if problem is not None:
+            raise ConfigurationError(f"namespace: {namespace!r} {problem}")
+        self.url = url
+        self.namespace = namespace
+        self._address = parse_beanstalkd_url(url)
+        self._timeout = connect_timeout
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: set[_Connection] = set()
+
+    def __repr__(self) -> str:
+        return f"BeanstalkQueue(url={self.url!r}, namespace={self.namespace!r})"
+
+    def tube(self, queue: str) -> str:
+        """The namespaced tube of ``queue``: ``<namespace>.<queue>``."""
+        return f"{self.namespace}.{validate_queue_name(queue, namespace=self.namespace)}"
+
+    # -- producing ---------------------------------------------------------------------
+
+    def put(self, body: bytes, *, queue: str, priority: int, delay: int, ttr: int) -> int:
+        """Put one job into ``queue``'s tube; return its id."""
+        _check_put(body, priority, delay, ttr)
+        tube = self.tube(queue)
+
+        def op(conn: _Connection) -> int:
+            conn.use(tube)
+            try:
+                return conn.client.put(body, priority=priority, delay=delay, ttr=ttr)
+            except greenstalk.BeanstalkdError as exc:
+                raise _refusal(_STATUS_OF_ERROR.get(type(exc), b"ERROR")) from None
+
+        return self._call(op)
+
+    def put_at(
+        self,
+        body: bytes,
+        *,
+        queue: str,
+        priority: int,
+        run_at: datetime,
+        now: datetime,
+        ttr: int,
+    ) -> int:
+        """Put one job that becomes ready at ``run_at`` (floored to whole seconds from ``now``)."""
+        delay = delay_seconds(run_at, now)
+        return self.put(body, queue=queue, priority=priority, delay=delay, ttr=ttr)
+
+    def put_many(self, items: Sequence[PutRequest], *, connections: int = 1) -> list[int]:
+        """Put every item, pipelined; return the ids in the order of ``items``.
+
+        Everything is validated before the first byte is sent. Large batches are split into
+        contiguous chunks put in parallel over up to ``connections`` connections.
+        """
+        for item in items:
+            _check_put(item.body, item.priority, item.delay, item.ttr)
+        tubes = [self.tube(item.queue) for item in items]
+        parts = max(1, min(connections, len(items) // _ITEMS_PER_EXTRA_CONNECTION))
+        if parts == 1:
+            return self._put_batch(items, tubes)
+        size = math.ceil(len(items) / parts)
+        starts = range(0, len(items), size)
+        with ThreadPoolExecutor(len(starts), thread_name_prefix="postburner-put") as pool:
+            results = pool.map(
+                lambda start: self._put_and_hang_up(
+                    items[start : start + size], tubes[start : start + size]
+                ),
+                starts,
+            )
+            return [job_id for chunk in results for job_id in chunk]
+
+    def _put_batch(self, items: Sequence[PutRequest], tubes: Sequence[str]) -> list[int]:
+        ids: list[int] = []
+
+        def op(conn: _Connection) -> list[int]:
+            # A retry resumes after the items whose ids already came back.
+            conn.put_pipelined(items[len(ids) :], tubes[len(ids) :], ids)
+            return ids
+
+        return self._call(op)
+
+    def _put_and_hang_up(self, items: Sequence[PutRequest], tubes: Sequence[str]) -> list[int]:
+        """Put a chunk from a short-lived pool thread, then close that thread's connection."""
+        try:
+            return self._put_batch(items, tubes)
+        finally:
+            self._discard(getattr(self._local, "conn", None))
+
+    # -- inspecting and cancelling -----------------------------------------------------
+
+    def delete(self, job_id: int) -> bool:
+        """Delete a job; False when it is gone or reserved by another connection."""
+
+        def op(conn: _Connection) -> bool:
+            try:
+                conn.client.delete(job_id)
+            except greenstalk.NotFoundError:
+                return False
+            return True
+
+        return self._call(op)
+
+    def peek(self, job_id: int) -> QueuedJob | None:
+        """The job's body, or None when Beanstalkd has no such job."""
+
+        def op(conn: _Connection) -> QueuedJob | None:
+            try:
+                job = conn.client.peek(job_id)
+            except greenstalk.NotFoundError:
+                return None
+            return QueuedJob(job.id, job.body)
+
+        return self._call(op)
+
+    def stats_job(self, job_id: int) -> dict[str, Any] | None:
+        """``stats-job`` (tube, state, time-left, ...), or None when there is no such job."""
+        return self._call(lambda conn: _or_none(lambda: dict(conn.client.stats_job(job_id))))
+
+    def stats_tube(self, queue: str) -> dict[str, Any] | None:
+        """``stats-tube`` of ``queue``'s tube, or None while the tube does not exist."""
+        tube = self.tube(queue)
+        return self._call(lambda conn: _or_none(lambda: dict(conn.client.stats_tube(tube))))
+
+    def stats(self) -> dict[str, Any]:
+        """Server-wide ``stats``."""
+        return self._call(lambda conn: dict(conn.client.stats()))
+
+    def server_id(self) -> str:
+        """The server's random ``id``: it changes when Beanstalkd restarts."""
+        return str(self.stats()["id"])
+
+    def kick_job(self, job_id: int) -> bool:
+        """Make a delayed or buried job ready now; False when there is no such job."""
+
+        def op(conn: _Connection) -> bool:
+            try:
+                conn.client.kick_job(job_id)
+            except greenstalk.NotFoundError:
+                return False
+            return True
+
+        return self._call(op)
+
+    def ping(self) -> bool:
+        """True when the server answers a command."""
+        try:
+            self._call(lambda conn: conn.client.using())
+        except QueueUnavailableError:
+            return False
+        return True
+
+    # -- consuming (bound to the reserving connection: never retried) ------------------
+
+    def reserve(self, queues: Sequence[str], timeout: float) -> QueuedJob | None:
+        """Reserve the next ready job from ``queues``' tubes, or None after ``timeout`` seconds.
+
+        Beanstalkd counts whole seconds, so ``timeout`` is rounded up (0 polls once).
+        ``DEADLINE_SOON`` (a job this thread holds is about to time out) also returns None.
+        """
+        tubes = frozenset(self.tube(queue) for queue in queues)
+        if not tubes:
+            raise ValueError("reserve needs at least one queue")
+        seconds = max(0, math.ceil(timeout))
+
+        def op(conn: _Connection) -> QueuedJob | None:
+            conn.watch(tubes)
+            conn.sock.settimeout(seconds + conn.timeout)
+            try:
+                job = conn.client.reserve(seconds)
+            except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
+                return None
+            finally:
+                conn.sock.settimeout(conn.timeout)
+            return QueuedJob(job.id, job.body)
+
+        return self._call(op, retry=False)
+
+    def release(self, job_id: int, *, priority: int, delay: int) -> None:
+        """Put a job this thread reserved back, ready after ``delay`` seconds."""
+        job = greenstalk.Job(job_id, b"")
+        self._reserved(lambda client: client.release(job, priority=priority, delay=delay), job_id)
+
+    def bury(self, job_id: int, *, priority: int) -> None:
+        """Bury a job this thread reserved."""
+        job = greenstalk.Job(job_id, b"")
+        self._reserved(lambda client: client.bury(job, priority=priority), job_id)
+
+    def touch(self, job_id: int) -> None:
+        """Restart the TTR of a job this thread reserved."""
+        job = greenstalk.Job(job_id, b"")
+        self._reserved(lambda client: client.touch(job), job_id)
+
+    def _reserved(self, command: Callable[[greenstalk.Client[bytes]], None], job_id: int) -> None:
+        def op(conn: _Connection) -> None:
+            try:
+                command(conn.client)
+            except greenstalk.NotFoundError:
+                raise ReservationLostError(
+                    f"job {job_id} is not reserved by this thread's connection"
+                ) from None
+
+        self._call(op, retry=False)
+
+    # -- connections -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every thread's connection. A later call opens a new one."""
+        with self._lock:
+            connections, self._connections = self._connections, set()
+        for conn in connections:
+            conn.close()
+
+    def _call(self, op: Callable[[_Connection], T], *, retry: bool = True) -> T:
+        """Run ``op`` on this thread's connection; on connection loss, once more on a new one."""
+        error: BaseException | None = None
+        for _attempt in range(2 if retry else 1):
+            conn = None
+            try:
+                conn = self._connection()
+                return op(conn)
+            except _CONNECTION_LOST as exc:
+                self._discard(conn)
+                error = exc
+        raise QueueUnavailableError(f"Beanstalkd at {self.url} is unavailable: {error}") from error
+
+    def _connection(self) -> _Connection:
+        conn: _Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and conn.closed:
+            self._discard(conn)  # closed by close() or by a failed pipeline
+        if conn is None or conn.closed:
+            conn = _Connection(self._address, self._timeout)
+            self._local.conn = conn
+            with self._lock:
+                self._connections.add(conn)
+        return conn
+
+    def _discard(self, conn: _Connection | None) -> None:
+        if conn is None:
+            return
+        with self._lock:
+            self._connections.discard(conn)
+        conn.close()
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
+
+
+def _or_none(read: Callable[[], T]) -> T | None:
+    try:
+        return read()
+    except greenstalk.NotFoundError:
+        return None

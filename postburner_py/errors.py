@@ -1,0 +1,52 @@
+"""Exception types raised by postburner_py.
+
+Every error the library raises on purpose derives from :class:`PostburnerError`;
+errors about bad input also derive from :class:`ValueError` so callers that
+already catch ``ValueError`` keep working.
+"""
+
+from __future__ import annotations
+
+
+class PostburnerError(Exception):
+    """Root of every error raised on purpose by postburner_py."""
+
+
+class ConfigurationError(PostburnerError, ValueError):
+    """A setting (keyword argument or ``POSTBURNER_*`` variable) is invalid."""
+
+
+class ScheduleValidationError(PostburnerError, ValueError):
+    """A schedule field is invalid; nothing was written.
+
+    ``field`` names the offending attribute so callers (and the CLI) can point at it.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class JobNotAllowedError(ScheduleValidationError):
+    """``job_class`` is outside ``allowed_job_prefixes``."""
+
+
+class PayloadTooLargeError(ScheduleValidationError):
+    """A job body would exceed Beanstalkd's maximum job size."""
+
+
+class NextExecutionRunAtConflict(PostburnerError):
+    """An execution's ``next_run_at`` disagrees with the next execution's ``run_at``."""
+
+
+class DuplicateJobError(PostburnerError, ValueError):
+    """A one-off delayed job with this ``job_id`` is still pending."""
+
+
+class QueueUnavailableError(PostburnerError, ConnectionError):
+    """Beanstalkd could not be reached (after one reconnect attempt)."""
+
+
+class SignatureError(PostburnerError):
+    """A job body is malformed, unsigned, or its signature does not verify."""

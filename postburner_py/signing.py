@@ -1,0 +1,120 @@
+"""Job bodies: small, versioned, signed JSON that names an execution (the database holds the rest).
+
+A body is ``{"v": 1, "kind": ..., "id": ..., "key": ..., "run_at": ..., "sig": ...}`` where
+``sig`` is HMAC-SHA256 over the other fields with the project secret. A worker verifies the
+signature before it loads anything, so a forged body never reaches an import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from postburner_py.beanstalk import MAX_JOB_SIZE
+from postburner_py.db import insert_ignoring_conflicts
+from postburner_py.errors import PayloadTooLargeError, SignatureError
+
+BODY_VERSION = 1
+SECRET_SETTING = "signing_secret"
+KINDS = ("execution", "delayed")
+
+
+@dataclass(frozen=True)
+class JobBody:
+    """What a Beanstalkd job says: which row to run, for which occurrence."""
+
+    kind: str
+    id: int
+    key: str
+    run_at: datetime
+
+    def _message(self) -> bytes:
+        epoch_ms = round(self.run_at.timestamp() * 1000)
+        return f"v{BODY_VERSION}|{self.kind}|{self.id}|{self.key}|{epoch_ms}".encode()
+
+
+def encode_body(body: JobBody, secret: bytes) -> bytes:
+    """Serialise and sign ``body``; refuse it if it would not fit in a Beanstalkd job."""
+    signature = hmac.new(secret, body._message(), hashlib.sha256).hexdigest()
+    payload = {
+        "v": BODY_VERSION,
+        "kind": body.kind,
+        "id": body.id,
+        "key": body.key,
+        "run_at": body.run_at.astimezone(UTC).isoformat(timespec="milliseconds"),
+        "sig": signature,
+    }
+    data = json.dumps(payload, separators=(",", ":")).encode()
+    if len(data) > MAX_JOB_SIZE:
+        raise PayloadTooLargeError(
+            "name", f"job body is {len(data)} bytes, over Beanstalkd's {MAX_JOB_SIZE}"
+        )
+    return data
+
+
+def decode_body(data: bytes, secret: bytes) -> JobBody:
+    """Parse and verify a body; raises :class:`SignatureError` for anything not ours."""
+    payload = _parse(data)
+    body = JobBody(
+        kind=_field(payload, "kind", str),
+        id=_field(payload, "id", int),
+        key=_field(payload, "key", str),
+        run_at=_parse_instant(_field(payload, "run_at", str)),
+    )
+    if body.kind not in KINDS:
+        raise SignatureError(f"unknown body kind {body.kind!r}")
+    expected = hmac.new(secret, body._message(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, _field(payload, "sig", str)):
+        raise SignatureError(f"signature of {body.kind} {body.id} does not verify")
+    return body
+
+
+def _parse(data: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise SignatureError("body is not JSON") from None
+    if not isinstance(payload, dict) or payload.get("v") != BODY_VERSION:
+        raise SignatureError(f"body is not a version {BODY_VERSION} postburner body")
+    return payload
+
+
+def _field(payload: dict[str, Any], name: str, kind: type) -> Any:
+    value = payload.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise SignatureError(f"body field {name!r} is missing or not {kind.__name__}")
+    return value
+
+
+def _parse_instant(text: str) -> datetime:
+    try:
+        instant = datetime.fromisoformat(text)
+    except ValueError:
+        raise SignatureError(f"body run_at {text!r} is not ISO-8601") from None
+    if instant.tzinfo is None:
+        raise SignatureError("body run_at has no offset")
+    return instant.astimezone(UTC)
+
+
+def load_or_create_secret(engine: Engine) -> bytes:
+    """The shared signing secret from the settings table, created once if absent."""
+    from postburner_py.models import Setting
+
+    table = Setting.__table__
+    with engine.begin() as connection:
+        value = connection.scalar(select(table.c.value).where(table.c.key == SECRET_SETTING))
+        if value is None:
+            candidate = secrets.token_urlsafe(32)
+            statement = insert_ignoring_conflicts(engine.dialect.name, Setting).values(
+                key=SECRET_SETTING, value=candidate, updated_at=datetime.now(UTC)
+            )
+            connection.execute(statement)
+            value = connection.scalar(select(table.c.value).where(table.c.key == SECRET_SETTING))
+    return str(value).encode()
