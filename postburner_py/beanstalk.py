@@ -5,7 +5,8 @@ Facts it is built on (DESIGN section 5):
 * A greenstalk ``Client`` must not be shared between threads, so each thread gets its own
   connection; :meth:`BeanstalkQueue.close` closes all of them.
 * A lost connection is replaced once, transparently, for commands that are safe to repeat
-  (``put``, ``delete``, ``peek``, ``stats*``, ``kick``). Commands on a *reserved* job are bound to
+  (``put``, ``delete``, ``peek``, ``stats*``, ``kick``; a put whose reply was lost may land
+  twice, which the dispatch gate makes harmless). Commands on a *reserved* job are bound to
   the connection that reserved it: after a reconnect that reservation is gone, so those raise
   :class:`~postburner_py.errors.QueueUnavailableError` instead of retrying.
 * ``delay`` is whole seconds: :func:`delay_seconds` floors, and the worker waits out the rest.

@@ -455,15 +455,38 @@ class SqlDispatchRegistry(DispatchRegistry):
         max_attempts: int,
         now: datetime,
     ) -> Claim:
+        with self._session_factory() as session, session.begin():
+            return self.claim_in(
+                session,
+                key,
+                fire_time,
+                lease_seconds=lease_seconds,
+                max_attempts=max_attempts,
+                now=now,
+            )
+
+    def claim_in(
+        self,
+        session: Session,
+        key: str,
+        fire_time: datetime,
+        *,
+        lease_seconds: float,
+        max_attempts: int,
+        now: datetime,
+    ) -> Claim:
+        """:meth:`claim` inside the caller's open transaction (the caller commits).
+
+        The worker uses it to check its execution row and claim the occurrence atomically.
+        """
         ident, now, lease_until = _claim_arguments(key, fire_time, lease_seconds, max_attempts, now)
         fresh = _fresh_row(ident, self.node_id, now, lease_until)
-        with self._session_factory() as session, session.begin():
-            for _ in range(_CLAIM_ROUNDS):
-                if _insert_absent(session, [fresh]):
-                    return Claim(ClaimOutcome.ACQUIRED, DispatchEntry(**fresh))
-                claim = self._settle(session, ident, now, lease_until, max_attempts)
-                if claim is not None:
-                    return claim
+        for _ in range(_CLAIM_ROUNDS):
+            if _insert_absent(session, [fresh]):
+                return Claim(ClaimOutcome.ACQUIRED, DispatchEntry(**fresh))
+            claim = self._settle(session, ident, now, lease_until, max_attempts)
+            if claim is not None:
+                return claim
         raise PostburnerError(
             f"claim of {key!r} at {ident[1].isoformat()} did not settle after "
             f"{_CLAIM_ROUNDS} rounds of contention; the delivery must not run"

@@ -208,7 +208,9 @@ def reconcile_schedule(
         session.commit()
         remove_jobs(pb, session, outcome.retired)
     for execution_id in outcome.to_enqueue:
-        enqueue_execution(pb, execution_id, now=now)
+        # The put's delay is measured from the clock, not from ``now``: a reconcile may plan
+        # as of a moment other than the present (the worker chains as of ``run_at``).
+        enqueue_execution(pb, execution_id, now=pb.clock())
     return True
 
 
@@ -262,14 +264,13 @@ def _not_started(session: Session, executions: list[ScheduleExecution]) -> list[
     if not executions:
         return []
     keys = {str(e.cached_schedule["name"]) for e in executions}
-    claimed = set(
-        session.execute(
-            select(DispatchRecord.key, DispatchRecord.fire_time).where(
-                DispatchRecord.key.in_(keys),
-                DispatchRecord.fire_time.in_([e.run_at for e in executions]),
-            )
-        ).tuples()
+    rows = session.execute(
+        select(DispatchRecord.key, DispatchRecord.fire_time).where(
+            DispatchRecord.key.in_(keys),
+            DispatchRecord.fire_time.in_([e.run_at for e in executions]),
+        )
     )
+    claimed = {(key, fire_time) for key, fire_time in rows}
     return [e for e in executions if (str(e.cached_schedule["name"]), e.run_at) not in claimed]
 
 
@@ -333,3 +334,28 @@ def _record_missed(
             plan.missed_total,
             len(plan.missed),
         )
+
+
+def chain_next(pb: Postburner, execution: ScheduleExecution, *, now: datetime) -> None:
+    """Make sure the occurrence after ``execution`` exists (the worker calls this first).
+
+    Cheap when it does: one query. Otherwise a non-blocking reconcile; if someone else holds
+    the schedule's lock, they are converging it already. A retry of the same execution finds
+    the next one in place and creates nothing.
+    """
+    if execution.schedule_id is None:
+        return
+    with pb.session() as session:
+        following = session.scalar(
+            select(ScheduleExecution.id)
+            .where(
+                ScheduleExecution.schedule_id == execution.schedule_id,
+                ScheduleExecution.status.in_(LIVE_STATUSES),
+                ScheduleExecution.run_at > max(execution.run_at, now),
+            )
+            .limit(1)
+        )
+    if following is None:
+        # Plan as of the occurrence itself: the job may be picked up a moment before run_at.
+        as_of = max(now, execution.run_at)
+        reconcile_schedule(pb, execution.schedule_id, blocking=False, now=as_of)

@@ -169,7 +169,7 @@ def postburner_instances() -> Iterator[PostburnerInstances]:
     instances.dispose_all()
 
 
-def _admin(server: Any, statement: sql.Composable) -> None:
+def _admin(server: Any, statement: sql.Composed) -> None:
     with psycopg.connect(server.admin_url, autocommit=True) as conn:
         conn.execute(statement)
 

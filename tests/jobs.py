@@ -3,13 +3,51 @@
 from __future__ import annotations
 
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
+from postburner_py.context import ExecutionContext, PartialSuccess, current_execution
+
 RUNS: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+CONTEXTS: list[ExecutionContext] = []
 _lock = threading.Lock()
 
 
 def record_run(*args: Any, **kwargs: Any) -> None:
-    """Remember the call (tests inspect ``RUNS``)."""
+    """Remember the call and the occurrence it ran for (tests inspect ``RUNS``/``CONTEXTS``)."""
     with _lock:
         RUNS.append((args, kwargs))
+        CONTEXTS.append(current_execution())
+
+
+def runs_with(marker: Any) -> int:
+    """How many recorded runs had ``marker`` as their first argument."""
+    with _lock:
+        return sum(1 for args, _ in RUNS if args and args[0] == marker)
+
+
+def always_fail(*_args: Any, **_kwargs: Any) -> None:
+    """A job that raises every time."""
+    raise RuntimeError("the downstream service said no")
+
+
+def half_done(*args: Any, **_kwargs: Any) -> PartialSuccess:
+    """A job that reports partial success."""
+    return PartialSuccess({"sent": 3, "failed": 1, "marker": args[0] if args else None})
+
+
+def append_line_then_sleep(path: str, seconds: float) -> None:
+    """Append the attempt number to ``path``; the first attempt then sleeps (kill tests)."""
+    attempt = current_execution().attempt
+    with Path(path).open("a") as handle:
+        handle.write(f"{attempt}\n")
+    if attempt == 1:
+        time.sleep(seconds)
+
+
+class SendReport:
+    """A class-style job: instantiated, then ``perform`` is called."""
+
+    def perform(self, marker: Any, **kwargs: Any) -> None:
+        record_run(marker, **kwargs)

@@ -1,0 +1,176 @@
+"""The worker process: threads that reserve jobs and hand each to a :class:`JobRunner`.
+
+Each thread owns its Beanstalkd connection (the adapter keeps one per thread) and its own
+database sessions; a connection loss is logged once, backed off and reconnected. SIGTERM or
+SIGINT stops reserving and lets running jobs finish (bounded by their TTR); a second signal
+exits at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from postburner_py.beanstalk import QueuedJob
+from postburner_py.errors import QueueUnavailableError
+from postburner_py.history import HistoryStore
+from postburner_py.job_runner import JobRunner, Outcome, default_backoff
+
+if TYPE_CHECKING:
+    from postburner_py.app import Postburner
+
+log = logging.getLogger("postburner_py.worker")
+
+RESERVE_TIMEOUT = 1.0
+MAX_BACKOFF = 5.0
+
+
+class Worker:
+    """Runs jobs from ``queues`` with ``concurrency`` threads until stopped.
+
+    With ``burst=True`` each thread exits once no job is ready (for scripts and tests).
+    ``clock`` and ``sleep`` are injectable; ``history`` defaults to a database-backed store;
+    ``backoff(attempt)`` gives the seconds before a failed attempt is retried.
+    """
+
+    def __init__(
+        self,
+        pb: Postburner,
+        *,
+        queues: Sequence[str] = ("default",),
+        concurrency: int = 1,
+        burst: bool = False,
+        history: HistoryStore | None = None,
+        clock: Callable[[], datetime] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        reserve_timeout: float = RESERVE_TIMEOUT,
+        backoff: Callable[[int], int] = default_backoff,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency: must be >= 1")
+        self.pb = pb
+        self.queues = tuple(queues)
+        self.concurrency = concurrency
+        self.burst = burst
+        self.clock = clock or pb.clock
+        self.sleep = sleep
+        self.reserve_timeout = 0.0 if burst else reserve_timeout
+        self.history = history or HistoryStore(pb.session_factory, clock=self.clock)
+        self.backoff = backoff
+        self.outcomes: Counter[Outcome] = Counter()
+        self._outcomes_lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        """Run until :meth:`stop` (or, with ``burst``, until nothing is ready)."""
+        threads = [
+            threading.Thread(target=self._thread_main, args=(index,), name=f"worker-{index}")
+            for index in range(self.concurrency)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        log.info("worker stopped: %s", dict(self.outcomes))
+
+    def stop(self) -> None:
+        """Stop reserving; jobs already running finish first."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stopping.is_set()
+
+    def _thread_main(self, index: int) -> None:
+        worker_id = f"{self.pb.settings.node_id}/{index}"
+        runner = JobRunner(
+            self.pb,
+            worker_id=worker_id,
+            history=self.history,
+            clock=self.clock,
+            sleep=self.sleep,
+            backoff=self.backoff,
+        )
+        try:
+            self._loop(runner)
+        finally:
+            runner.close()
+
+    def _loop(self, runner: JobRunner) -> None:
+        backoff = 0.0
+        while not self._stopping.is_set():
+            try:
+                job = self.pb.queue.reserve(self.queues, self.reserve_timeout)
+            except QueueUnavailableError as exc:
+                backoff = self._back_off(backoff, exc)
+                continue
+            backoff = 0.0
+            if job is None:
+                if self.burst:
+                    return
+                continue
+            self._count(self._handle(runner, job))
+
+    def _handle(self, runner: JobRunner, job: QueuedJob) -> Outcome | None:
+        try:
+            return runner.handle(job)
+        except QueueUnavailableError as exc:
+            log.warning("Beanstalkd went away while handling job %s: %s", job.id, exc)
+        except Exception:
+            log.exception("job %s could not be handled; it returns after its TTR", job.id)
+        return None
+
+    def _back_off(self, previous: float, exc: Exception) -> float:
+        if previous == 0.0:
+            log.warning("Beanstalkd unreachable (%s); retrying", exc)
+        delay = min(MAX_BACKOFF, max(0.1, previous * 2))
+        self._stopping.wait(delay)
+        return delay
+
+    def _count(self, outcome: Outcome | None) -> None:
+        if outcome is not None:
+            with self._outcomes_lock:
+                self.outcomes[outcome] += 1
+
+
+def run_worker(
+    pb: Postburner,
+    *,
+    queues: Sequence[str] = ("default",),
+    concurrency: int = 1,
+    burst: bool = False,
+) -> int:
+    """Run a worker in the foreground with signal handling; returns the exit code."""
+    worker = Worker(pb, queues=queues, concurrency=concurrency, burst=burst)
+    if threading.current_thread() is threading.main_thread():
+        _install_signal_handlers(worker)
+    log.info(
+        "worker %s: queues %s, concurrency %d%s",
+        pb.settings.node_id,
+        ",".join(queues),
+        concurrency,
+        ", burst" if burst else "",
+    )
+    worker.run()
+    return 0
+
+
+def _install_signal_handlers(worker: Worker) -> None:
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        if worker.stopping:
+            log.warning("second signal: exiting now")
+            os._exit(1)
+        log.info("signal %d: finishing running jobs, then stopping", signum)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
