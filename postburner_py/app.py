@@ -9,7 +9,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,6 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from postburner_py.beanstalk import BeanstalkQueue
 from postburner_py.config import Settings, resolve_settings
 from postburner_py.db import utcnow
+
+if TYPE_CHECKING:
+    from postburner_py.delayed_jobs import DelayedJob
 
 log = logging.getLogger("postburner_py")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -120,6 +123,33 @@ class Postburner:
                     configured.encode() if configured else load_or_create_secret(self.engine)
                 )
             return self._secret
+
+    def enqueue_at(
+        self,
+        at: datetime,
+        job_class: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        queue: str = "default",
+        job_id: str | None = None,
+        **options: Any,
+    ) -> DelayedJob:
+        """Store a one-off job due at ``at`` and put it into Beanstalkd at once.
+
+        ``job_id`` (default: a random one) is unique while the job is pending
+        (:class:`~postburner_py.errors.DuplicateJobError`); ``priority``, ``ttr`` and
+        ``max_attempts`` may be given too. See :mod:`postburner_py.delayed_jobs`.
+        """
+        from postburner_py.delayed_jobs import enqueue_at
+
+        return enqueue_at(self, at, job_class, args, kwargs, queue=queue, job_id=job_id, **options)
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a pending one-off job; False when none is pending or it already started."""
+        from postburner_py.delayed_jobs import cancel
+
+        return cancel(self, job_id)
 
     def dispose(self) -> None:
         """Close the Beanstalkd connections and the database pool."""

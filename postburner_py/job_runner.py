@@ -25,11 +25,15 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from postburner_py.beanstalk import QueuedJob
 from postburner_py.context import ExecutionContext, PartialSuccess, running
+from postburner_py.delayed_jobs import COMPLETED as DELAYED_COMPLETED
+from postburner_py.delayed_jobs import FAILED as DELAYED_FAILED
+from postburner_py.delayed_jobs import PENDING as DELAYED_PENDING
+from postburner_py.delayed_jobs import DelayedJob
 from postburner_py.dispatch_log import (
     Claim,
     ClaimOutcome,
@@ -73,9 +77,17 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True)
 class Occurrence:
-    """Everything the runner needs about the occurrence a job body names."""
+    """Everything the runner needs about the occurrence a job body names.
 
-    execution: ScheduleExecution
+    ``kind`` is ``execution`` (``row_id`` of a ScheduleExecution) or ``delayed`` (of a
+    DelayedJob); ``key`` is the dispatch-log key.
+    """
+
+    kind: str
+    row_id: int
+    schedule_id: int | None
+    next_run_at: datetime | None
+    history_job_id: str
     key: str
     run_at: datetime
     job_class: str
@@ -157,11 +169,14 @@ class JobRunner:
     # --- loading and claiming ------------------------------------------------------------
 
     def _load(self, body: JobBody) -> Occurrence | None:
-        if body.kind != "execution":
-            return None
         with self.pb.session() as session:
+            if body.kind == "delayed":
+                row = session.get(DelayedJob, body.id)
+                if row is None or not _still_live(row, body.run_at):
+                    return None
+                return _delayed_occurrence(row)
             execution = session.get(ScheduleExecution, body.id)
-            if execution is None or not _still_scheduled(execution, body.run_at):
+            if execution is None or not _still_live(execution, body.run_at):
                 return None
             schedule = (
                 session.get(Schedule, execution.schedule_id) if execution.schedule_id else None
@@ -177,12 +192,7 @@ class JobRunner:
         """
         now = self.clock()
         with self.pb.work_session() as session:
-            execution = session.scalars(
-                select(ScheduleExecution)
-                .where(ScheduleExecution.id == occurrence.execution.id)
-                .with_for_update()
-            ).one_or_none()
-            if execution is None or not _still_scheduled(execution, occurrence.run_at):
+            if not _still_live(_lock_row(session, occurrence), occurrence.run_at):
                 return Outcome.FENCED
             if self._missed(session, occurrence, now):
                 session.commit()
@@ -200,8 +210,10 @@ class JobRunner:
 
     def _missed(self, session: Session, occurrence: Occurrence, now: datetime) -> bool:
         """Record a too-late, never-claimed occurrence as ``missed`` instead of running it."""
+        if occurrence.kind == "delayed":
+            return False  # a one-off job was asked for explicitly: run it however late
         late = now - occurrence.run_at
-        next_due = occurrence.execution.next_run_at
+        next_due = occurrence.next_run_at
         too_late = late > self.pb.settings.catch_up_window or (
             not occurrence.catch_up and next_due is not None and next_due <= now
         )
@@ -237,7 +249,7 @@ class JobRunner:
         self._wait_until(occurrence.run_at)
         context = self._context(occurrence, attempt)
         started = self.history.record_start(
-            job_id=str(occurrence.execution.id),
+            job_id=occurrence.history_job_id,
             task_identifier=occurrence.job_class,
             worker_id=self.worker_id,
             correlation_id=context.idempotency_key,
@@ -257,10 +269,12 @@ class JobRunner:
         return self._succeeded(job, occurrence, attempt, started, elapsed_ms, result)
 
     def _chain(self, occurrence: Occurrence) -> None:
+        if occurrence.schedule_id is None:
+            return
         try:
-            chain_next(self.pb, occurrence.execution, now=self.clock())
+            chain_next(self.pb, occurrence.schedule_id, occurrence.run_at, now=self.clock())
         except Exception:
-            log.exception("could not chain the execution after %s", occurrence.execution.id)
+            log.exception("could not chain the occurrence after %s", occurrence.key)
 
     def _wait_until(self, run_at: datetime) -> None:
         remaining = (run_at - self.clock()).total_seconds()
@@ -269,9 +283,10 @@ class JobRunner:
 
     def _context(self, occurrence: Occurrence, attempt: int) -> ExecutionContext:
         namespace = self.pb.settings.namespace
+        delayed = occurrence.kind == "delayed"
         return ExecutionContext(
-            execution_id=occurrence.execution.id,
-            job_id=None,
+            execution_id=None if delayed else occurrence.row_id,
+            job_id=occurrence.history_job_id if delayed else None,
             key=occurrence.key,
             run_at=occurrence.run_at,
             attempt=attempt,
@@ -331,6 +346,7 @@ class JobRunner:
                 started, worker_id=self.worker_id, execution_time_ms=elapsed_ms
             )
         self.registry.complete(occurrence.key, occurrence.run_at, attempt=attempt, now=self.clock())
+        _finish_delayed(self.pb, occurrence, DELAYED_COMPLETED)
         self.pb.queue.delete(job.id)
         return Outcome.PARTIAL if isinstance(result, PartialSuccess) else Outcome.COMPLETED
 
@@ -358,6 +374,7 @@ class JobRunner:
             self.pb.queue.release(job.id, priority=occurrence.priority, delay=delay)
             return Outcome.RETRYING
         self.registry.fail(occurrence.key, occurrence.run_at, attempt=attempt, now=now)
+        _finish_delayed(self.pb, occurrence, DELAYED_FAILED)
         log.error(
             "%s failed on attempt %d of %d: %s",
             occurrence.key,
@@ -369,14 +386,29 @@ class JobRunner:
         return Outcome.FAILED
 
 
-def _still_scheduled(execution: ScheduleExecution, run_at: datetime) -> bool:
-    return execution.status == SCHEDULED and execution.run_at == run_at
+def _lock_row(session: Session, occurrence: Occurrence) -> ScheduleExecution | DelayedJob | None:
+    if occurrence.kind == "delayed":
+        statement = select(DelayedJob).where(DelayedJob.id == occurrence.row_id)
+        return session.scalars(statement.with_for_update()).one_or_none()
+    query = select(ScheduleExecution).where(ScheduleExecution.id == occurrence.row_id)
+    return session.scalars(query.with_for_update()).one_or_none()
+
+
+def _still_live(row: ScheduleExecution | DelayedJob | None, run_at: datetime) -> bool:
+    if row is None:
+        return False
+    live = DELAYED_PENDING if isinstance(row, DelayedJob) else SCHEDULED
+    return row.status == live and row.run_at == run_at
 
 
 def _occurrence(execution: ScheduleExecution, schedule: Schedule | None) -> Occurrence:
     snapshot = execution.cached_schedule
     return Occurrence(
-        execution=execution,
+        kind="execution",
+        row_id=execution.id,
+        schedule_id=execution.schedule_id,
+        next_run_at=execution.next_run_at,
+        history_job_id=str(execution.id),
         key=str(snapshot["name"]),
         run_at=execution.run_at,
         job_class=str(snapshot["job_class"]),
@@ -387,6 +419,38 @@ def _occurrence(execution: ScheduleExecution, schedule: Schedule | None) -> Occu
         max_attempts=schedule.max_attempts if schedule is not None else DEFAULT_MAX_ATTEMPTS,
         catch_up=bool(snapshot.get("catch_up", False)),
     )
+
+
+def _delayed_occurrence(row: DelayedJob) -> Occurrence:
+    return Occurrence(
+        kind="delayed",
+        row_id=row.id,
+        schedule_id=None,
+        next_run_at=None,
+        history_job_id=row.job_id,
+        key=row.gate_key,
+        run_at=row.run_at,
+        job_class=row.job_class,
+        args=list(row.args),
+        kwargs=dict(row.kwargs),
+        priority=row.priority,
+        ttr=row.ttr,
+        max_attempts=row.max_attempts,
+        catch_up=True,
+    )
+
+
+def _finish_delayed(pb: Postburner, occurrence: Occurrence, status: str) -> None:
+    """A one-off job's row leaves ``pending`` once it ran, so its job_id may be reused."""
+    if occurrence.kind != "delayed":
+        return
+    with pb.work_session() as session:
+        session.execute(
+            update(DelayedJob)
+            .where(DelayedJob.id == occurrence.row_id, DelayedJob.status == DELAYED_PENDING)
+            .values(status=status)
+        )
+        session.commit()
 
 
 def render_arguments(

@@ -151,14 +151,18 @@ def _is_enabled(pb: Postburner, schedule_id: int) -> bool:
 
 
 def occurrence_started(session: Session, execution: ScheduleExecution) -> bool:
-    """True when a worker has claimed this occurrence in the dispatch log."""
+    """True when a worker has claimed this execution's occurrence in the dispatch log."""
+    return occurrence_claimed(session, str(execution.cached_schedule["name"]), execution.run_at)
+
+
+def occurrence_claimed(session: Session, key: str, fire_time: datetime) -> bool:
+    """True when the dispatch log holds a claim (not a ``missed`` record) for the occurrence."""
     from postburner_py.dispatch_log import DispatchRecord
 
-    key = str(execution.cached_schedule["name"])
     found = session.scalar(
         select(DispatchRecord.id).where(
             DispatchRecord.key == key,
-            DispatchRecord.fire_time == execution.run_at,
+            DispatchRecord.fire_time == fire_time,
             DispatchRecord.status != "missed",
         )
     )
@@ -336,26 +340,23 @@ def _record_missed(
         )
 
 
-def chain_next(pb: Postburner, execution: ScheduleExecution, *, now: datetime) -> None:
-    """Make sure the occurrence after ``execution`` exists (the worker calls this first).
+def chain_next(pb: Postburner, schedule_id: int, run_at: datetime, *, now: datetime) -> None:
+    """Make sure the occurrence after ``run_at`` exists (the worker calls this first).
 
     Cheap when it does: one query. Otherwise a non-blocking reconcile; if someone else holds
-    the schedule's lock, they are converging it already. A retry of the same execution finds
+    the schedule's lock, they are converging it already. A retry of the same occurrence finds
     the next one in place and creates nothing.
     """
-    if execution.schedule_id is None:
-        return
     with pb.session() as session:
         following = session.scalar(
             select(ScheduleExecution.id)
             .where(
-                ScheduleExecution.schedule_id == execution.schedule_id,
+                ScheduleExecution.schedule_id == schedule_id,
                 ScheduleExecution.status.in_(LIVE_STATUSES),
-                ScheduleExecution.run_at > max(execution.run_at, now),
+                ScheduleExecution.run_at > max(run_at, now),
             )
             .limit(1)
         )
     if following is None:
         # Plan as of the occurrence itself: the job may be picked up a moment before run_at.
-        as_of = max(now, execution.run_at)
-        reconcile_schedule(pb, execution.schedule_id, blocking=False, now=as_of)
+        reconcile_schedule(pb, schedule_id, blocking=False, now=max(now, run_at))

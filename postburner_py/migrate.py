@@ -28,8 +28,8 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Upgrade the schema to ``revision``."""
-    command.upgrade(alembic_config(engine), revision)
+    """Upgrade the schema to ``revision`` (``head``: every head, should history branch)."""
+    command.upgrade(alembic_config(engine), "heads" if revision == "head" else revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:

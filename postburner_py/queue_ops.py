@@ -24,11 +24,16 @@ log = logging.getLogger("postburner_py.queue")
 
 @dataclass(frozen=True)
 class JobRef:
-    """Where an execution's job sits: enough to remove it without loading the row."""
+    """Where a row's job sits: enough to remove it without loading the row.
+
+    ``kind`` is the body kind: ``execution`` (``execution_id`` is a ScheduleExecution id) or
+    ``delayed`` (a DelayedJob id).
+    """
 
     execution_id: int
     job_id: int | None
     server_id: str | None
+    kind: str = "execution"
 
     @classmethod
     def of(cls, execution: ScheduleExecution) -> JobRef:
@@ -84,4 +89,4 @@ def _is_ours(pb: Postburner, ref: JobRef) -> bool:
         body = decode_body(job.body, pb.secret())
     except SignatureError:
         return False
-    return body.kind == "execution" and body.id == ref.execution_id
+    return body.kind == ref.kind and body.id == ref.execution_id

@@ -35,9 +35,13 @@ class JobBody:
     key: str
     run_at: datetime
 
+    @property
+    def run_at_text(self) -> str:
+        """``run_at`` as it travels: UTC ISO-8601 with microseconds (exactly as stored)."""
+        return self.run_at.astimezone(UTC).isoformat(timespec="microseconds")
+
     def _message(self) -> bytes:
-        epoch_ms = round(self.run_at.timestamp() * 1000)
-        return f"v{BODY_VERSION}|{self.kind}|{self.id}|{self.key}|{epoch_ms}".encode()
+        return f"v{BODY_VERSION}|{self.kind}|{self.id}|{self.key}|{self.run_at_text}".encode()
 
 
 def encode_body(body: JobBody, secret: bytes) -> bytes:
@@ -48,7 +52,7 @@ def encode_body(body: JobBody, secret: bytes) -> bytes:
         "kind": body.kind,
         "id": body.id,
         "key": body.key,
-        "run_at": body.run_at.astimezone(UTC).isoformat(timespec="milliseconds"),
+        "run_at": body.run_at_text,
         "sig": signature,
     }
     data = json.dumps(payload, separators=(",", ":")).encode()
