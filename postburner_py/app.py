@@ -67,8 +67,10 @@ class Postburner:
         self.session_factory: sessionmaker[Session] = sessionmaker(
             self.engine, expire_on_commit=False, info={"postburner": self}
         )
+        #: The engine for read-then-write transactions (``BEGIN IMMEDIATE`` on SQLite).
+        self.writer_engine: Engine = _writer_bind(self.engine)
         self.work_session_factory: sessionmaker[Session] = sessionmaker(
-            _writer_bind(self.engine), expire_on_commit=False, info={"postburner": self}
+            self.writer_engine, expire_on_commit=False, info={"postburner": self}
         )
         self.queue = BeanstalkQueue(self.settings.beanstalkd_url, self.settings.namespace)
         self._secret: bytes | None = None

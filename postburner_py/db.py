@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, Insert, Integer, MetaData, insert
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -76,3 +76,12 @@ def insert_ignoring_conflicts(dialect_name: str, model: type[Base]) -> Insert:
 
         return sqlite_insert(model).on_conflict_do_nothing()
     return insert(model)
+
+
+#: Where a statement may run: an ORM session's transaction or a Core connection's.
+Executor = Session | Connection
+
+
+def connection_of(target: Executor) -> Connection:
+    """The Core connection behind ``target`` (the worker's hot path skips the ORM)."""
+    return target.connection() if isinstance(target, Session) else target

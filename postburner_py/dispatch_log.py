@@ -44,6 +44,7 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    Update,
     and_,
     delete,
     not_,
@@ -54,7 +55,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from postburner_py.db import Base, BigIntPK, UTCDateTime, utcnow
+from postburner_py.db import Base, BigIntPK, Executor, UTCDateTime, connection_of, utcnow
 from postburner_py.errors import ConfigurationError, PostburnerError
 
 Clock = Callable[[], datetime]
@@ -166,7 +167,7 @@ def idempotency_key(namespace: str, key: str, fire_time: datetime) -> str:
 
 
 def insert_missed(
-    session: Session, key: str, fire_times: Sequence[datetime], *, node_id: str, now: datetime
+    session: Executor, key: str, fire_times: Sequence[datetime], *, node_id: str, now: datetime
 ) -> int:
     """Add ``missed`` rows inside the caller's transaction (no commit); how many were added.
 
@@ -467,7 +468,7 @@ class SqlDispatchRegistry(DispatchRegistry):
 
     def claim_in(
         self,
-        session: Session,
+        session: Executor,
         key: str,
         fire_time: datetime,
         *,
@@ -510,7 +511,7 @@ class SqlDispatchRegistry(DispatchRegistry):
 
     def _settle(
         self,
-        session: Session,
+        session: Executor,
         ident: tuple[str, datetime],
         now: datetime,
         lease_until: datetime,
@@ -528,19 +529,26 @@ class SqlDispatchRegistry(DispatchRegistry):
             return Claim(outcome, replace(current, **changes))
         return None
 
+    def finish_in(
+        self,
+        session: Executor,
+        key: str,
+        fire_time: datetime,
+        *,
+        attempt: int,
+        now: datetime,
+        failed: bool = False,
+    ) -> bool:
+        """:meth:`complete` (or :meth:`fail`) inside the caller's open transaction."""
+        status = DispatchStatus.FAILED if failed else DispatchStatus.COMPLETED
+        statement = _owned_update(key, _aware("fire_time", fire_time), attempt)
+        result = connection_of(session).execute(statement.values(**_final_changes(status, now)))
+        return result.rowcount == 1
+
     def _update_owned(
         self, key: str, fire_time: datetime, attempt: int, changes: dict[str, Any]
     ) -> bool:
-        statement = (
-            update(DispatchRecord)
-            .where(
-                DispatchRecord.key == key,
-                DispatchRecord.fire_time == fire_time,
-                DispatchRecord.status == DispatchStatus.DISPATCHED,
-                DispatchRecord.attempt == attempt,
-            )
-            .values(**changes)
-        )
+        statement = _owned_update(key, fire_time, attempt).values(**changes)
         with self._session_factory() as session, session.begin():
             return session.connection().execute(statement).rowcount == 1
 
@@ -677,6 +685,16 @@ def _missed_rows(
     ]
 
 
+def _owned_update(key: str, fire_time: datetime, attempt: int) -> Update:
+    """UPDATE of the row only while ``attempt`` owns it (``dispatched`` as that attempt)."""
+    return update(DispatchRecord).where(
+        DispatchRecord.key == key,
+        DispatchRecord.fire_time == fire_time,
+        DispatchRecord.status == DispatchStatus.DISPATCHED,
+        DispatchRecord.attempt == attempt,
+    )
+
+
 def _final_changes(status: DispatchStatus, now: datetime) -> dict[str, Any]:
     return {"status": status, "lease_expires_at": None, "updated_at": _aware("now", now)}
 
@@ -688,13 +706,14 @@ def _owned_by(entry: DispatchEntry, attempt: int) -> bool:
 # --- SQL helpers --------------------------------------------------------------------------
 
 
-def _insert_absent(session: Session, rows: list[dict[str, Any]]) -> int:
+def _insert_absent(session: Executor, rows: list[dict[str, Any]]) -> int:
     """Insert ``rows``, skipping existing occurrences; how many went in.
 
     Executed as one executemany: SQLAlchemy's "insertmanyvalues" sends multi-row INSERTs of a
     cached statement, paged to the driver's parameter limits, RETURNING the inserted ids.
     """
-    dialect = session.get_bind().dialect.name
+    connection = connection_of(session)
+    dialect = connection.dialect.name
     statement: postgresql.Insert | sqlite.Insert
     if dialect == "postgresql":
         statement = postgresql.insert(DispatchRecord)
@@ -705,12 +724,12 @@ def _insert_absent(session: Session, rows: list[dict[str, Any]]) -> int:
             f"the dispatch log supports PostgreSQL and SQLite, not {dialect!r}"
         )
     statement = statement.on_conflict_do_nothing(index_elements=["key", "fire_time"])
-    inserted = session.connection().execute(statement.returning(DispatchRecord.id), rows)
+    inserted = connection.execute(statement.returning(DispatchRecord.id), rows)
     return len(inserted.all())
 
 
 def _compare_and_set(
-    session: Session, seen: DispatchEntry, now: datetime, changes: dict[str, Any]
+    session: Executor, seen: DispatchEntry, now: datetime, changes: dict[str, Any]
 ) -> bool:
     """Apply ``changes`` only if the row is still the expired attempt we saw."""
     statement = (
@@ -724,16 +743,17 @@ def _compare_and_set(
         )
         .values(**changes)
     )
-    return session.connection().execute(statement).rowcount == 1
+    return connection_of(session).execute(statement).rowcount == 1
 
 
-def _load(session: Session, ident: tuple[str, datetime]) -> DispatchEntry | None:
+def _load(session: Executor, ident: tuple[str, datetime]) -> DispatchEntry | None:
     key, fire_time = ident
-    row = session.scalars(
-        select(DispatchRecord).where(
-            DispatchRecord.key == key, DispatchRecord.fire_time == fire_time
-        )
-    ).one_or_none()
+    table = DispatchRecord.__table__
+    row = (
+        connection_of(session)
+        .execute(select(table).where(table.c.key == key, table.c.fire_time == fire_time))
+        .one_or_none()
+    )
     return None if row is None else _entry_of(row)
 
 
@@ -744,7 +764,8 @@ def _live_lease(now: datetime) -> ColumnElement[bool]:
     )
 
 
-def _entry_of(row: DispatchRecord) -> DispatchEntry:
+def _entry_of(row: Any) -> DispatchEntry:
+    """A :class:`DispatchEntry` from an ORM object or a Core row (same attribute names)."""
     return DispatchEntry(
         key=row.key,
         fire_time=row.fire_time,

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     CheckConstraint,
@@ -44,13 +44,17 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     delete,
+    insert,
+    or_,
     select,
+    update,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from postburner_py.db import Base, BigIntPK, JSONType, UTCDateTime, utcnow
+from postburner_py.db import Base, BigIntPK, Executor, JSONType, UTCDateTime, connection_of, utcnow
 from postburner_py.errors import ConfigurationError
 
 Clock = Callable[[], datetime]
@@ -172,12 +176,14 @@ class HistoryStore:
         schedule_name: str | None = None,
         started_at: datetime | None = None,
         retention: timedelta | None = None,
+        session: Executor | None = None,
     ) -> HistoryEntry:
         """Write the start of an attempt to the database (not to the buffer); return its entry.
 
         ``run_at`` is when the run was due: ``queue_time_ms`` is the lateness,
         ``started_at - run_at``. The row expires ``retention`` (default: the store's) after
-        ``started_at``.
+        ``started_at``. With ``session`` the row is written inside that session's open
+        transaction and the caller commits (the worker writes it with its claim).
         """
         if attempt < 1:
             raise ValueError(f"attempt: must be at least 1, got {attempt!r}")
@@ -203,7 +209,9 @@ class HistoryStore:
             results=None,
             expires_at=started + keep,
         )
-        return entry if self._session_factory is None else self._insert(entry)
+        if session is None and self._session_factory is None:
+            return entry
+        return self._insert(entry, session)
 
     def record_completion(
         self,
@@ -213,18 +221,20 @@ class HistoryStore:
         execution_time_ms: float,
         correlation_id: str | None = None,
         finished_at: datetime | None = None,
+        session: Executor | None = None,
+        started_at: datetime | None = None,
     ) -> HistoryEntry:
         """Mark the started ``record`` completed in the database and push it to the buffer.
 
         ``record`` is the entry :meth:`record_start` returned, or its ``id``. A
         ``correlation_id`` fills in the row's when it had none and must match it otherwise.
+        With ``session`` the update joins that session's transaction (the caller commits).
+        ``started_at`` corrects the start instant (and ``queue_time_ms``) when the attempt
+        really began later than the start record said; the three terminal records take it.
         """
-        return self._finish(
-            record,
-            HistoryStatus.COMPLETED,
-            _terminal(worker_id, execution_time_ms, self._now("finished_at", finished_at)),
-            correlation_id,
-        )
+        changes = _terminal(worker_id, execution_time_ms, self._now("finished_at", finished_at))
+        _correct_start(changes, record, started_at)
+        return self._finish(record, HistoryStatus.COMPLETED, changes, correlation_id, session)
 
     def record_failure(
         self,
@@ -235,11 +245,14 @@ class HistoryStore:
         error: BaseException | str,
         correlation_id: str | None = None,
         finished_at: datetime | None = None,
+        session: Executor | None = None,
+        started_at: datetime | None = None,
     ) -> HistoryEntry:
         """Mark ``record`` failed; an exception's message and formatted stack are kept."""
         changes = _terminal(worker_id, execution_time_ms, self._now("finished_at", finished_at))
+        _correct_start(changes, record, started_at)
         changes["error_message"], changes["error_stack"] = _describe(error)
-        return self._finish(record, HistoryStatus.FAILED, changes, correlation_id)
+        return self._finish(record, HistoryStatus.FAILED, changes, correlation_id, session)
 
     def record_partial_success(
         self,
@@ -250,11 +263,14 @@ class HistoryStore:
         results: Any,
         correlation_id: str | None = None,
         finished_at: datetime | None = None,
+        session: Executor | None = None,
+        started_at: datetime | None = None,
     ) -> HistoryEntry:
         """Mark ``record`` partially successful with JSON-serializable ``results``."""
         changes = _terminal(worker_id, execution_time_ms, self._now("finished_at", finished_at))
+        _correct_start(changes, record, started_at)
         changes["results"] = _json_value(results)
-        return self._finish(record, HistoryStatus.PARTIAL_SUCCESS, changes, correlation_id)
+        return self._finish(record, HistoryStatus.PARTIAL_SUCCESS, changes, correlation_id, session)
 
     def get_by_job_id(self, job_id: str) -> list[HistoryEntry]:
         """Every stored attempt of ``job_id``, newest first."""
@@ -312,12 +328,13 @@ class HistoryStore:
         with self._session_factory() as session, session.begin():
             return session.connection().execute(statement).rowcount
 
-    def _insert(self, entry: HistoryEntry) -> HistoryEntry:
-        row = HistoryRecord(**{name: getattr(entry, name) for name in _COLUMNS})
-        with self._database() as session, session.begin():
-            session.add(row)
-            session.flush()
-            return replace(entry, id=row.id)
+    def _insert(self, entry: HistoryEntry, session: Executor | None) -> HistoryEntry:
+        values = {name: getattr(entry, name) for name in _COLUMNS}
+        statement = insert(HistoryRecord).values(**values).returning(HistoryRecord.id)
+        if session is not None:
+            return replace(entry, id=connection_of(session).execute(statement).scalar_one())
+        with self._database() as own, own.begin():
+            return replace(entry, id=own.connection().execute(statement).scalar_one())
 
     def _finish(
         self,
@@ -325,28 +342,18 @@ class HistoryStore:
         status: HistoryStatus,
         changes: dict[str, Any],
         correlation_id: str | None,
+        session: Executor | None = None,
     ) -> HistoryEntry:
         changes["status"] = status
-        if self._session_factory is None:
+        if session is None and self._session_factory is None:
             entry = _finish_unstored(record, changes, correlation_id)
+        elif session is not None:
+            entry = _finish_stored(session, _record_id(record), changes, correlation_id)
         else:
-            entry = self._finish_stored(_record_id(record), changes, correlation_id)
+            with self._database() as own, own.begin():
+                entry = _finish_stored(own, _record_id(record), changes, correlation_id)
         self.observe(entry)
         return entry
-
-    def _finish_stored(
-        self, record_id: int, changes: dict[str, Any], correlation_id: str | None
-    ) -> HistoryEntry:
-        with self._database() as session, session.begin():
-            row = session.get(HistoryRecord, record_id, with_for_update=True)
-            if row is None:
-                raise LookupError(f"record: no history row with id {record_id}")
-            _check_open(record_id, row.status, row.correlation_id, correlation_id)
-            if correlation_id is not None:
-                row.correlation_id = correlation_id
-            for name, value in changes.items():
-                setattr(row, name, value)
-            return _entry_of(row)
 
     def _select(
         self, *conditions: ColumnElement[bool], limit: int | None = None
@@ -370,6 +377,43 @@ class HistoryStore:
 
     def _now(self, name: str, value: datetime | None) -> datetime:
         return _aware(name, self._clock() if value is None else value)
+
+
+def _correct_start(
+    changes: dict[str, Any], record: HistoryEntry | int, started_at: datetime | None
+) -> None:
+    if started_at is None:
+        return
+    changes["started_at"] = _aware("started_at", started_at)
+    if isinstance(record, HistoryEntry) and record.run_at is not None:
+        changes["queue_time_ms"] = _milliseconds(changes["started_at"] - record.run_at)
+
+
+def _finish_stored(
+    session: Executor, record_id: int, changes: dict[str, Any], correlation_id: str | None
+) -> HistoryEntry:
+    """One conditional UPDATE; on a miss, load the row to say precisely what is wrong."""
+    values = dict(changes)
+    conditions = [HistoryRecord.id == record_id, HistoryRecord.status == HistoryStatus.STARTED]
+    if correlation_id is not None:
+        values["correlation_id"] = correlation_id
+        conditions.append(
+            or_(
+                HistoryRecord.correlation_id.is_(None),
+                HistoryRecord.correlation_id == correlation_id,
+            )
+        )
+    table = cast(Table, HistoryRecord.__table__)
+    connection = connection_of(session)
+    statement = update(table).where(*conditions).values(**values).returning(*table.c)
+    row = connection.execute(statement).first()
+    if row is not None:
+        return _entry_of(row)
+    current = connection.execute(select(table).where(table.c.id == record_id)).first()
+    if current is None:
+        raise LookupError(f"record: no history row with id {record_id}")
+    _check_open(record_id, current.status, current.correlation_id, correlation_id)
+    raise LookupError(f"record: history row {record_id} changed meanwhile")
 
 
 def _finish_unstored(
@@ -435,7 +479,8 @@ def _json_value(results: Any) -> Any:
     return results
 
 
-def _entry_of(row: HistoryRecord) -> HistoryEntry:
+def _entry_of(row: Any) -> HistoryEntry:
+    """A :class:`HistoryEntry` from an ORM object or a Core row (same attribute names)."""
     values = {name: getattr(row, name) for name in _COLUMNS}
     values["status"] = HistoryStatus(row.status)
     return HistoryEntry(id=row.id, **values)

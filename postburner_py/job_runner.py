@@ -18,22 +18,23 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Table, select, update
+from sqlalchemy.exc import DBAPIError
 
 from postburner_py.beanstalk import QueuedJob
 from postburner_py.context import ExecutionContext, PartialSuccess, running
 from postburner_py.delayed_jobs import COMPLETED as DELAYED_COMPLETED
 from postburner_py.delayed_jobs import FAILED as DELAYED_FAILED
+from postburner_py.delayed_jobs import GATE_PREFIX, DelayedJob
 from postburner_py.delayed_jobs import PENDING as DELAYED_PENDING
-from postburner_py.delayed_jobs import DelayedJob
 from postburner_py.dispatch_log import (
     Claim,
     ClaimOutcome,
@@ -125,10 +126,32 @@ class JobRunner:
         self.sleep = sleep
         self.backoff = backoff
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{worker_id}-job")
+        self._connection: Connection | None = None
 
     def close(self) -> None:
-        """Stop the job thread (after the job it runs, if any)."""
+        """Stop the job thread (after the job it runs, if any) and close the connection."""
         self._executor.shutdown(wait=True)
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """One transaction on this thread's own connection (Core: the hot path skips the ORM).
+
+        A connection the database dropped is closed, so the next delivery reconnects.
+        """
+        if self._connection is None or self._connection.closed:
+            self._connection = self.pb.writer_engine.connect()
+        connection = self._connection
+        try:
+            with connection.begin():
+                yield connection
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                connection.close()
+                self._connection = None
+            raise
 
     def handle(self, job: QueuedJob) -> Outcome:
         """Process one reserved job to the end; the job is deleted, released or buried."""
@@ -156,59 +179,76 @@ class JobRunner:
             log.error("burying job %s: %s", job.id, exc)
             self.pb.queue.bury(job.id, priority=occurrence.priority)
             return Outcome.REFUSED
-        claim = self._claim(occurrence)
-        if isinstance(claim, Outcome):
-            if claim is Outcome.MISSED:
+        admission = self._claim(occurrence)
+        if isinstance(admission, Outcome):
+            if admission is Outcome.MISSED:
                 self._chain(occurrence)
             self.pb.queue.delete(job.id)
-            return claim
-        if not claim.should_run:
+            return admission
+        claim, started = admission
+        if started is None:
             return self._not_running(job, occurrence, claim)
-        return self._attempt(job, occurrence, claim.attempt)
+        return self._attempt(job, occurrence, claim.attempt, started)
 
     # --- loading and claiming ------------------------------------------------------------
 
     def _load(self, body: JobBody) -> Occurrence | None:
-        with self.pb.session() as session:
+        with self._transaction() as connection:
             if body.kind == "delayed":
-                row = session.get(DelayedJob, body.id)
-                if row is None or not _still_live(row, body.run_at):
+                delayed = connection.execute(_DELAYED.where(_DELAYED_T.c.id == body.id)).first()
+                if delayed is None or not _row_live(delayed, "delayed", body.run_at):
                     return None
-                return _delayed_occurrence(row)
-            execution = session.get(ScheduleExecution, body.id)
-            if execution is None or not _still_live(execution, body.run_at):
+                return _delayed_occurrence(delayed)
+            row = connection.execute(_EXECUTION.where(_EXECUTION_T.c.id == body.id)).first()
+            if row is None or not _row_live(row, "execution", body.run_at):
                 return None
-            schedule = (
-                session.get(Schedule, execution.schedule_id) if execution.schedule_id else None
-            )
-            return _occurrence(execution, schedule)
+            return _occurrence(row)
 
-    def _claim(self, occurrence: Occurrence) -> Claim | Outcome:
-        """Fence and claim atomically; FENCED when the execution was retired meanwhile,
-        MISSED when it is too late to run.
+    def _claim(self, occurrence: Occurrence) -> tuple[Claim, HistoryEntry | None] | Outcome:
+        """Fence, claim and record the start in one transaction.
 
-        Locking the execution row serialises this with ``skip()``: either the skip sees the
-        claim and refuses, or this sees the skip and does not run.
+        FENCED when the row was retired meanwhile, MISSED when it is too late to run;
+        otherwise the claim, with the start record when the claim lets this delivery run.
+        Locking the row serialises this with ``skip()``: either the skip sees the claim and
+        refuses, or this sees the skip and does not run.
         """
         now = self.clock()
-        with self.pb.work_session() as session:
-            if not _still_live(_lock_row(session, occurrence), occurrence.run_at):
+        with self._transaction() as connection:
+            if not _row_live(_lock_row(connection, occurrence), occurrence.kind, occurrence.run_at):
                 return Outcome.FENCED
-            if self._missed(session, occurrence, now):
-                session.commit()
+            if self._missed(connection, occurrence, now):
                 return Outcome.MISSED
             claim = self.registry.claim_in(
-                session,
+                connection,
                 occurrence.key,
                 occurrence.run_at,
                 lease_seconds=occurrence.ttr,
                 max_attempts=occurrence.max_attempts,
                 now=now,
             )
-            session.commit()
-            return claim
+            if not claim.should_run:
+                return claim, None
+            return claim, self._record_start(connection, occurrence, claim, now)
 
-    def _missed(self, session: Session, occurrence: Occurrence, now: datetime) -> bool:
+    def _record_start(
+        self, connection: Connection, occurrence: Occurrence, claim: Claim, now: datetime
+    ) -> HistoryEntry:
+        return self.history.record_start(
+            job_id=occurrence.history_job_id,
+            task_identifier=occurrence.job_class,
+            worker_id=self.worker_id,
+            correlation_id=self._idempotency_key(occurrence),
+            attempt=claim.attempt,
+            run_at=occurrence.run_at,
+            schedule_name=occurrence.key,
+            started_at=max(now, occurrence.run_at),
+            session=connection,
+        )
+
+    def _idempotency_key(self, occurrence: Occurrence) -> str:
+        return idempotency_key(self.pb.settings.namespace, occurrence.key, occurrence.run_at)
+
+    def _missed(self, connection: Connection, occurrence: Occurrence, now: datetime) -> bool:
         """Record a too-late, never-claimed occurrence as ``missed`` instead of running it."""
         if occurrence.kind == "delayed":
             return False  # a one-off job was asked for explicitly: run it however late
@@ -220,7 +260,7 @@ class JobRunner:
         if not too_late:
             return False
         added = insert_missed(
-            session, occurrence.key, [occurrence.run_at], node_id=self.worker_id, now=now
+            connection, occurrence.key, [occurrence.run_at], node_id=self.worker_id, now=now
         )
         if added:
             log.warning(
@@ -244,29 +284,22 @@ class JobRunner:
 
     # --- running -------------------------------------------------------------------------
 
-    def _attempt(self, job: QueuedJob, occurrence: Occurrence, attempt: int) -> Outcome:
+    def _attempt(
+        self, job: QueuedJob, occurrence: Occurrence, attempt: int, started: HistoryEntry
+    ) -> Outcome:
         self._chain(occurrence)
         self._wait_until(occurrence.run_at)
         context = self._context(occurrence, attempt)
-        started = self.history.record_start(
-            job_id=occurrence.history_job_id,
-            task_identifier=occurrence.job_class,
-            worker_id=self.worker_id,
-            correlation_id=context.idempotency_key,
-            attempt=attempt,
-            run_at=occurrence.run_at,
-            schedule_name=occurrence.key,
-            started_at=self.clock(),
-        )
+        run = _Run(job, occurrence, attempt, started, began_at=self.clock())
         began = time.perf_counter()
         future = self._executor.submit(self._invoke, occurrence, context)
         self._keep_alive(job, occurrence, attempt, future)
-        elapsed_ms = (time.perf_counter() - began) * 1000
+        run.elapsed_ms = (time.perf_counter() - began) * 1000
         try:
             result = future.result()
         except Exception as exc:
-            return self._failed(job, occurrence, attempt, started, elapsed_ms, exc)
-        return self._succeeded(job, occurrence, attempt, started, elapsed_ms, result)
+            return self._failed(run, exc)
+        return self._succeeded(run, result)
 
     def _chain(self, occurrence: Occurrence) -> None:
         if occurrence.schedule_id is None:
@@ -282,7 +315,6 @@ class JobRunner:
             self.sleep(remaining)
 
     def _context(self, occurrence: Occurrence, attempt: int) -> ExecutionContext:
-        namespace = self.pb.settings.namespace
         delayed = occurrence.kind == "delayed"
         return ExecutionContext(
             execution_id=None if delayed else occurrence.row_id,
@@ -290,7 +322,7 @@ class JobRunner:
             key=occurrence.key,
             run_at=occurrence.run_at,
             attempt=attempt,
-            idempotency_key=idempotency_key(namespace, occurrence.key, occurrence.run_at),
+            idempotency_key=self._idempotency_key(occurrence),
         )
 
     def _invoke(self, occurrence: Occurrence, context: ExecutionContext) -> Any:
@@ -325,45 +357,28 @@ class JobRunner:
         except Exception:
             log.exception("could not renew the lease of %s", occurrence.key)
 
-    def _succeeded(
-        self,
-        job: QueuedJob,
-        occurrence: Occurrence,
-        attempt: int,
-        started: HistoryEntry,
-        elapsed_ms: float,
-        result: Any,
-    ) -> Outcome:
-        if isinstance(result, PartialSuccess):
-            self.history.record_partial_success(
-                started,
-                worker_id=self.worker_id,
-                execution_time_ms=elapsed_ms,
-                results=result.results,
-            )
-        else:
-            self.history.record_completion(
-                started, worker_id=self.worker_id, execution_time_ms=elapsed_ms
-            )
-        self.registry.complete(occurrence.key, occurrence.run_at, attempt=attempt, now=self.clock())
-        _finish_delayed(self.pb, occurrence, DELAYED_COMPLETED)
-        self.pb.queue.delete(job.id)
-        return Outcome.PARTIAL if isinstance(result, PartialSuccess) else Outcome.COMPLETED
+    def _succeeded(self, run: _Run, result: Any) -> Outcome:
+        partial = isinstance(result, PartialSuccess)
+        with self._transaction() as connection:
+            common = self._terminal_arguments(run, connection)
+            if partial:
+                self.history.record_partial_success(run.started, results=result.results, **common)
+            else:
+                self.history.record_completion(run.started, **common)
+            self._settle(connection, run, failed=False)
+        self.pb.queue.delete(run.job.id)
+        return Outcome.PARTIAL if partial else Outcome.COMPLETED
 
-    def _failed(
-        self,
-        job: QueuedJob,
-        occurrence: Occurrence,
-        attempt: int,
-        started: HistoryEntry,
-        elapsed_ms: float,
-        error: Exception,
-    ) -> Outcome:
-        self.history.record_failure(
-            started, worker_id=self.worker_id, execution_time_ms=elapsed_ms, error=error
-        )
-        now = self.clock()
-        if attempt < occurrence.max_attempts and not isinstance(error, JobNotAllowedError):
+    def _failed(self, run: _Run, error: Exception) -> Outcome:
+        occurrence, attempt = run.occurrence, run.attempt
+        retry = attempt < occurrence.max_attempts and not isinstance(error, JobNotAllowedError)
+        with self._transaction() as connection:
+            common = self._terminal_arguments(run, connection)
+            self.history.record_failure(run.started, error=error, **common)
+            if not retry:
+                self._settle(connection, run, failed=True)
+        if retry:
+            now = self.clock()
             self.registry.release_for_retry(
                 occurrence.key, occurrence.run_at, attempt=attempt, now=now
             )
@@ -371,10 +386,8 @@ class JobRunner:
             log.warning(
                 "%s attempt %d failed (%s); retry in %d s", occurrence.key, attempt, error, delay
             )
-            self.pb.queue.release(job.id, priority=occurrence.priority, delay=delay)
+            self.pb.queue.release(run.job.id, priority=occurrence.priority, delay=delay)
             return Outcome.RETRYING
-        self.registry.fail(occurrence.key, occurrence.run_at, attempt=attempt, now=now)
-        _finish_delayed(self.pb, occurrence, DELAYED_FAILED)
         log.error(
             "%s failed on attempt %d of %d: %s",
             occurrence.key,
@@ -382,53 +395,105 @@ class JobRunner:
             occurrence.max_attempts,
             error,
         )
-        self.pb.queue.bury(job.id, priority=occurrence.priority)
+        self.pb.queue.bury(run.job.id, priority=occurrence.priority)
         return Outcome.FAILED
 
+    def _terminal_arguments(self, run: _Run, connection: Connection) -> dict[str, Any]:
+        return {
+            "worker_id": self.worker_id,
+            "execution_time_ms": run.elapsed_ms,
+            "started_at": run.began_at,
+            "session": connection,
+        }
 
-def _lock_row(session: Session, occurrence: Occurrence) -> ScheduleExecution | DelayedJob | None:
-    if occurrence.kind == "delayed":
-        statement = select(DelayedJob).where(DelayedJob.id == occurrence.row_id)
-        return session.scalars(statement.with_for_update()).one_or_none()
-    query = select(ScheduleExecution).where(ScheduleExecution.id == occurrence.row_id)
-    return session.scalars(query.with_for_update()).one_or_none()
+    def _settle(self, connection: Connection, run: _Run, *, failed: bool) -> None:
+        """Close the occurrence in the dispatch log (and a one-off job's row)."""
+        occurrence = run.occurrence
+        self.registry.finish_in(
+            connection,
+            occurrence.key,
+            occurrence.run_at,
+            attempt=run.attempt,
+            now=self.clock(),
+            failed=failed,
+        )
+        if occurrence.kind == "delayed":
+            connection.execute(
+                update(_DELAYED_T)
+                .where(_DELAYED_T.c.id == occurrence.row_id, _DELAYED_T.c.status == DELAYED_PENDING)
+                .values(status=DELAYED_FAILED if failed else DELAYED_COMPLETED)
+            )
 
 
-def _still_live(row: ScheduleExecution | DelayedJob | None, run_at: datetime) -> bool:
+@dataclass
+class _Run:
+    """One attempt under way: what it runs and when it really began."""
+
+    job: QueuedJob
+    occurrence: Occurrence
+    attempt: int
+    started: HistoryEntry
+    began_at: datetime
+    elapsed_ms: float = 0.0
+
+
+_EXECUTION_T = cast(Table, ScheduleExecution.__table__)
+_SCHEDULE_T = cast(Table, Schedule.__table__)
+_DELAYED_T = cast(Table, DelayedJob.__table__)
+_EXECUTION = select(
+    _EXECUTION_T.c.id,
+    _EXECUTION_T.c.schedule_id,
+    _EXECUTION_T.c.run_at,
+    _EXECUTION_T.c.next_run_at,
+    _EXECUTION_T.c.status,
+    _EXECUTION_T.c.cached_schedule,
+    _SCHEDULE_T.c.max_attempts,
+).outerjoin(_SCHEDULE_T, _SCHEDULE_T.c.id == _EXECUTION_T.c.schedule_id)
+_DELAYED = select(_DELAYED_T)
+
+
+def _lock_row(connection: Connection, occurrence: Occurrence) -> Any:
+    """The row's status and run_at, locked until the transaction ends (PostgreSQL)."""
+    table = _DELAYED_T if occurrence.kind == "delayed" else _EXECUTION_T
+    statement = select(table.c.status, table.c.run_at).where(table.c.id == occurrence.row_id)
+    return connection.execute(statement.with_for_update()).first()
+
+
+def _row_live(row: Any, kind: str, run_at: datetime) -> bool:
     if row is None:
         return False
-    live = DELAYED_PENDING if isinstance(row, DelayedJob) else SCHEDULED
-    return row.status == live and row.run_at == run_at
+    live = DELAYED_PENDING if kind == "delayed" else SCHEDULED
+    return bool(row.status == live and row.run_at == run_at)
 
 
-def _occurrence(execution: ScheduleExecution, schedule: Schedule | None) -> Occurrence:
-    snapshot = execution.cached_schedule
+def _occurrence(row: Any) -> Occurrence:
+    snapshot = row.cached_schedule
     return Occurrence(
         kind="execution",
-        row_id=execution.id,
-        schedule_id=execution.schedule_id,
-        next_run_at=execution.next_run_at,
-        history_job_id=str(execution.id),
+        row_id=row.id,
+        schedule_id=row.schedule_id,
+        next_run_at=row.next_run_at,
+        history_job_id=str(row.id),
         key=str(snapshot["name"]),
-        run_at=execution.run_at,
+        run_at=row.run_at,
         job_class=str(snapshot["job_class"]),
         args=list(snapshot.get("args") or []),
         kwargs=dict(snapshot.get("kwargs") or {}),
         priority=int(snapshot.get("priority", DEFAULT_PRIORITY)),
         ttr=int(snapshot.get("ttr", 300)),
-        max_attempts=schedule.max_attempts if schedule is not None else DEFAULT_MAX_ATTEMPTS,
+        max_attempts=row.max_attempts or DEFAULT_MAX_ATTEMPTS,
         catch_up=bool(snapshot.get("catch_up", False)),
     )
 
 
-def _delayed_occurrence(row: DelayedJob) -> Occurrence:
+def _delayed_occurrence(row: Any) -> Occurrence:
     return Occurrence(
         kind="delayed",
         row_id=row.id,
         schedule_id=None,
         next_run_at=None,
         history_job_id=row.job_id,
-        key=row.gate_key,
+        key=GATE_PREFIX + row.job_id,
         run_at=row.run_at,
         job_class=row.job_class,
         args=list(row.args),
@@ -438,19 +503,6 @@ def _delayed_occurrence(row: DelayedJob) -> Occurrence:
         max_attempts=row.max_attempts,
         catch_up=True,
     )
-
-
-def _finish_delayed(pb: Postburner, occurrence: Occurrence, status: str) -> None:
-    """A one-off job's row leaves ``pending`` once it ran, so its job_id may be reused."""
-    if occurrence.kind != "delayed":
-        return
-    with pb.work_session() as session:
-        session.execute(
-            update(DelayedJob)
-            .where(DelayedJob.id == occurrence.row_id, DelayedJob.status == DELAYED_PENDING)
-            .values(status=status)
-        )
-        session.commit()
 
 
 def render_arguments(
