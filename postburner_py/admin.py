@@ -1,13 +1,16 @@
-"""Operator actions shared by scripts and the CLI (skip an occurrence by id or by time)."""
+"""Operator actions shared by scripts and the CLI: skip an occurrence, enable or disable a
+schedule by name, list the dispatch log, write starter files."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
+from postburner_py.dispatch_log import DispatchEntry, DispatchStatus, SqlDispatchRegistry
 from postburner_py.errors import PostburnerError
 from postburner_py.models import LIVE_STATUSES, Schedule, ScheduleExecution
 
@@ -50,7 +53,7 @@ def skip_occurrence(
             else _find_by_time(session, schedule, at)
         )
         if execution is None:
-            raise PostburnerError(f"no execution {execution_id or f'{schedule} at {at}'}")
+            raise PostburnerError(_not_found(execution_id, schedule, at))
         skipped = execution.skip()
         owner = session.get(Schedule, execution.schedule_id) if execution.schedule_id else None
         upcoming = owner.future_live() if owner is not None else []
@@ -61,6 +64,16 @@ def skip_occurrence(
             status=execution.status,
             next_run_at=upcoming[0].run_at if upcoming else None,
         )
+
+
+def _not_found(execution_id: int | None, schedule: str | None, at: datetime | None) -> str:
+    if execution_id is not None:
+        return f"no execution with id {execution_id}"
+    when = at.isoformat() if at is not None else "?"
+    return (
+        f"no queued execution of {schedule!r} at {when}; only a queued occurrence can be "
+        "skipped (`postburner schedules list` shows the next one)"
+    )
 
 
 def _find_by_time(
@@ -78,3 +91,166 @@ def _find_by_time(
             ScheduleExecution.status.in_(LIVE_STATUSES),
         )
     )
+
+
+# --- enable / disable by name ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnableResult:
+    """What ``enable``/``disable`` did: whether the flag changed and what is queued next."""
+
+    name: str
+    enabled: bool
+    changed: bool
+    next_run_at: datetime | None
+
+    def describe(self) -> str:
+        """One line for the operator."""
+        state = "enabled" if self.enabled else "disabled"
+        verdict = state if self.changed else f"already {state}"
+        following = self.next_run_at.isoformat() if self.next_run_at else "nothing"
+        return f"schedule {self.name} {verdict}; next queued: {following}"
+
+
+def set_enabled(
+    pb: Postburner, name: str, enabled: bool, *, now: datetime | None = None
+) -> EnableResult:
+    """Enable or disable the schedule ``name``, commit, and reconcile its queue."""
+    with pb.session() as session:
+        schedule = session.scalar(select(Schedule).where(Schedule.name == name))
+        if schedule is None:
+            raise PostburnerError(f"no schedule named {name!r}")
+        changed = schedule.enabled != enabled
+        if enabled:
+            schedule.enable(now=now)
+        else:
+            schedule.disable(now=now)
+        upcoming = schedule.future_live(now)
+        return EnableResult(name, enabled, changed, upcoming[0].run_at if upcoming else None)
+
+
+# --- dispatch log listing --------------------------------------------------------------------
+
+
+def list_dispatches(
+    pb: Postburner,
+    *,
+    key: str | None = None,
+    node: str | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
+) -> list[DispatchEntry]:
+    """Dispatch log rows, newest ``fire_time`` first, filtered by one key or one node.
+
+    Without ``key`` and ``node`` it lists every key (by ``status`` when given).
+    """
+    if key is not None and node is not None:
+        raise ValueError("filter by key or by node, not both")
+    registry = SqlDispatchRegistry(pb.session_factory, clock=pb.clock)
+    if key is not None:
+        return registry.find_by_key(key, status=status, since=since, until=until, limit=limit)
+    if node is not None:
+        return registry.find_by_node(node, status=status, since=since, until=until, limit=limit)
+    statuses = [status] if status is not None else list(DispatchStatus)
+    entries = [
+        entry
+        for one in statuses
+        for entry in registry.find_by_status(one, since=since, until=until, limit=limit)
+    ]
+    entries.sort(key=lambda entry: entry.fire_time, reverse=True)
+    return entries[:limit]
+
+
+# --- starter files (postburner init) ---------------------------------------------------------
+
+STARTER_CONFIG = """\
+# postburner configuration. Every setting is a POSTBURNER_* variable; a command-line option
+# of the same name wins over it. Load this file with `set -a; . ./postburner.env; set +a`,
+# systemd's EnvironmentFile= or docker compose's env_file:. Reference: docs/configuration.md.
+
+# SQLAlchemy URL of the database. Default: the SQLite file postburner.sqlite3 in the
+# working directory (fine for one machine; use PostgreSQL for several).
+# POSTBURNER_DATABASE_URL=postgresql+psycopg://postburner:CHANGE-ME@127.0.0.1:5432/postburner
+
+# Beanstalkd. Default: beanstalk://127.0.0.1:11300
+# POSTBURNER_BEANSTALKD_URL=beanstalk://127.0.0.1:11300
+
+# Prefix of the Beanstalkd tubes (<namespace>.<queue>); lets apps share one server.
+# POSTBURNER_NAMESPACE=postburner
+
+# Comma-separated prefixes a job_class must start with. Empty: any importable callable.
+# POSTBURNER_ALLOWED_JOB_PREFIXES=myapp.jobs.
+
+# HMAC key that signs job bodies. Unset: a random key generated once by `postburner migrate`
+# and stored in the database. Set it when processes must not read it from the database.
+# POSTBURNER_SECRET=
+
+# Seconds into the past a catch_up schedule still runs missed occurrences. Default: 3600
+# POSTBURNER_CATCH_UP_WINDOW=3600
+
+# Name of this process in the dispatch log. Default: hostname:pid
+# POSTBURNER_NODE_ID=
+
+# Section of the schedule file `postburner sync` applies over "defaults". Default: production
+# POSTBURNER_ENV=production
+"""
+
+STARTER_SCHEDULES = """\
+# Schedules for postburner. Apply with `postburner sync schedules.yml` (--dry-run to preview).
+#
+# "defaults" applies everywhere; the section named by --env (or POSTBURNER_ENV, default
+# "production") is deep-merged over it, entry by entry, matched by key. Schedules in the
+# database that the file does not mention are disabled (deleted with --prune).
+#
+# Fields: key (the schedule name), job_class, cron | interval + interval_unit [+ anchor],
+# timezone, args, kwargs, queue, priority, ttr, max_attempts, catch_up, enabled, description.
+# Placeholders in args and kwargs, filled for each occurrence: {{fire_time.iso8601}},
+# {{fire_time.unix}}, {{idempotency_key}}, {{key}}. Reference: docs/schedule-files.md.
+
+defaults:
+  jobs:
+    - key: "examples:heartbeat"
+      description: "Shows the pipeline is alive, every 5 seconds"
+      job_class: "postburner_py.examples:heartbeat"
+      interval: 5
+      interval_unit: seconds
+      ttr: 30
+
+    - key: "examples:minute_report"
+      description: "A report at the start of every minute"
+      job_class: "postburner_py.examples:minute_report"
+      cron: "* * * * *"
+      timezone: "UTC"
+      kwargs:
+        fire_time: "{{fire_time.iso8601}}"
+        idempotency_key: "{{idempotency_key}}"
+
+# An environment section overrides single fields of the defaults, e.g.:
+# production:
+#   jobs:
+#     - key: "examples:heartbeat"
+#       enabled: false
+"""
+
+STARTER_FILES = {"postburner.env": STARTER_CONFIG, "schedules.yml": STARTER_SCHEDULES}
+
+
+def write_starter_files(directory: str | Path) -> list[Path]:
+    """Write ``postburner.env`` and ``schedules.yml`` into ``directory``; never overwrite.
+
+    Raises :class:`PostburnerError` naming the first file that already exists, having
+    written nothing.
+    """
+    folder = Path(directory)
+    targets = {folder / name: text for name, text in STARTER_FILES.items()}
+    for path in targets:
+        if path.exists():
+            raise PostburnerError(f"{path} already exists; not overwriting it")
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, text in targets.items():
+        with path.open("x", encoding="utf-8") as handle:
+            handle.write(text)
+    return list(targets)

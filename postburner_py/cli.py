@@ -1,14 +1,26 @@
-"""The ``postburner`` command line: parsing and printing only, the work is in the library."""
+"""The ``postburner`` command line: parsing and printing only, the work is in the library.
+
+Each command is one ``_add_<command>`` function (its options) and one ``_run_<command>``
+handler. Every command's parser gets the connection options (``--database-url`` ...) through
+:class:`CommandParser`, so they work before or after the command name; each also reads a
+``POSTBURNER_*`` variable. Exit codes: 0 success, 1 operational failure (a server does not
+answer, a schedule is not found, an action was refused), 2 usage error (bad options, a bad
+cron expression, an invalid schedule file). Errors print one line; ``--debug`` shows tracebacks.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from postburner_py.errors import PostburnerError
 
@@ -17,31 +29,67 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 Handler = Callable[[argparse.Namespace], int]
+_TRUE = frozenset({"1", "true", "yes", "on"})
+
+#: The connection options: (flag, variable, help). ``None`` as default lets Postburner
+#: read the variable itself, so the library and the CLI agree on every setting.
+_CONNECTION_OPTIONS = (
+    ("--database-url", "POSTBURNER_DATABASE_URL", "SQLAlchemy URL (default SQLite file)"),
+    ("--beanstalkd-url", "POSTBURNER_BEANSTALKD_URL", "beanstalk://host:port (127.0.0.1:11300)"),
+    ("--namespace", "POSTBURNER_NAMESPACE", "Beanstalkd tube prefix (default postburner)"),
+    ("--allowed-job-prefixes", "POSTBURNER_ALLOWED_JOB_PREFIXES", "comma-separated prefixes"),
+    ("--secret", "POSTBURNER_SECRET", "HMAC key of job bodies (prefer the variable)"),
+    ("--catch-up-window", "POSTBURNER_CATCH_UP_WINDOW", "seconds (default 3600)"),
+    ("--node-id", "POSTBURNER_NODE_ID", "name in the dispatch log (default host:pid)"),
+)
 
 
 class UsageError(PostburnerError):
     """The command line itself is wrong (exit 2)."""
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A sub-command parser that also accepts the connection options after the command.
+
+    Its options default to "not given" so they never override what the main parser read.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _add_connection_options(self, suppress=True)
+
+
+# --- entry point -----------------------------------------------------------------------------
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``postburner`` command; returns the process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.debug:
+        for chatty in ("alembic", "apscheduler"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     handler: Handler = args.handler
     try:
         return handler(args)
-    except (UsageError, ValueError) as exc:
-        return _fail(args, exc, EXIT_USAGE)
-    except (PostburnerError, OSError, ConnectionError) as exc:
-        return _fail(args, exc, EXIT_FAILURE)
+    except KeyboardInterrupt:
+        return 130
     except Exception as exc:
-        if _is_database_error(exc):
-            return _fail(args, exc, EXIT_FAILURE)
-        raise
+        if args.debug:
+            raise
+        return _fail(exc)
+
+
+def _fail(exc: Exception) -> int:
+    """Print one line for ``exc``; usage errors (bad input) exit 2, anything else 1."""
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if not isinstance(exc, PostburnerError | OSError | ValueError) and not _is_database_error(exc):
+        message = f"{type(exc).__name__}: {message} (run with --debug for the traceback)"
+    print(f"postburner: error: {message}", file=sys.stderr)
+    return EXIT_USAGE if isinstance(exc, UsageError | ValueError) else EXIT_FAILURE
 
 
 def _is_database_error(exc: Exception) -> bool:
@@ -50,50 +98,158 @@ def _is_database_error(exc: Exception) -> bool:
     return isinstance(exc, SQLAlchemyError)
 
 
-def _fail(args: argparse.Namespace, exc: BaseException, code: int) -> int:
-    if args.debug:
-        raise exc
-    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    print(f"postburner: error: {message}", file=sys.stderr)
-    return code
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = argparse.ArgumentParser(
         prog="postburner",
         description="Pre-enqueue delay-queue scheduler on Beanstalkd and PostgreSQL.",
+        epilog="Options whose help names a POSTBURNER_* variable also read it from the "
+        "environment; the command line wins.",
     )
-    _add_common(parser)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_migrate(commands)
-    _add_status(commands)
-    _add_next(commands)
-    _add_explain(commands)
-    _add_skip(commands)
+    _add_connection_options(parser, suppress=False)
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=CommandParser
+    )
+    for add in (
+        _add_init,
+        _add_migrate,
+        _add_status,
+        _add_sync,
+        _add_schedules,
+        _add_next,
+        _add_explain,
+        _add_skip,
+        _add_history,
+        _add_dispatches,
+        _add_cancel,
+        _add_worker,
+        _add_watchdog,
+        _add_tick,
+        _add_dev,
+    ):
+        add(commands)
     return parser
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--database-url", help="SQLAlchemy URL (env POSTBURNER_DATABASE_URL; default SQLite file)"
-    )
-    parser.add_argument(
-        "--beanstalkd-url",
-        help="beanstalk://host:port (env POSTBURNER_BEANSTALKD_URL; default 127.0.0.1:11300)",
-    )
-    parser.add_argument("--namespace", help="tube prefix (env POSTBURNER_NAMESPACE)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The sub-command parsers of ``parser`` by name (``{}`` when it has none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
-def _postburner(args: argparse.Namespace) -> Postburner:
+def _add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    group = parser.add_argument_group("connection (before or after the command)")
+    for flag, variable, text in _CONNECTION_OPTIONS:
+        default: Any = argparse.SUPPRESS if suppress else None
+        group.add_argument(flag, default=default, help=f"{text}; env {variable}")
+    group.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else _env_flag("POSTBURNER_DEBUG"),
+        help="debug logs and tracebacks; env POSTBURNER_DEBUG=1",
+    )
+
+
+def _env_flag(variable: str) -> bool:
+    return os.environ.get(variable, "").strip().lower() in _TRUE
+
+
+def _add_json(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--json",
+        action="store_true",
+        default=_env_flag("POSTBURNER_JSON"),
+        help="print JSON; env POSTBURNER_JSON=1",
+    )
+
+
+@contextmanager
+def _postburner(args: argparse.Namespace) -> Iterator[Postburner]:
+    """A Postburner configured from the options (and ``POSTBURNER_*``), disposed after use."""
     from postburner_py.app import Postburner
 
-    return Postburner(
+    pb = Postburner(
         database_url=args.database_url,
         beanstalkd_url=args.beanstalkd_url,
         namespace=args.namespace,
+        allowed_job_prefixes=args.allowed_job_prefixes,
+        secret=args.secret,
+        catch_up_window=_seconds(args.catch_up_window),
+        node_id=args.node_id,
     )
+    try:
+        yield pb
+    finally:
+        pb.dispose()
+
+
+def _seconds(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"--catch-up-window {text!r} is not a number of seconds") from None
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return str(value)
+
+
+def _parse_instant(text: str, option: str) -> datetime:
+    try:
+        instant = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(
+            f"{option} {text!r} is not ISO-8601, e.g. 2025-01-31T10:00:00+00:00"
+        ) from None
+    if instant.tzinfo is None:
+        raise UsageError(f"{option} {text!r} has no UTC offset; add one, e.g. +00:00")
+    return instant.astimezone(UTC)
+
+
+def _positive(text: str) -> int:
+    """argparse type of ``--count`` and ``--limit``: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+# --- init ------------------------------------------------------------------------------------
+
+
+def _add_init(commands: Any) -> None:
+    command = commands.add_parser(
+        "init", help="write postburner.env and an example schedules.yml (never overwrites)"
+    )
+    command.add_argument("--dir", default=".", help="where to write them (default: here)")
+    command.set_defaults(handler=_run_init)
+
+
+def _run_init(args: argparse.Namespace) -> int:
+    from postburner_py.admin import write_starter_files
+
+    for path in write_starter_files(args.dir):
+        print(f"wrote {path}")
+    print("next: edit them, then `postburner migrate` and `postburner sync schedules.yml`")
+    return EXIT_OK
+
+
+# --- migrate ---------------------------------------------------------------------------------
 
 
 def _add_migrate(commands: Any) -> None:
@@ -102,81 +258,176 @@ def _add_migrate(commands: Any) -> None:
 
 
 def _run_migrate(args: argparse.Namespace) -> int:
-    pb = _postburner(args)
-    try:
+    with _postburner(args) as pb:
         pb.migrate()
         print(f"migrated {pb.engine.url.render_as_string(hide_password=True)} to head")
-    finally:
-        pb.dispose()
     return EXIT_OK
 
 
+# --- status ----------------------------------------------------------------------------------
+
+
 def _add_status(commands: Any) -> None:
-    command = commands.add_parser("status", help="settings, server health and schedules")
-    command.add_argument("--json", action="store_true", help="print JSON")
+    command = commands.add_parser(
+        "status", help="settings, server health, queues, schedules and their last outcome"
+    )
+    _add_json(command)
     command.set_defaults(handler=_run_status)
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from postburner_py.status import collect_status, render_status
+    from postburner_py.status import collect_status, render_status, warnings
 
-    pb = _postburner(args)
-    try:
+    with _postburner(args) as pb:
         report = collect_status(pb)
-    finally:
-        pb.dispose()
-    print(json.dumps(report, indent=2, default=str) if args.json else render_status(report))
+    if args.json:
+        _print_json(report)
+        for line in warnings(report):
+            print(f"postburner: {line}", file=sys.stderr)
+    else:
+        print(render_status(report))
     return EXIT_OK if report["healthy"] else EXIT_FAILURE
 
 
+# --- sync ------------------------------------------------------------------------------------
+
+
+def _add_sync(commands: Any) -> None:
+    command = commands.add_parser(
+        "sync", help="make the database's schedules match a schedule file (YAML)"
+    )
+    command.add_argument("file", help="the schedule file, e.g. schedules.yml")
+    command.add_argument(
+        "--env",
+        default=None,
+        help="section merged over 'defaults'; env POSTBURNER_ENV (default production)",
+    )
+    command.add_argument(
+        "--prune", action="store_true", help="delete schedules the file omits (else disable)"
+    )
+    command.add_argument(
+        "--dry-run", action="store_true", help="print what would change, write nothing"
+    )
+    _add_json(command)
+    command.set_defaults(handler=_run_sync)
+
+
+def _run_sync(args: argparse.Namespace) -> int:
+    from postburner_py.schedule_file import default_env, sync
+
+    with _postburner(args) as pb:
+        plan = sync(
+            pb, args.file, env=args.env or default_env(), prune=args.prune, dry_run=args.dry_run
+        )
+    if args.json:
+        _print_json(plan.to_dict())
+    else:
+        print(plan.describe())
+    return EXIT_OK
+
+
+# --- schedules list | enable | disable --------------------------------------------------------
+
+
+def _add_schedules(commands: Any) -> None:
+    command = commands.add_parser("schedules", help="list, enable or disable schedules")
+    actions = command.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="every schedule, next run and last outcome")
+    _add_json(listing)
+    listing.set_defaults(handler=_run_schedules_list)
+    for action, text in (("enable", "enable and queue"), ("disable", "disable and unqueue")):
+        one = actions.add_parser(action, help=f"{text} one schedule")
+        one.add_argument("name", help="schedule name")
+        one.set_defaults(handler=_run_schedules_toggle)
+
+
+def _run_schedules_list(args: argparse.Namespace) -> int:
+    from postburner_py.status import schedule_rows
+
+    with _postburner(args) as pb:
+        rows = schedule_rows(pb)
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    for row in rows:
+        state = "enabled" if row["enabled"] else "disabled"
+        last = row["last_dispatch"]
+        outcome = f"{last['fire_time']} {last['status']}" if last else "-"
+        print(
+            f"{row['name']:<30} {state:<8} {row['spec']:<20} {row['timezone']:<16} "
+            f"{row['job_class']:<36} next {row['next_run_at'] or '-'}  last {outcome}"
+        )
+    return EXIT_OK
+
+
+def _run_schedules_toggle(args: argparse.Namespace) -> int:
+    from postburner_py.admin import set_enabled
+
+    with _postburner(args) as pb:
+        result = set_enabled(pb, args.name, args.action == "enable")
+    print(result.describe())
+    return EXIT_OK
+
+
+# --- next ------------------------------------------------------------------------------------
+
+
 def _add_next(commands: Any) -> None:
-    command = commands.add_parser("next", help="print upcoming fire times, one ISO-8601 a line")
+    command = commands.add_parser(
+        "next", help="print upcoming fire times of a cron expression or a schedule"
+    )
     command.add_argument("cron", nargs="?", help="cron expression, e.g. '0 9 * * 1'")
     command.add_argument("--schedule", help="a schedule name instead of a cron expression")
-    command.add_argument("--count", type=int, default=5, help="how many (default 5)")
-    command.add_argument("--tz", default="UTC", help="IANA timezone for a cron (default UTC)")
+    command.add_argument("--count", type=_positive, default=5, help="how many (default 5)")
+    command.add_argument(
+        "--tz",
+        default=os.environ.get("POSTBURNER_TZ") or None,
+        help="IANA timezone of the cron and of the output (default UTC, or the schedule's); "
+        "env POSTBURNER_TZ",
+    )
+    _add_json(command)
     command.set_defaults(handler=_run_next)
 
 
 def _run_next(args: argparse.Namespace) -> int:
     from postburner_py import timegrid
 
-    if args.count < 1:
-        raise UsageError("--count must be >= 1")
+    if bool(args.cron) == bool(args.schedule):
+        raise UsageError("give a cron expression or --schedule NAME (one of them)")
+    if args.tz:
+        timegrid.validate_timezone(args.tz)
     now = datetime.now(UTC)
     if args.schedule:
-        points = _schedule_upcoming(args, args.schedule, args.count, now)
-    elif args.cron:
-        grid = timegrid.CronGrid(args.cron, args.tz)
-        points = grid.upcoming(args.count, now)
+        points, zone = _schedule_upcoming(args, now)
     else:
-        raise UsageError("give a cron expression or --schedule NAME")
-    for point in points:
-        print(point.isoformat())
+        zone = args.tz or "UTC"
+        points = timegrid.CronGrid(args.cron, zone).upcoming(args.count, now)
+    shown = [point.astimezone(ZoneInfo(zone)).isoformat() for point in points]
+    if args.json:
+        _print_json(shown)
+    else:
+        print("\n".join(shown))
     return EXIT_OK
 
 
-def _schedule_upcoming(
-    args: argparse.Namespace, name: str, count: int, now: datetime
-) -> list[datetime]:
+def _schedule_upcoming(args: argparse.Namespace, now: datetime) -> tuple[list[datetime], str]:
     from sqlalchemy import select
 
     from postburner_py.models import Schedule
 
-    pb = _postburner(args)
-    try:
-        with pb.session() as session:
-            schedule = session.scalar(select(Schedule).where(Schedule.name == name))
-            if schedule is None:
-                raise PostburnerError(f"no schedule named {name!r}")
-            return schedule.upcoming(count, now)
-    finally:
-        pb.dispose()
+    with _postburner(args) as pb, pb.session() as session:
+        schedule = session.scalar(select(Schedule).where(Schedule.name == args.schedule))
+        if schedule is None:
+            raise PostburnerError(f"no schedule named {args.schedule!r}")
+        return schedule.upcoming(args.count, now), args.tz or schedule.timezone
+
+
+# --- explain ---------------------------------------------------------------------------------
 
 
 def _add_explain(commands: Any) -> None:
     command = commands.add_parser("explain", help="describe a cron expression in words")
-    command.add_argument("cron", help="cron expression, e.g. '*/15 * * * *'")
+    command.add_argument("cron", help="cron expression, e.g. '*/15 * * * *' or '@daily'")
     command.set_defaults(handler=_run_explain)
 
 
@@ -185,6 +436,9 @@ def _run_explain(args: argparse.Namespace) -> int:
 
     print(explain_cron(args.cron))
     return EXIT_OK
+
+
+# --- skip ------------------------------------------------------------------------------------
 
 
 def _add_skip(commands: Any) -> None:
@@ -198,23 +452,219 @@ def _add_skip(commands: Any) -> None:
 def _run_skip(args: argparse.Namespace) -> int:
     from postburner_py.admin import skip_occurrence
 
-    if args.execution_id is None and not (args.schedule and args.at):
+    by_id = args.execution_id is not None
+    by_time = args.schedule is not None and args.at is not None
+    half_a_time = (args.schedule is None) != (args.at is None)
+    if by_id == by_time or half_a_time:
         raise UsageError("give EXECUTION_ID, or --schedule NAME --at ISO")
-    at = _parse_instant(args.at) if args.at else None
-    pb = _postburner(args)
-    try:
+    at = _parse_instant(args.at, "--at") if args.at else None
+    with _postburner(args) as pb:
         result = skip_occurrence(pb, execution_id=args.execution_id, schedule=args.schedule, at=at)
-    finally:
-        pb.dispose()
     print(result.describe())
     return EXIT_OK if result.skipped else EXIT_FAILURE
 
 
-def _parse_instant(text: str) -> datetime:
-    try:
-        instant = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"--at {text!r} is not ISO-8601, e.g. 2025-01-31T10:00:00+00:00") from None
-    if instant.tzinfo is None:
-        raise UsageError(f"--at {text!r} has no UTC offset; add one, e.g. +00:00")
-    return instant.astimezone(UTC)
+# --- history ---------------------------------------------------------------------------------
+
+
+def _add_history(commands: Any) -> None:
+    command = commands.add_parser("history", help="job runs recorded by the workers")
+    command.add_argument("--from", dest="from_", help="runs started at or after (ISO-8601)")
+    command.add_argument("--to", help="runs started before (ISO-8601)")
+    command.add_argument("--task", help="job class (task identifier), e.g. myapp.jobs:report")
+    command.add_argument("--status", choices=("started", "completed", "failed", "partial_success"))
+    command.add_argument("--limit", type=_positive, default=50, help="at most (default 50)")
+    _add_json(command)
+    command.set_defaults(handler=_run_history)
+
+
+def _run_history(args: argparse.Namespace) -> int:
+    from postburner_py.history import HistoryStore
+
+    start = _parse_instant(args.from_, "--from") if args.from_ else None
+    end = _parse_instant(args.to, "--to") if args.to else None
+    with _postburner(args) as pb:
+        entries = HistoryStore(pb.session_factory).query(
+            start, end, task_identifier=args.task, status=args.status, limit=args.limit
+        )
+    if args.json:
+        _print_json(entries)
+        return EXIT_OK
+    if not entries:
+        print("no runs match", file=sys.stderr)
+    for entry in entries:
+        took = f"{entry.execution_time_ms:.1f} ms" if entry.execution_time_ms is not None else "-"
+        error = f"  error: {entry.error_message.splitlines()[0]}" if entry.error_message else ""
+        print(
+            f"{entry.started_at.isoformat()}  {entry.status:<15} {took:>10}  "
+            f"{entry.schedule_name or '-':<24} {entry.task_identifier}  "
+            f"attempt {entry.attempt} on {entry.worker_id}{error}"
+        )
+    return EXIT_OK
+
+
+# --- dispatches ------------------------------------------------------------------------------
+
+
+def _add_dispatches(commands: Any) -> None:
+    command = commands.add_parser("dispatches", help="the dispatch log: which occurrence ran where")
+    command.add_argument("--key", help="one schedule name")
+    command.add_argument("--node", help="one node id (worker host:pid)")
+    command.add_argument("--status", choices=("dispatched", "completed", "failed", "missed"))
+    command.add_argument("--since", help="fire times at or after (ISO-8601)")
+    command.add_argument("--until", help="fire times before (ISO-8601)")
+    command.add_argument("--limit", type=_positive, default=50, help="at most (default 50)")
+    _add_json(command)
+    command.set_defaults(handler=_run_dispatches)
+
+
+def _run_dispatches(args: argparse.Namespace) -> int:
+    from postburner_py.admin import list_dispatches
+
+    if args.key and args.node:
+        raise UsageError("give --key or --node, not both")
+    since = _parse_instant(args.since, "--since") if args.since else None
+    until = _parse_instant(args.until, "--until") if args.until else None
+    with _postburner(args) as pb:
+        entries = list_dispatches(
+            pb,
+            key=args.key,
+            node=args.node,
+            status=args.status,
+            since=since,
+            until=until,
+            limit=args.limit,
+        )
+    if args.json:
+        _print_json(entries)
+        return EXIT_OK
+    if not entries:
+        print("no dispatches match", file=sys.stderr)
+    for entry in entries:
+        print(
+            f"{entry.fire_time.isoformat()}  {entry.status:<10} {entry.key:<30} "
+            f"attempt {entry.attempt} on {entry.node_id}"
+        )
+    return EXIT_OK
+
+
+# --- one-off jobs ----------------------------------------------------------------------------
+
+
+def _add_cancel(commands: Any) -> None:
+    command = commands.add_parser("cancel", help="cancel a pending one-off job by its job_id")
+    command.add_argument("job_id", help="the job_id given to enqueue_at")
+    command.set_defaults(handler=_run_cancel)
+
+
+def _run_cancel(args: argparse.Namespace) -> int:
+    with _postburner(args) as pb:
+        cancelled = pb.cancel(args.job_id)
+    print(f"{args.job_id}: {'cancelled' if cancelled else 'not pending (or already started)'}")
+    return EXIT_OK if cancelled else EXIT_FAILURE
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def _add_worker(commands: Any) -> None:
+    command = commands.add_parser("worker", help="run jobs from Beanstalkd until stopped")
+    command.add_argument(
+        "--queue",
+        action="append",
+        default=None,
+        help="queue to work (repeatable; default: default); env POSTBURNER_QUEUES=a,b",
+    )
+    command.add_argument(
+        "--concurrency",
+        type=_positive,
+        default=int(os.environ.get("POSTBURNER_CONCURRENCY", "1")),
+        help="threads (default 1); env POSTBURNER_CONCURRENCY",
+    )
+    command.add_argument(
+        "--burst", action="store_true", help="exit once no job is ready (scripts, tests)"
+    )
+    command.set_defaults(handler=_run_worker)
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from postburner_py.worker import run_worker
+
+    queues = args.queue or _env_list("POSTBURNER_QUEUES") or ["default"]
+    with _postburner(args) as pb:
+        return run_worker(pb, queues=queues, concurrency=args.concurrency, burst=args.burst)
+
+
+def _env_list(variable: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(variable, "").split(",") if item.strip()]
+
+
+def _add_watchdog(commands: Any) -> None:
+    command = commands.add_parser("watchdog", help="converge the queue to the database, forever")
+    _add_interval(command)
+    command.add_argument(
+        "--metrics-port",
+        type=_positive,
+        default=_env_int("POSTBURNER_METRICS_PORT"),
+        help="serve Prometheus metrics on this port; env POSTBURNER_METRICS_PORT",
+    )
+    command.set_defaults(handler=_run_watchdog)
+
+
+def _add_interval(command: argparse.ArgumentParser, default: float = 60.0) -> None:
+    command.add_argument(
+        "--interval",
+        type=float,
+        default=float(os.environ.get("POSTBURNER_WATCHDOG_INTERVAL", default)),
+        help=f"seconds between passes (default {default:g}); env POSTBURNER_WATCHDOG_INTERVAL",
+    )
+
+
+def _env_int(variable: str) -> int | None:
+    text = os.environ.get(variable)
+    return int(text) if text else None
+
+
+def _run_watchdog(args: argparse.Namespace) -> int:
+    from postburner_py.watchdog import run_watchdog
+
+    with _postburner(args) as pb:
+        return run_watchdog(pb, interval=args.interval, metrics_port=args.metrics_port)
+
+
+def _add_tick(commands: Any) -> None:
+    command = commands.add_parser("tick", help="run one watchdog pass and print what it did")
+    _add_json(command)
+    command.set_defaults(handler=_run_tick)
+
+
+def _run_tick(args: argparse.Namespace) -> int:
+    from postburner_py.watchdog import tick
+
+    with _postburner(args) as pb:
+        report = tick(pb)
+    if args.json:
+        _print_json(report.as_dict())
+    else:
+        print(report.describe())
+    return EXIT_OK
+
+
+def _add_dev(commands: Any) -> None:
+    command = commands.add_parser(
+        "dev", help="live demo: local beanstalkd, example schedules, watchdog and worker"
+    )
+    command.add_argument("--schedules", help="schedule file (default examples/schedules.yml)")
+    command.add_argument("--env", default="development", help="section of the schedule file")
+    _add_interval(command, default=10.0)
+    command.set_defaults(handler=_run_dev)
+
+
+def _run_dev(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from postburner_py.dev import run_dev
+
+    schedule_file = Path(args.schedules) if args.schedules else None
+    with _postburner(args) as pb:
+        return run_dev(pb, schedule_file=schedule_file, env=args.env, interval=args.interval)

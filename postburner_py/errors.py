@@ -50,3 +50,11 @@ class QueueUnavailableError(PostburnerError, ConnectionError):
 
 class SignatureError(PostburnerError):
     """A job body is malformed, unsigned, or its signature does not verify."""
+
+
+class ScheduleFileError(PostburnerError, ValueError):
+    """A schedule file (``postburner sync``) is invalid; nothing was written.
+
+    The message names the file, the entry and the field, e.g.
+    ``schedules.yml: defaults.jobs[3] (key 'reports:daily'): cron: ...``.
+    """

@@ -4,14 +4,29 @@ from __future__ import annotations
 
 from postburner_py import timegrid
 
+#: The macros :func:`timegrid.validate_cron` accepts, as five fields cron-descriptor understands.
+_MACRO_FIELDS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
 
 def explain_cron(expression: str) -> str:
     """A human sentence for ``expression`` (validated first, so errors name the field).
 
-    A six-field expression has its seconds field first, as cron-descriptor expects.
+    Macros (``@daily``) are described through their five fields; a six-field expression has
+    its seconds field first, as cron-descriptor expects.
     """
     from cron_descriptor import Options, get_description
 
+    normalised = timegrid.validate_cron(expression)
+    fields = _MACRO_FIELDS.get(normalised, normalised)
     options = Options()
     options.use_24hour_time_format = True
-    return str(get_description(timegrid.validate_cron(expression), options))
+    sentence = str(get_description(fields, options))
+    return f"{sentence} ({normalised} = {fields})" if normalised != fields else sentence

@@ -6,10 +6,11 @@ The order is what makes a delivery safe to repeat (see ``docs/worker.md``):
 2. load the execution and fence: it must still be ``scheduled`` for that ``run_at``;
 3. release a job that arrived a second or more early;
 4. check the job class against the allow-list (before any import);
-5. lock the execution row and claim the occurrence in the dispatch log in one transaction
-   (a late occurrence the schedule does not catch up is recorded ``missed`` instead);
-6. chain the next execution, wait out the sub-second rest of ``run_at``, record the start;
-7. run the job while touching the Beanstalkd job and renewing the lease;
+5. lock the execution row, claim the occurrence in the dispatch log and record the start in
+   one transaction (a late occurrence not caught up is recorded ``missed`` instead);
+6. wait out the sub-second rest of ``run_at``;
+7. start the job in its own thread, chain the next execution, then touch the Beanstalkd job
+   and renew the lease until the job returns;
 8. record the outcome, then delete, release (retry with backoff) or bury the job.
 """
 
@@ -287,12 +288,15 @@ class JobRunner:
     def _attempt(
         self, job: QueuedJob, occurrence: Occurrence, attempt: int, started: HistoryEntry
     ) -> Outcome:
-        self._chain(occurrence)
         self._wait_until(occurrence.run_at)
         context = self._context(occurrence, attempt)
         run = _Run(job, occurrence, attempt, started, began_at=self.clock())
         began = time.perf_counter()
         future = self._executor.submit(self._invoke, occurrence, context)
+        # The next execution is chained as this attempt starts: once run_at has come (so it
+        # never coexists with this one as a second live future) and in this thread while the
+        # job runs in its own, so chaining never delays the start.
+        self._chain(occurrence)
         self._keep_alive(job, occurrence, attempt, future)
         run.elapsed_ms = (time.perf_counter() - began) * 1000
         try:

@@ -358,5 +358,4 @@ def chain_next(pb: Postburner, schedule_id: int, run_at: datetime, *, now: datet
             .limit(1)
         )
     if following is None:
-        # Plan as of the occurrence itself: the job may be picked up a moment before run_at.
         reconcile_schedule(pb, schedule_id, blocking=False, now=max(now, run_at))

@@ -15,6 +15,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+#: How long a non-blocking lock waits on SQLite, whose write lock covers every schedule.
+SQLITE_TRY_LOCK_MS = 250
+
 
 def schedule_lock_key(namespace: str, schedule_id: int) -> int:
     """A stable signed 64-bit key for ``pg_advisory_xact_lock``."""
@@ -64,7 +67,9 @@ def try_lock_schedules(session: Session, namespace: str, schedule_ids: Iterable[
 def _begin_immediate(session: Session, *, blocking: bool) -> bool:
     options = {"sqlite_begin": "IMMEDIATE"}
     if not blocking:
-        options["sqlite_busy_timeout"] = "0"
+        # SQLite's lock is the whole database: wait out another writer's short transaction,
+        # but not a long one.
+        options["sqlite_busy_timeout"] = str(SQLITE_TRY_LOCK_MS)
     try:
         session.connection(execution_options=options)
     except OperationalError as exc:

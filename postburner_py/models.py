@@ -133,6 +133,10 @@ class Schedule(Base):
     #: Occurrences at or before this instant are never counted as missed. Set when the
     #: schedule is created or enabled and whenever what or when it runs changes.
     resumed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: md5 of the cacheable attributes as JSONB text, set by a PostgreSQL trigger on every
+    #: write (raw SQL included): the watchdog finds drift by comparing it with the executions'
+    #: digest. Always NULL on SQLite, where the watchdog compares the columns themselves.
+    config_digest: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -306,6 +310,8 @@ class ScheduleExecution(Base):
     beanstalk_server_id: Mapped[str | None] = mapped_column(String(64))
     job_id: Mapped[str | None] = mapped_column(String(255))
     cached_schedule: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    #: md5 of ``cached_schedule`` as JSONB text (PostgreSQL trigger; NULL on SQLite).
+    config_digest: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

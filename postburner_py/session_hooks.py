@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import event, inspect, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from postburner_py.errors import QueueUnavailableError
 from postburner_py.models import (
     CACHEABLE_ATTRIBUTES,
     LIVE_STATUSES,
@@ -32,6 +33,9 @@ log = logging.getLogger("postburner_py.hooks")
 _TOUCHED = "postburner_touched_schedules"
 _TO_RECONCILE = "postburner_reconcile_ids"
 _ORPHANED_JOBS = "postburner_orphaned_jobs"
+#: Above this many schedules changed in one commit, one set-based pass replaces reconciling
+#: each schedule on its own (a handful of statements instead of several per schedule).
+ONE_BY_ONE_LIMIT = 20
 
 
 def install_session_hooks(factory: sessionmaker[Session]) -> None:
@@ -107,6 +111,9 @@ def _after_commit(session: Session) -> None:
         return
     pb: Postburner = session.info["postburner"]
     _forget_removed(pb, orphans)
+    if len(ids) > ONE_BY_ONE_LIMIT:
+        _reconcile_all_quietly(pb)
+        return
     for schedule_id in sorted(ids):
         _reconcile_quietly(pb, schedule_id)
 
@@ -123,8 +130,19 @@ def _forget_removed(pb: Postburner, orphans: list[JobRef]) -> None:
         remove_jobs(pb, session, orphans)
 
 
+def _reconcile_all_quietly(pb: Postburner) -> None:
+    """Many schedules changed at once (a sync, a bulk insert): one set-based pass."""
+    from postburner_py.reconcile_pass import reconcile_pass
+
+    try:
+        reconcile_pass(pb, now=pb.clock())
+    except QueueUnavailableError as exc:
+        log.warning(
+            "schedules saved, but Beanstalkd is unreachable (%s); the watchdog queues them", exc
+        )
+
+
 def _reconcile_quietly(pb: Postburner, schedule_id: int) -> None:
-    from postburner_py.errors import QueueUnavailableError
     from postburner_py.lifecycle import reconcile_schedule
 
     try:

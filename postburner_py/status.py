@@ -1,48 +1,93 @@
-"""What ``postburner status`` reports: settings, server health and every schedule."""
+"""What ``postburner status`` reports: settings, server health, queues and every schedule.
+
+Each schedule comes with its next queued run and its last outcome: the newest occurrence in
+the dispatch log (``dispatched``, ``completed``, ``failed`` or ``missed``) and, when a worker
+recorded it, the newest run in the job history (with its error, if it failed).
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, inspect, select, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
+from postburner_py.dispatch_log import DispatchRecord
+from postburner_py.errors import QueueUnavailableError
+from postburner_py.history import HistoryRecord
 from postburner_py.models import LIVE_STATUSES, Schedule, ScheduleExecution
 
 if TYPE_CHECKING:
     from postburner_py.app import Postburner
 
+OK = "ok"
+_TUBE_COUNTS = ("ready", "delayed", "reserved", "buried")
 
-def collect_status(pb: Postburner) -> dict[str, Any]:
-    """A JSON-ready report; ``healthy`` is False when a server does not answer."""
+
+def collect_status(pb: Postburner, *, now: datetime | None = None) -> dict[str, Any]:
+    """A JSON-ready report; ``healthy`` is False when a server does not answer (or the
+    database is not migrated). Never raises for an unreachable server."""
     database = _database_health(pb)
     queue_ok = pb.queue.ping()
+    schedules: list[dict[str, Any]] = []
+    if database == OK:
+        try:
+            schedules = schedule_rows(pb, now=now)
+        except SQLAlchemyError as exc:
+            database = f"error: {_first_line(exc)}"
     return {
-        "settings": {
-            "database_url": pb.engine.url.render_as_string(hide_password=True),
-            "beanstalkd_url": pb.settings.beanstalkd_url,
-            "namespace": pb.settings.namespace,
-            "allowed_job_prefixes": list(pb.settings.allowed_job_prefixes),
-        },
+        "settings": _settings(pb),
         "database": database,
-        "beanstalkd": "ok" if queue_ok else "unreachable",
-        "schedules": _schedules(pb) if database == "ok" else [],
-        "healthy": database == "ok" and queue_ok,
+        "beanstalkd": OK if queue_ok else "unreachable",
+        "queues": _queues(pb, schedules) if queue_ok else {},
+        "schedules": schedules,
+        "healthy": database == OK and queue_ok,
+    }
+
+
+def _settings(pb: Postburner) -> dict[str, Any]:
+    return {
+        "database_url": pb.engine.url.render_as_string(hide_password=True),
+        "beanstalkd_url": pb.settings.beanstalkd_url,
+        "namespace": pb.settings.namespace,
+        "allowed_job_prefixes": list(pb.settings.allowed_job_prefixes),
+        "catch_up_window_seconds": pb.settings.catch_up_window.total_seconds(),
+        "node_id": pb.settings.node_id,
     }
 
 
 def _database_health(pb: Postburner) -> str:
-    from sqlalchemy.exc import SQLAlchemyError
-
     try:
         with pb.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
+            migrated = inspect(connection).has_table(Schedule.__tablename__)
     except SQLAlchemyError as exc:
-        return f"unreachable: {str(exc).splitlines()[0]}"
-    return "ok"
+        return f"unreachable: {_first_line(exc)}"
+    return OK if migrated else "not migrated: run `postburner migrate`"
 
 
-def _schedules(pb: Postburner) -> list[dict[str, Any]]:
-    now = pb.clock()
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _queues(pb: Postburner, schedules: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Job counts of each queue the schedules use (an unused tube counts zero)."""
+    names = sorted({str(item["queue"]) for item in schedules} | {"default"})
+    counts: dict[str, dict[str, int]] = {}
+    for name in names:
+        try:
+            stats = pb.queue.stats_tube(name) or {}
+        except QueueUnavailableError:
+            return counts
+        counts[name] = {kind: int(stats.get(f"current-jobs-{kind}", 0)) for kind in _TUBE_COUNTS}
+    return counts
+
+
+def schedule_rows(pb: Postburner, *, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Every schedule, by name, with its next queued run and its last outcome (JSON-ready)."""
+    now = now or pb.clock()
     next_run = (
         select(func.min(ScheduleExecution.run_at))
         .where(
@@ -54,34 +99,122 @@ def _schedules(pb: Postburner) -> list[dict[str, Any]]:
     )
     with pb.session() as session:
         rows = session.execute(select(Schedule, next_run).order_by(Schedule.name)).all()
+        dispatches = _last_dispatches(session)
+        runs = _last_runs(session)
     return [
-        {
-            "name": schedule.name,
-            "spec": schedule.cron or f"every {schedule.interval} {schedule.interval_unit}",
-            "timezone": schedule.timezone,
-            "enabled": schedule.enabled,
-            "job_class": schedule.job_class,
-            "next_run_at": next_run_at.isoformat() if next_run_at else None,
-        }
+        _schedule_row(schedule, next_run_at, dispatches.get(schedule.name), runs.get(schedule.name))
         for schedule, next_run_at in rows
     ]
 
 
+def _last_dispatches(session: Session) -> dict[str, DispatchRecord]:
+    """The newest dispatch log row of every key."""
+    newest = (
+        select(DispatchRecord.key, func.max(DispatchRecord.fire_time).label("fire_time"))
+        .group_by(DispatchRecord.key)
+        .subquery()
+    )
+    statement = select(DispatchRecord).join(
+        newest,
+        (DispatchRecord.key == newest.c.key) & (DispatchRecord.fire_time == newest.c.fire_time),
+    )
+    return {row.key: row for row in session.scalars(statement)}
+
+
+def _last_runs(session: Session) -> dict[str, HistoryRecord]:
+    """The newest job history row of every schedule."""
+    newest = (
+        select(func.max(HistoryRecord.id))
+        .where(HistoryRecord.schedule_name.is_not(None))
+        .group_by(HistoryRecord.schedule_name)
+    )
+    statement = select(HistoryRecord).where(HistoryRecord.id.in_(newest))
+    return {str(row.schedule_name): row for row in session.scalars(statement)}
+
+
+def _schedule_row(
+    schedule: Schedule,
+    next_run_at: datetime | None,
+    dispatch: DispatchRecord | None,
+    run: HistoryRecord | None,
+) -> dict[str, Any]:
+    return {
+        "name": schedule.name,
+        "spec": schedule.cron or f"every {schedule.interval} {schedule.interval_unit}",
+        "timezone": schedule.timezone,
+        "enabled": schedule.enabled,
+        "job_class": schedule.job_class,
+        "queue": schedule.queue,
+        "next_run_at": _iso(next_run_at),
+        "last_dispatch": None
+        if dispatch is None
+        else {
+            "fire_time": _iso(dispatch.fire_time),
+            "status": dispatch.status,
+            "attempt": dispatch.attempt,
+            "node_id": dispatch.node_id,
+        },
+        "last_run": None
+        if run is None
+        else {
+            "status": run.status,
+            "started_at": _iso(run.started_at),
+            "finished_at": _iso(run.finished_at),
+            "execution_time_ms": run.execution_time_ms,
+            "error": run.error_message,
+        },
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
 def render_status(report: dict[str, Any]) -> str:
-    """The report as aligned text."""
+    """The report as aligned text, warnings first."""
     settings = report["settings"]
-    lines = [
+    lines = warnings(report)
+    lines += [
         f"database   {settings['database_url']}: {report['database']}",
         f"beanstalkd {settings['beanstalkd_url']}: {report['beanstalkd']}",
         f"namespace  {settings['namespace']}",
     ]
-    if report["beanstalkd"] != "ok":
-        lines.append("WARNING: Beanstalkd does not answer; queued jobs cannot be checked or put")
+    for name, counts in report["queues"].items():
+        shown = ", ".join(f"{kind} {count}" for kind, count in counts.items())
+        lines.append(f"queue      {name}: {shown}")
     lines.append(f"schedules  {len(report['schedules'])}")
-    for item in report["schedules"]:
-        state = "enabled" if item["enabled"] else "disabled"
-        lines.append(
-            f"  {item['name']:<30} {item['spec']:<20} {item['timezone']:<18} {state:<8} "
-            f"next {item['next_run_at'] or '-'}"
-        )
+    lines += [_render_schedule(item) for item in report["schedules"]]
     return "\n".join(lines)
+
+
+def warnings(report: dict[str, Any]) -> list[str]:
+    """One ``WARNING:`` line per server that does not answer (or is not migrated)."""
+    found = []
+    if report["database"] != OK:
+        found.append(f"WARNING: database: {report['database']}")
+    if report["beanstalkd"] != OK:
+        found.append(
+            "WARNING: Beanstalkd does not answer; queued jobs cannot be checked, put or run"
+        )
+    return found
+
+
+def _render_schedule(item: dict[str, Any]) -> str:
+    state = "enabled" if item["enabled"] else "disabled"
+    return (
+        f"  {item['name']:<30} {item['spec']:<20} {item['timezone']:<16} {state:<8} "
+        f"next {item['next_run_at'] or '-'}  last {_last_outcome(item)}"
+    )
+
+
+def _last_outcome(item: dict[str, Any]) -> str:
+    dispatch, run = item["last_dispatch"], item["last_run"]
+    if dispatch is not None:
+        outcome = f"{dispatch['fire_time']} {dispatch['status']}"
+    elif run is not None:
+        outcome = f"{run['started_at']} {run['status']}"
+    else:
+        return "-"
+    if run is not None and run["status"] == "failed" and run["error"]:
+        outcome += f" (error: {str(run['error']).splitlines()[0][:80]})"
+    return outcome

@@ -47,7 +47,7 @@ def test_migrations_survive_downgrade_and_upgrade_again(database_url: str) -> No
     assert _schema_differences(database_url) == []
 
 
-@pytest.mark.parametrize("revision", ["0001_core", "0002_history_dispatch"])
+@pytest.mark.parametrize("revision", ["0001_core", "0002_history_dispatch", "0003_watchdog"])
 def test_each_revision_downgrades_cleanly(database_url: str, revision: str) -> None:
     engine = create_engine(database_url)
     try:

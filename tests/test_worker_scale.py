@@ -24,7 +24,7 @@ def test_two_workers_run_500_occurrences_each_exactly_once(
     make_postburner: MakePostburner, postgres_url: str
 ) -> None:
     pb = make_postburner(database_url=postgres_url)
-    anchor = (datetime.now(UTC) + timedelta(seconds=20)).replace(microsecond=0)
+    anchor = (datetime.now(UTC) + timedelta(seconds=5)).replace(microsecond=0)
     markers = [uuid.uuid4().hex for _ in range(500)]
     with pb.session() as session:
         session.add_all(
@@ -32,7 +32,7 @@ def test_two_workers_run_500_occurrences_each_exactly_once(
             for m in markers
         )
         session.commit()
-    assert datetime.now(UTC) < anchor, "creating 500 schedules took longer than 20 s"
+    assert datetime.now(UTC) < anchor, "creating 500 schedules took longer than 5 s"
     other = make_postburner(database_url=postgres_url, node_id="second-node")
     registry = SqlDispatchRegistry(pb.session_factory)
 

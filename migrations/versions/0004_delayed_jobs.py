@@ -1,7 +1,7 @@
 """One-off delayed jobs (enqueue_at).
 
-Revision ID: 0003_delayed_jobs
-Revises: 0002_history_dispatch
+Revision ID: 0004_delayed_jobs
+Revises: 0003_watchdog
 Create Date: 2026-11-23
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 from postburner_py.db import BigIntPK, JSONType, UTCDateTime
 
-revision = "0003_delayed_jobs"
-down_revision = "0002_history_dispatch"
+revision = "0004_delayed_jobs"
+down_revision = "0003_watchdog"
 branch_labels = None
 depends_on = None
 
