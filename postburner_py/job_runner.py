@@ -3,15 +3,15 @@
 The order is what makes a delivery safe to repeat (see ``docs/worker.md``):
 
 1. verify the body's signature (a forged body is buried; its job_class is never imported);
-2. load the execution and fence: it must still be ``scheduled`` for that ``run_at``;
-3. release a job that arrived a second or more early;
-4. check the job class against the allow-list (before any import);
-5. lock the execution row, claim the occurrence in the dispatch log and record the start in
-   one transaction (a late occurrence not caught up is recorded ``missed`` instead);
-6. wait out the sub-second rest of ``run_at``;
-7. start the job in its own thread, chain the next execution, then touch the Beanstalkd job
+2. release a job that arrived a second or more before its (signed) ``run_at``;
+3. in one transaction: load and lock the row and fence (it must still be live for that
+   ``run_at``), check the job class against the allow-list (before any import), claim the
+   occurrence in the dispatch log and record the start (a late occurrence that is not caught
+   up is recorded ``missed`` instead);
+4. wait out the sub-second rest of ``run_at``;
+5. start the job in its own thread, chain the next execution, then touch the Beanstalkd job
    and renew the lease until the job returns;
-8. record the outcome, then delete, release (retry with backoff) or bury the job.
+6. record the outcome, then delete, release (retry with backoff) or bury the job.
 """
 
 from __future__ import annotations
@@ -162,63 +162,51 @@ class JobRunner:
             log.error("burying job %s: %s (its job class is never imported)", job.id, exc)
             self.pb.queue.bury(job.id, priority=DEFAULT_PRIORITY)
             return Outcome.FORGED
-        occurrence = self._load(body)
-        if occurrence is None:
-            log.info("dropping job %s: execution %s is no longer scheduled", job.id, body.id)
-            self.pb.queue.delete(job.id)
-            return Outcome.FENCED
-        return self._deliver(job, occurrence)
-
-    def _deliver(self, job: QueuedJob, occurrence: Occurrence) -> Outcome:
-        early = (occurrence.run_at - self.clock()).total_seconds()
+        early = (body.run_at - self.clock()).total_seconds()
         if early >= 1:
-            self.pb.queue.release(job.id, priority=occurrence.priority, delay=math.floor(early))
+            self.pb.queue.release(job.id, priority=_priority_of(self.pb, job), delay=int(early))
             return Outcome.EARLY
-        try:
-            check_job_allowed(occurrence.job_class, self.pb.settings.allowed_job_prefixes)
-        except JobNotAllowedError as exc:
-            log.error("burying job %s: %s", job.id, exc)
+        admission = self._admit(body)
+        if admission.outcome is not None:
+            return self._turned_away(job, admission)
+        assert admission.occurrence is not None and admission.claim is not None
+        if admission.started is None:
+            return self._not_running(job, admission.occurrence, admission.claim)
+        return self._attempt(job, admission.occurrence, admission.claim.attempt, admission.started)
+
+    def _turned_away(self, job: QueuedJob, admission: _Admission) -> Outcome:
+        occurrence = admission.occurrence
+        if admission.outcome is Outcome.REFUSED and occurrence is not None:
             self.pb.queue.bury(job.id, priority=occurrence.priority)
             return Outcome.REFUSED
-        admission = self._claim(occurrence)
-        if isinstance(admission, Outcome):
-            if admission is Outcome.MISSED:
-                self._chain(occurrence)
-            self.pb.queue.delete(job.id)
-            return admission
-        claim, started = admission
-        if started is None:
-            return self._not_running(job, occurrence, claim)
-        return self._attempt(job, occurrence, claim.attempt, started)
+        if admission.outcome is Outcome.MISSED and occurrence is not None:
+            self._chain(occurrence)
+        if admission.outcome is Outcome.FENCED:
+            log.info("dropping job %s: its row is no longer scheduled for that time", job.id)
+        self.pb.queue.delete(job.id)
+        return admission.outcome or Outcome.FENCED
 
-    # --- loading and claiming ------------------------------------------------------------
+    # --- admission: one transaction --------------------------------------------------------
 
-    def _load(self, body: JobBody) -> Occurrence | None:
-        with self._transaction() as connection:
-            if body.kind == "delayed":
-                delayed = connection.execute(_DELAYED.where(_DELAYED_T.c.id == body.id)).first()
-                if delayed is None or not _row_live(delayed, "delayed", body.run_at):
-                    return None
-                return _delayed_occurrence(delayed)
-            row = connection.execute(_EXECUTION.where(_EXECUTION_T.c.id == body.id)).first()
-            if row is None or not _row_live(row, "execution", body.run_at):
-                return None
-            return _occurrence(row)
+    def _admit(self, body: JobBody) -> _Admission:
+        """Load and lock the row, fence, check the allow-list, claim and record the start, in
+        one transaction.
 
-    def _claim(self, occurrence: Occurrence) -> tuple[Claim, HistoryEntry | None] | Outcome:
-        """Fence, claim and record the start in one transaction.
-
-        FENCED when the row was retired meanwhile, MISSED when it is too late to run;
-        otherwise the claim, with the start record when the claim lets this delivery run.
         Locking the row serialises this with ``skip()``: either the skip sees the claim and
         refuses, or this sees the skip and does not run.
         """
         now = self.clock()
         with self._transaction() as connection:
-            if not _row_live(_lock_row(connection, occurrence), occurrence.kind, occurrence.run_at):
-                return Outcome.FENCED
+            occurrence = _load_locked(connection, body)
+            if occurrence is None:
+                return _Admission(Outcome.FENCED)
+            try:
+                check_job_allowed(occurrence.job_class, self.pb.settings.allowed_job_prefixes)
+            except JobNotAllowedError as exc:
+                log.error("refusing %s: %s", occurrence.key, exc)
+                return _Admission(Outcome.REFUSED, occurrence)
             if self._missed(connection, occurrence, now):
-                return Outcome.MISSED
+                return _Admission(Outcome.MISSED, occurrence)
             claim = self.registry.claim_in(
                 connection,
                 occurrence.key,
@@ -227,9 +215,10 @@ class JobRunner:
                 max_attempts=occurrence.max_attempts,
                 now=now,
             )
-            if not claim.should_run:
-                return claim, None
-            return claim, self._record_start(connection, occurrence, claim, now)
+            started = (
+                self._record_start(connection, occurrence, claim, now) if claim.should_run else None
+            )
+            return _Admission(None, occurrence, claim, started)
 
     def _record_start(
         self, connection: Connection, occurrence: Occurrence, claim: Claim, now: datetime
@@ -444,30 +433,55 @@ class _Run:
 _EXECUTION_T = cast(Table, ScheduleExecution.__table__)
 _SCHEDULE_T = cast(Table, Schedule.__table__)
 _DELAYED_T = cast(Table, DelayedJob.__table__)
-_EXECUTION = select(
-    _EXECUTION_T.c.id,
-    _EXECUTION_T.c.schedule_id,
-    _EXECUTION_T.c.run_at,
-    _EXECUTION_T.c.next_run_at,
-    _EXECUTION_T.c.status,
-    _EXECUTION_T.c.cached_schedule,
-    _SCHEDULE_T.c.max_attempts,
-).outerjoin(_SCHEDULE_T, _SCHEDULE_T.c.id == _EXECUTION_T.c.schedule_id)
-_DELAYED = select(_DELAYED_T)
+_EXECUTION = (
+    select(
+        _EXECUTION_T.c.id,
+        _EXECUTION_T.c.schedule_id,
+        _EXECUTION_T.c.run_at,
+        _EXECUTION_T.c.next_run_at,
+        _EXECUTION_T.c.status,
+        _EXECUTION_T.c.cached_schedule,
+        _SCHEDULE_T.c.max_attempts,
+    )
+    .outerjoin(_SCHEDULE_T, _SCHEDULE_T.c.id == _EXECUTION_T.c.schedule_id)
+    .with_for_update(of=_EXECUTION_T)
+)
+_DELAYED = select(_DELAYED_T).with_for_update()
 
 
-def _lock_row(connection: Connection, occurrence: Occurrence) -> Any:
-    """The row's status and run_at, locked until the transaction ends (PostgreSQL)."""
-    table = _DELAYED_T if occurrence.kind == "delayed" else _EXECUTION_T
-    statement = select(table.c.status, table.c.run_at).where(table.c.id == occurrence.row_id)
-    return connection.execute(statement.with_for_update()).first()
+def _load_locked(connection: Connection, body: JobBody) -> Occurrence | None:
+    """The occurrence ``body`` names, its row locked (PostgreSQL) until the transaction
+    ends; None when the row is gone or no longer live for that ``run_at`` (fencing)."""
+    if body.kind == "delayed":
+        row = connection.execute(_DELAYED.where(_DELAYED_T.c.id == body.id)).first()
+        if row is None or not _row_live(row, "delayed", body.run_at):
+            return None
+        return _delayed_occurrence(row)
+    row = connection.execute(_EXECUTION.where(_EXECUTION_T.c.id == body.id)).first()
+    if row is None or not _row_live(row, "execution", body.run_at):
+        return None
+    return _occurrence(row)
 
 
 def _row_live(row: Any, kind: str, run_at: datetime) -> bool:
-    if row is None:
-        return False
     live = DELAYED_PENDING if kind == "delayed" else SCHEDULED
     return bool(row.status == live and row.run_at == run_at)
+
+
+def _priority_of(pb: Postburner, job: QueuedJob) -> int:
+    stats = pb.queue.stats_job(job.id)
+    return int(stats["pri"]) if stats else DEFAULT_PRIORITY
+
+
+@dataclass(frozen=True)
+class _Admission:
+    """What the admission transaction decided: an ``outcome`` that ends the delivery, or a
+    ``claim`` (with the start record when this delivery runs the job)."""
+
+    outcome: Outcome | None
+    occurrence: Occurrence | None = None
+    claim: Claim | None = None
+    started: HistoryEntry | None = None
 
 
 def _occurrence(row: Any) -> Occurrence:
