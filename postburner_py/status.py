@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from postburner_py.app import Postburner
 
 OK = "ok"
+#: A watchdog whose last pass is older than this is reported stale (seconds).
+WATCHDOG_STALE_AFTER = 300.0
 _TUBE_COUNTS = ("ready", "delayed", "reserved", "buried")
 
 
@@ -32,9 +34,11 @@ def collect_status(pb: Postburner, *, now: datetime | None = None) -> dict[str, 
     database = _database_health(pb)
     queue_ok = pb.queue.ping()
     schedules: list[dict[str, Any]] = []
+    watchdogs: list[dict[str, Any]] = []
     if database == OK:
         try:
             schedules = schedule_rows(pb, now=now)
+            watchdogs = _watchdogs(pb, now or pb.clock())
         except SQLAlchemyError as exc:
             database = f"error: {_first_line(exc)}"
     return {
@@ -42,9 +46,16 @@ def collect_status(pb: Postburner, *, now: datetime | None = None) -> dict[str, 
         "database": database,
         "beanstalkd": OK if queue_ok else "unreachable",
         "queues": _queues(pb, schedules) if queue_ok else {},
+        "watchdogs": watchdogs,
         "schedules": schedules,
         "healthy": database == OK and queue_ok,
     }
+
+
+def _watchdogs(pb: Postburner, now: datetime) -> list[dict[str, Any]]:
+    from postburner_py.watchdog import watchdog_health
+
+    return watchdog_health(pb, now=now, stale_after=WATCHDOG_STALE_AFTER)
 
 
 def _settings(pb: Postburner) -> dict[str, Any]:
@@ -182,6 +193,11 @@ def render_status(report: dict[str, Any]) -> str:
     for name, counts in report["queues"].items():
         shown = ", ".join(f"{kind} {count}" for kind, count in counts.items())
         lines.append(f"queue      {name}: {shown}")
+    for beat in report.get("watchdogs", []):
+        state = "STALE" if beat["stale"] else "ok"
+        lines.append(
+            f"watchdog   {beat['node']}: {state}, last pass {beat['last_pass_at'] or 'none yet'}"
+        )
     lines.append(f"schedules  {len(report['schedules'])}")
     lines += [_render_schedule(item) for item in report["schedules"]]
     return "\n".join(lines)
@@ -195,6 +211,14 @@ def warnings(report: dict[str, Any]) -> list[str]:
     if report["beanstalkd"] != OK:
         found.append(
             "WARNING: Beanstalkd does not answer; queued jobs cannot be checked, put or run"
+        )
+    if report["database"] == OK and not any(
+        not beat["stale"] for beat in report.get("watchdogs", [])
+    ):
+        found.append(
+            f"WARNING: no watchdog has passed in the last {WATCHDOG_STALE_AFTER:.0f} s; "
+            "queued jobs still fire, but nothing repairs drift or lost jobs "
+            "(run `postburner watchdog`)"
         )
     return found
 
