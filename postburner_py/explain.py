@@ -4,17 +4,6 @@ from __future__ import annotations
 
 from postburner_py import timegrid
 
-#: The macros :func:`timegrid.validate_cron` accepts, as five fields cron-descriptor understands.
-_MACRO_FIELDS = {
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-    "@monthly": "0 0 1 * *",
-    "@weekly": "0 0 * * 0",
-    "@daily": "0 0 * * *",
-    "@midnight": "0 0 * * *",
-    "@hourly": "0 * * * *",
-}
-
 
 def explain_cron(expression: str) -> str:
     """A human sentence for ``expression`` (validated first, so errors name the field).
@@ -25,7 +14,7 @@ def explain_cron(expression: str) -> str:
     from cron_descriptor import Options, get_description
 
     normalised = timegrid.validate_cron(expression)
-    fields = _MACRO_FIELDS.get(normalised, normalised)
+    fields = timegrid.MACROS.get(normalised, normalised)
     options = Options()
     options.use_24hour_time_format = True
     sentence = str(get_description(fields, options))

@@ -244,7 +244,8 @@ _FIELD_KINDS = (
     _FieldKind("month", 1, 12, _MONTH_NAMES),
     _FieldKind("day-of-week", 0, 7, _DAY_NAMES, allows_question_mark=True),
 )
-_MACROS = {
+#: Cron macros and the five fields each stands for.
+MACROS = {
     "@yearly": "0 0 1 1 *",
     "@annually": "0 0 1 1 *",
     "@monthly": "0 0 1 * *",
@@ -380,9 +381,9 @@ def _split_cron(expression: str) -> tuple[str, list[str]]:
         raise _CronSyntaxError("it is empty")
     if text.startswith("@"):
         macro = text.lower()
-        if macro not in _MACROS:
-            raise _CronSyntaxError(f"unknown macro {text!r}, use one of {', '.join(_MACROS)}")
-        return macro, ["0", *_MACROS[macro].split()]
+        if macro not in MACROS:
+            raise _CronSyntaxError(f"unknown macro {text!r}, use one of {', '.join(MACROS)}")
+        return macro, ["0", *MACROS[macro].split()]
     texts = text.upper().split()
     if len(texts) == 5:
         return " ".join(texts), ["0", *texts]
