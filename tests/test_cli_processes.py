@@ -1,4 +1,4 @@
-"""The process commands of the CLI (worker, watchdog, tick) and cancel, as real subprocesses."""
+"""CLI commands as real subprocesses: worker, watchdog, tick, cancel, migrate."""
 
 from __future__ import annotations
 
@@ -97,3 +97,25 @@ def test_status_warns_when_no_watchdog_has_passed(cli: Cli) -> None:
     result = cli("status")
     assert result.returncode == 0
     assert "no watchdog has passed" in result.stdout
+
+
+def test_migrate_creates_the_schema_of_a_new_database_and_is_idempotent(
+    cli: Cli, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "fresh.sqlite3"
+    env = dict(cli.env, POSTBURNER_DATABASE_URL=f"sqlite:///{path}")
+    for _ in range(2):
+        result = subprocess.run(
+            [sys.executable, "-m", "postburner_py", "migrate"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+    with sqlite3.connect(path) as database:
+        tables = {row[0] for row in database.execute("SELECT name FROM sqlite_master")}
+    assert {"postburner_schedules", "postburner_delayed_jobs", "postburner_settings"} <= tables
