@@ -343,9 +343,9 @@ def _record_missed(
 def chain_next(pb: Postburner, schedule_id: int, run_at: datetime, *, now: datetime) -> None:
     """Make sure the occurrence after ``run_at`` exists (the worker calls this first).
 
-    Cheap when it does: one query. Otherwise a non-blocking reconcile; if someone else holds
-    the schedule's lock, they are converging it already. A retry of the same occurrence finds
-    the next one in place and creates nothing.
+    Cheap when it does: one query. Otherwise the watchdog's creation path for this one
+    schedule, under a try-lock: if someone else holds the schedule's lock, they are converging
+    it already. A retry of the same occurrence finds the next one in place and creates nothing.
     """
     with pb.session() as session:
         following = session.scalar(
@@ -358,4 +358,7 @@ def chain_next(pb: Postburner, schedule_id: int, run_at: datetime, *, now: datet
             .limit(1)
         )
     if following is None:
-        reconcile_schedule(pb, schedule_id, blocking=False, now=max(now, run_at))
+        from postburner_py.reconcile_pass import PassReport, create_missing
+
+        # The watchdog's lean creation path: try-lock, re-check, one INSERT, one put.
+        create_missing(pb, [schedule_id], max(now, run_at), PassReport())
