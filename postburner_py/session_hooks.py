@@ -8,7 +8,9 @@ unreachable then, the commit still stands, a warning is logged and the watchdog 
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, inspect, update
@@ -110,12 +112,34 @@ def _after_commit(session: Session) -> None:
     if not ids and not orphans:
         return
     pb: Postburner = session.info["postburner"]
-    _forget_removed(pb, orphans)
+    from postburner_py.lifecycle import reconcile_schedule
+    from postburner_py.reconcile_pass import reconcile_pass
+
+    if orphans:
+        _guarded(lambda: _forget_removed(pb, orphans), "deleted schedules")
     if len(ids) > ONE_BY_ONE_LIMIT:
-        _reconcile_all_quietly(pb)
+        _guarded(lambda: reconcile_pass(pb, now=pb.clock()), f"{len(ids)} schedules")
         return
     for schedule_id in sorted(ids):
-        _reconcile_quietly(pb, schedule_id)
+        _guarded(functools.partial(reconcile_schedule, pb, schedule_id), f"schedule {schedule_id}")
+
+
+def _guarded(work: Callable[[], object], what: str) -> None:
+    """The commit stands whatever happens next: mirroring it in Beanstalkd may fail, and is
+    then logged for the watchdog to converge, never raised into the caller's ``commit()``."""
+    try:
+        work()
+    except QueueUnavailableError as exc:
+        log.warning(
+            "%s saved, but Beanstalkd is unreachable (%s); "
+            "the watchdog will queue it when the server is back",
+            what,
+            exc,
+        )
+    except Exception:
+        log.exception(
+            "%s saved, but converging the queue failed; the watchdog will repair it", what
+        )
 
 
 def _after_rollback(session: Session) -> None:
@@ -128,29 +152,3 @@ def _forget_removed(pb: Postburner, orphans: list[JobRef]) -> None:
 
     with pb.session() as session:
         remove_jobs(pb, session, orphans)
-
-
-def _reconcile_all_quietly(pb: Postburner) -> None:
-    """Many schedules changed at once (a sync, a bulk insert): one set-based pass."""
-    from postburner_py.reconcile_pass import reconcile_pass
-
-    try:
-        reconcile_pass(pb, now=pb.clock())
-    except QueueUnavailableError as exc:
-        log.warning(
-            "schedules saved, but Beanstalkd is unreachable (%s); the watchdog queues them", exc
-        )
-
-
-def _reconcile_quietly(pb: Postburner, schedule_id: int) -> None:
-    from postburner_py.lifecycle import reconcile_schedule
-
-    try:
-        reconcile_schedule(pb, schedule_id)
-    except QueueUnavailableError as exc:
-        log.warning(
-            "schedule %s saved, but Beanstalkd is unreachable (%s); "
-            "the watchdog will queue it when the server is back",
-            schedule_id,
-            exc,
-        )

@@ -374,3 +374,22 @@ def test_catch_up_true_runs_the_oldest_missed_occurrence_now(
         ).all()
     assert [e.run_at for e in live] == [first.run_at]
     assert _tube_counts(pb) == {"delayed": 0, "ready": 1}
+
+
+def test_a_failure_after_commit_is_logged_and_never_undoes_the_commit(
+    make_postburner: MakePostburner,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import postburner_py.lifecycle
+
+    def broken(*_args: Any, **_kwargs: Any) -> bool:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(postburner_py.lifecycle, "reconcile_schedule", broken)
+    pb = make_postburner()
+    with caplog.at_level(logging.ERROR, logger="postburner_py"):
+        schedule_id = _create(pb)
+    assert "the watchdog will repair it" in caplog.text
+    with pb.session() as session:
+        assert session.get(Schedule, schedule_id) is not None
