@@ -6,6 +6,7 @@ import itertools
 from datetime import UTC, datetime
 from typing import Any
 
+from postburner_py.app import Postburner
 from postburner_py.models import Schedule
 
 _sequence = itertools.count(1)
@@ -27,6 +28,15 @@ def schedule_attributes(**overrides: Any) -> dict[str, Any]:
 def make_schedule(**overrides: Any) -> Schedule:
     """An unsaved :class:`Schedule`."""
     return Schedule(**schedule_attributes(**overrides))
+
+
+def create_schedule(pb: Postburner, **overrides: Any) -> int:
+    """Save a schedule through the API (so its first execution is queued); its id."""
+    with pb.session() as session:
+        schedule = make_schedule(**overrides)
+        session.add(schedule)
+        session.commit()
+        return schedule.id
 
 
 def at(text: str) -> datetime:

@@ -14,18 +14,10 @@ from sqlalchemy import func, select, text
 from postburner_py import Postburner, Schedule, ScheduleExecution
 from postburner_py.errors import JobNotAllowedError, NextExecutionRunAtConflict
 from postburner_py.signing import decode_body
-from tests.factories import ManualClock, make_schedule
+from tests.factories import ManualClock, create_schedule, make_schedule
 
 MakePostburner = Callable[..., Postburner]
 pytestmark = pytest.mark.usefixtures("database_url")
-
-
-def _create(pb: Postburner, **overrides: Any) -> int:
-    with pb.session() as session:
-        schedule = make_schedule(**overrides)
-        session.add(schedule)
-        session.commit()
-        return schedule.id
 
 
 def _live(pb: Postburner, schedule_id: int) -> list[ScheduleExecution]:
@@ -57,7 +49,7 @@ def test_creating_a_schedule_queues_its_first_execution_in_the_right_tube(
     make_postburner: MakePostburner,
 ) -> None:
     pb = make_postburner()
-    schedule_id = _create(pb, cron="*/5 * * * *")
+    schedule_id = create_schedule(pb, cron="*/5 * * * *")
     [execution] = _live(pb, schedule_id)
     assert execution.status == "scheduled"
     assert execution.beanstalk_job_id is not None
@@ -81,7 +73,7 @@ def test_reconcile_twice_keeps_one_live_execution_and_one_job(
     make_postburner: MakePostburner,
 ) -> None:
     pb = make_postburner()
-    schedule_id = _create(pb)
+    schedule_id = create_schedule(pb)
     with pb.session() as session:
         schedule = session.get(Schedule, schedule_id)
         assert schedule is not None
@@ -96,7 +88,7 @@ def test_reconcile_from_two_threads_at_once_creates_one_execution(
     make_postburner: MakePostburner,
 ) -> None:
     pb = make_postburner()
-    schedule_id = _create(pb, enabled=False)
+    schedule_id = create_schedule(pb, enabled=False)
     with pb.session() as session:
         session.execute(text("UPDATE postburner_schedules SET enabled = :on"), {"on": True})
         session.commit()
@@ -126,7 +118,7 @@ def test_changing_the_cron_supersedes_the_old_execution_and_deletes_its_job(
     make_postburner: MakePostburner,
 ) -> None:
     pb = make_postburner()
-    schedule_id = _create(pb, cron="0 * * * *")
+    schedule_id = create_schedule(pb, cron="0 * * * *")
     [old] = _live(pb, schedule_id)
     with pb.session() as session:
         schedule = session.get(Schedule, schedule_id)
@@ -147,7 +139,7 @@ def test_a_save_that_changes_nothing_cached_supersedes_nothing(
     make_postburner: MakePostburner,
 ) -> None:
     pb = make_postburner()
-    schedule_id = _create(pb)
+    schedule_id = create_schedule(pb)
     with pb.session() as session:
         schedule = session.get(Schedule, schedule_id)
         assert schedule is not None
@@ -161,7 +153,7 @@ def test_disable_removes_the_job_and_enable_queues_the_next_grid_point(
     make_postburner: MakePostburner,
 ) -> None:
     pb = make_postburner()
-    schedule_id = _create(pb, cron="*/10 * * * *")
+    schedule_id = create_schedule(pb, cron="*/10 * * * *")
     with pb.session() as session:
         schedule = session.get(Schedule, schedule_id)
         assert schedule is not None
@@ -180,7 +172,7 @@ def test_disable_removes_the_job_and_enable_queues_the_next_grid_point(
 
 def test_deleting_a_schedule_removes_its_job(make_postburner: MakePostburner) -> None:
     pb = make_postburner()
-    schedule_id = _create(pb)
+    schedule_id = create_schedule(pb)
     with pb.session() as session:
         schedule = session.get(Schedule, schedule_id)
         session.delete(schedule)
@@ -197,7 +189,7 @@ def test_skip_queues_the_following_grid_point_and_never_recreates_the_skipped_on
     make_postburner: MakePostburner,
 ) -> None:
     pb = make_postburner()
-    schedule_id = _create(pb, cron="0 * * * *")
+    schedule_id = create_schedule(pb, cron="0 * * * *")
     with pb.session() as session:
         [first] = session.get_one(Schedule, schedule_id).future_live()
         assert first.skip() is True
@@ -213,7 +205,7 @@ def test_skip_queues_the_following_grid_point_and_never_recreates_the_skipped_on
 
 def test_skip_twice_returns_false_the_second_time(make_postburner: MakePostburner) -> None:
     pb = make_postburner()
-    schedule_id = _create(pb)
+    schedule_id = create_schedule(pb)
     with pb.session() as session:
         [execution] = session.get_one(Schedule, schedule_id).future_live()
         assert execution.skip() is True
@@ -225,7 +217,7 @@ def test_skip_refuses_an_occurrence_a_worker_has_claimed(make_postburner: MakePo
     from postburner_py.dispatch_log import SqlDispatchRegistry
 
     pb = make_postburner()
-    schedule_id = _create(pb)
+    schedule_id = create_schedule(pb)
     [execution] = _live(pb, schedule_id)
     registry = SqlDispatchRegistry(pb.session_factory, node_id="worker-1")
     registry.claim(
@@ -243,7 +235,7 @@ def test_skip_refuses_an_occurrence_a_worker_has_claimed(make_postburner: MakePo
 
 def test_skip_works_from_an_admin_script(make_postburner: MakePostburner) -> None:
     pb = make_postburner()
-    schedule_id = _create(pb)
+    schedule_id = create_schedule(pb)
     [execution] = _live(pb, schedule_id)
     with pb.session() as session:
         assert session.get_one(ScheduleExecution, execution.id).skip() is True
@@ -251,7 +243,7 @@ def test_skip_works_from_an_admin_script(make_postburner: MakePostburner) -> Non
 
 def test_supersede_deletes_the_job(make_postburner: MakePostburner) -> None:
     pb = make_postburner()
-    schedule_id = _create(pb)
+    schedule_id = create_schedule(pb)
     with pb.session() as session:
         [execution] = session.get_one(Schedule, schedule_id).future_live()
         job_id = execution.beanstalk_job_id
@@ -261,7 +253,7 @@ def test_supersede_deletes_the_job(make_postburner: MakePostburner) -> None:
 
 def test_enqueue_twice_puts_one_job(make_postburner: MakePostburner) -> None:
     pb = make_postburner()
-    schedule_id = _create(pb)
+    schedule_id = create_schedule(pb)
     with pb.session() as session:
         [execution] = session.get_one(Schedule, schedule_id).future_live()
         first_job = execution.beanstalk_job_id
@@ -278,7 +270,7 @@ def test_is_drifted_ignores_representation_but_sees_real_changes(
     anchor = datetime(2025, 1, 31, 11, tzinfo=UTC).astimezone(
         __import__("zoneinfo").ZoneInfo("Europe/Prague")
     )
-    schedule_id = _create(pb, cron=None, anchor=anchor, interval=1, interval_unit="days")
+    schedule_id = create_schedule(pb, cron=None, anchor=anchor, interval=1, interval_unit="days")
     with pb.session() as session:
         schedule = session.get_one(Schedule, schedule_id)
         [execution] = schedule.future_live()
@@ -318,7 +310,7 @@ def test_schedule_created_while_beanstalkd_is_down_is_queued_once_it_is_back(
     pb = make_postburner(beanstalkd_url=server.url)
     server.stop()
     with caplog.at_level(logging.WARNING, logger="postburner_py"):
-        schedule_id = _create(pb)
+        schedule_id = create_schedule(pb)
     assert "unreachable" in caplog.text
     [execution] = _live(pb, schedule_id)
     assert (execution.status, execution.beanstalk_job_id) == ("scheduled", None)
@@ -338,7 +330,7 @@ def test_catch_up_false_records_missed_occurrences_and_resumes_after_now(
 
     clock = ManualClock(datetime.now(UTC).replace(second=30, microsecond=0))
     pb = make_postburner(clock=clock)
-    schedule_id = _create(pb, name="every-minute", cron="* * * * *")
+    schedule_id = create_schedule(pb, name="every-minute", cron="* * * * *")
     with pb.session() as session:
         [first] = session.get_one(Schedule, schedule_id).future_live()
         first.supersede()  # the job is lost and nothing runs for three minutes
@@ -358,7 +350,7 @@ def test_catch_up_true_runs_the_oldest_missed_occurrence_now(
 ) -> None:
     clock = ManualClock(datetime.now(UTC).replace(second=30, microsecond=0))
     pb = make_postburner(clock=clock, catch_up_window=600)
-    schedule_id = _create(pb, cron="* * * * *", catch_up=True)
+    schedule_id = create_schedule(pb, cron="* * * * *", catch_up=True)
     with pb.session() as session:
         [first] = session.get_one(Schedule, schedule_id).future_live()
         first.supersede()
@@ -389,7 +381,7 @@ def test_a_failure_after_commit_is_logged_and_never_undoes_the_commit(
     monkeypatch.setattr(postburner_py.lifecycle, "reconcile_schedule", broken)
     pb = make_postburner()
     with caplog.at_level(logging.ERROR, logger="postburner_py"):
-        schedule_id = _create(pb)
+        schedule_id = create_schedule(pb)
     assert "the watchdog will repair it" in caplog.text
     with pb.session() as session:
         assert session.get(Schedule, schedule_id) is not None

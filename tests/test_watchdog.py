@@ -32,7 +32,7 @@ from postburner_py.watchdog import (
     tick,
     watchdog_health,
 )
-from tests.factories import ManualClock, make_schedule
+from tests.factories import ManualClock, create_schedule
 from tests.servers import free_port, wait_until
 
 MakePostburner = Callable[..., Postburner]
@@ -80,14 +80,6 @@ def _bulk_schedules(pb: Postburner, count: int, **overrides: Any) -> list[int]:
         return list(
             session.scalars(select(Schedule.id).where(Schedule.name.like(f"bulk-{prefix}-%")))
         )
-
-
-def _create(pb: Postburner, **overrides: Any) -> int:
-    with pb.session() as session:
-        schedule = make_schedule(**overrides)
-        session.add(schedule)
-        session.commit()
-        return schedule.id
 
 
 def _future_live(pb: Postburner, now: datetime) -> list[ScheduleExecution]:
@@ -224,7 +216,7 @@ def test_a_cron_changed_with_raw_sql_is_superseded_and_recreated_by_the_next_pas
 ) -> None:
     clock = _clock()
     pb = make_postburner(clock=clock)
-    schedule_id = _create(pb, cron="0 * * * *")
+    schedule_id = create_schedule(pb, cron="0 * * * *")
     [old] = _future_live(pb, clock())
     _sql(pb, "UPDATE postburner_schedules SET cron = '30 * * * *' WHERE id = :id", id=schedule_id)
     report = tick(pb, now=clock())
@@ -255,7 +247,7 @@ def test_any_cached_column_changed_with_raw_sql_counts_as_drift(
 ) -> None:
     clock = _clock()
     pb = make_postburner(clock=clock)
-    schedule_id = _create(pb, kwargs={"b": 1, "a": 2}, args=[1, "two"])
+    schedule_id = create_schedule(pb, kwargs={"b": 1, "a": 2}, args=[1, "two"])
     assert tick(pb, now=clock()).repaired == 0  # key order and spacing are not drift
     _sql(pb, f'UPDATE postburner_schedules SET "{column}" = {value} WHERE id = :id', id=schedule_id)
     assert tick(pb, now=clock()).repaired == 1
@@ -268,7 +260,9 @@ def test_an_interval_anchor_changed_with_raw_sql_counts_as_drift(
     clock = _clock()
     pb = make_postburner(clock=clock)
     anchor = datetime(2025, 1, 1, 0, 0, 0, 250_000, tzinfo=UTC)
-    schedule_id = _create(pb, cron=None, anchor=anchor, interval=90, interval_unit="minutes")
+    schedule_id = create_schedule(
+        pb, cron=None, anchor=anchor, interval=90, interval_unit="minutes"
+    )
     assert tick(pb, now=clock()).repaired == 0
     with pb.session() as session:
         schedule = session.get_one(Schedule, schedule_id)
@@ -288,7 +282,7 @@ def test_a_schedule_disabled_with_raw_sql_loses_its_job_after_one_pass(
 ) -> None:
     clock = _clock()
     pb = make_postburner(clock=clock)
-    schedule_id = _create(pb)
+    schedule_id = create_schedule(pb)
     [execution] = _future_live(pb, clock())
     _sql(pb, "UPDATE postburner_schedules SET enabled = false WHERE id = :id", id=schedule_id)
     report = tick(pb, now=clock())
@@ -304,7 +298,7 @@ def test_a_schedule_deleted_with_raw_sql_loses_its_job_after_one_pass(
 ) -> None:
     clock = _clock()
     pb = make_postburner(clock=clock)
-    schedule_id = _create(pb)
+    schedule_id = create_schedule(pb)
     _sql(pb, "DELETE FROM postburner_schedules WHERE id = :id", id=schedule_id)
     [orphan] = _future_live(pb, clock())
     assert orphan.schedule_id is None  # ON DELETE SET NULL
@@ -319,7 +313,7 @@ def test_duplicate_live_executions_are_reduced_to_one(
 ) -> None:
     clock = _clock()
     pb = make_postburner(clock=clock)
-    schedule_id = _create(pb, cron="0 * * * *")
+    schedule_id = create_schedule(pb, cron="0 * * * *")
     [first] = _future_live(pb, clock())
     with pb.session() as session:
         session.add(
@@ -588,7 +582,7 @@ def test_puts_failing_while_beanstalkd_is_down_are_all_queued_once_it_is_back(
     clock = _clock()
     pb = make_postburner(beanstalkd_url=server.url, clock=clock)
     server.stop()
-    _create(pb)  # the hook's put fails: scheduled without a job id
+    create_schedule(pb)  # the hook's put fails: scheduled without a job id
     _bulk_schedules(pb, 30)
     down = tick(pb, now=clock())
     assert down.queue_error is not None
