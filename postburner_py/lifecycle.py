@@ -28,7 +28,7 @@ from postburner_py.models import (
     ScheduleExecution,
 )
 from postburner_py.occurrences import NextOccurrence, plan_next
-from postburner_py.queue_ops import JobRef, put_execution, remove_job
+from postburner_py.queue_ops import JobRef, delete_jobs, put_execution, remove_job
 
 if TYPE_CHECKING:
     from postburner_py.app import Postburner
@@ -171,7 +171,11 @@ def occurrence_claimed(session: Session, key: str, fire_time: datetime) -> bool:
 
 def remove_jobs(pb: Postburner, session: Session, refs: list[JobRef]) -> None:
     """Remove the jobs of retired executions; forget the ids of the ones now gone."""
-    gone = [ref.execution_id for ref in refs if ref.job_id is not None and remove_job(pb, ref)]
+    try:
+        gone = delete_jobs(pb, refs)
+    except QueueUnavailableError as exc:
+        log.warning("could not remove %d job(s), the watchdog retries: %s", len(refs), exc)
+        return
     if gone:
         session.execute(
             update(ScheduleExecution)

@@ -62,7 +62,7 @@ def put_execution(pb: Postburner, execution: ScheduleExecution, now: datetime) -
 
 
 def remove_job(pb: Postburner, ref: JobRef) -> bool:
-    """Delete the execution's job. True when the job is gone (deleted now, or already lost).
+    """Delete one row's job. True when the job is gone (deleted now, or already lost).
 
     False when a worker holds it reserved (it will drop the job itself after fencing) or
     when Beanstalkd is unreachable (the watchdog retries later).
@@ -70,14 +70,32 @@ def remove_job(pb: Postburner, ref: JobRef) -> bool:
     if ref.job_id is None:
         return True
     try:
-        if ref.server_id != pb.queue.server_id() and not _is_ours(pb, ref):
-            return True
-        return pb.queue.delete(ref.job_id) or pb.queue.peek(ref.job_id) is None
+        return bool(delete_jobs(pb, [ref]))
     except QueueUnavailableError as exc:
         log.warning(
             "could not remove job %s of execution %s: %s", ref.job_id, ref.execution_id, exc
         )
         return False
+
+
+def delete_jobs(pb: Postburner, refs: list[JobRef]) -> list[int]:
+    """Delete the jobs of ``refs``; the row ids whose job is gone now.
+
+    One ``stats`` call for the whole list, then a delete per job; a job id from another
+    server is first checked with ``peek``. Raises :class:`QueueUnavailableError`.
+    """
+    refs = [ref for ref in refs if ref.job_id is not None]
+    if not refs:
+        return []
+    current = pb.queue.server_id()
+    return [ref.execution_id for ref in refs if _delete(pb, ref, current)]
+
+
+def _delete(pb: Postburner, ref: JobRef, current_server: str) -> bool:
+    assert ref.job_id is not None
+    if ref.server_id != current_server and not _is_ours(pb, ref):
+        return True  # ours went with the old server; this id now names someone else's job
+    return pb.queue.delete(ref.job_id) or pb.queue.peek(ref.job_id) is None
 
 
 def _is_ours(pb: Postburner, ref: JobRef) -> bool:

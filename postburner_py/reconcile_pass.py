@@ -72,7 +72,7 @@ from postburner_py.models import (
     normalize_snapshot,
 )
 from postburner_py.occurrences import NextOccurrence, plan_next
-from postburner_py.queue_ops import JobRef, remove_job
+from postburner_py.queue_ops import JobRef, delete_jobs, remove_job
 from postburner_py.signing import JobBody, encode_body
 from postburner_py.timegrid import TimeGrid, make_grid
 
@@ -898,7 +898,7 @@ def _remove_retired(
         found = session.execute(
             select(model.id, model.beanstalk_job_id, model.beanstalk_server_id).where(retired)
         ).all()
-    gone = _delete_jobs(pb, [JobRef(row[0], row[1], row[2], kind=kind) for row in found])
+    gone = delete_jobs(pb, [JobRef(row[0], row[1], row[2], kind=kind) for row in found])
     for chunk in chunks(gone, PUT_CHUNK):
         with pb.work_session() as session:
             session.connection().execute(
@@ -908,23 +908,6 @@ def _remove_retired(
             )
             session.commit()
     return len(gone)
-
-
-def _delete_jobs(pb: Postburner, refs: list[JobRef]) -> list[int]:
-    """The executions whose job is gone now (one ``stats`` call, then one delete per job)."""
-    if not refs:
-        return []
-    current = pb.queue.server_id()
-    gone = []
-    for ref in refs:
-        assert ref.job_id is not None
-        if ref.server_id == current:
-            deleted = pb.queue.delete(ref.job_id) or pb.queue.peek(ref.job_id) is None
-        else:
-            deleted = remove_job(pb, ref)  # a job id from another server: peek before deleting
-        if deleted:
-            gone.append(ref.execution_id)
-    return gone
 
 
 # --- putting and recording --------------------------------------------------------------------
