@@ -46,6 +46,7 @@ from sqlalchemy import (
     UniqueConstraint,
     Update,
     and_,
+    bindparam,
     delete,
     not_,
     or_,
@@ -154,6 +155,29 @@ class Claim:
     def should_run(self) -> bool:
         """True for ``acquired`` and ``taken_over``: this delivery owns the occurrence."""
         return self.outcome in _RUNNABLE
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """One claim of a batch (:meth:`SqlDispatchRegistry.claim_many_in`), made as ``node_id``."""
+
+    key: str
+    fire_time: datetime
+    node_id: str
+    lease_seconds: float
+    max_attempts: int
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FinishRequest:
+    """One attempt of a batch to close (:func:`finish_many_in`)."""
+
+    key: str
+    fire_time: datetime
+    attempt: int
+    now: datetime
+    failed: bool = False
 
 
 def idempotency_key(namespace: str, key: str, fire_time: datetime) -> str:
@@ -493,6 +517,40 @@ class SqlDispatchRegistry(DispatchRegistry):
             f"{_CLAIM_ROUNDS} rounds of contention; the delivery must not run"
         )
 
+    def claim_many_in(self, session: Executor, requests: Sequence[ClaimRequest]) -> list[Claim]:
+        """:meth:`claim_in` for a batch, in the caller's open transaction, answers in order.
+
+        Occurrences without a row are claimed by one multi-row INSERT that skips existing
+        rows; the rest (already in the log, or named twice in the batch) are decided one by
+        one exactly as :meth:`claim_in` decides them, after the INSERT.
+        """
+        checked = [
+            _claim_arguments(r.key, r.fire_time, r.lease_seconds, r.max_attempts, r.now)
+            for r in requests
+        ]
+        fresh: dict[tuple[str, datetime], dict[str, Any]] = {}
+        for request, (ident, now, lease_until) in zip(requests, checked, strict=True):
+            fresh.setdefault(ident, _fresh_row(ident, request.node_id, now, lease_until))
+        inserted = _insert_absent_idents(session, list(fresh.values()))
+        claims: list[Claim] = []
+        for request, (ident, _now, _lease_until) in zip(requests, checked, strict=True):
+            if ident in inserted:
+                inserted.discard(ident)  # only the first request of an occurrence acquired it
+                claims.append(Claim(ClaimOutcome.ACQUIRED, DispatchEntry(**fresh[ident])))
+                continue
+            registry = self if request.node_id == self.node_id else self.for_node(request.node_id)
+            claims.append(
+                registry.claim_in(
+                    session,
+                    request.key,
+                    request.fire_time,
+                    lease_seconds=request.lease_seconds,
+                    max_attempts=request.max_attempts,
+                    now=request.now,
+                )
+            )
+        return claims
+
     def record_missed(self, key: str, fire_times: Sequence[datetime], *, now: datetime) -> int:
         with self._session_factory() as session, session.begin():
             return insert_missed(session, key, fire_times, node_id=self.node_id, now=now)
@@ -695,6 +753,31 @@ def _owned_update(key: str, fire_time: datetime, attempt: int) -> Update:
     )
 
 
+#: The row of ``b_key``/``b_fire_time`` while attempt ``b_attempt`` owns it (executemany).
+_OWNED_BY_BOUND_ATTEMPT = (
+    DispatchRecord.key == bindparam("b_key"),
+    DispatchRecord.fire_time == bindparam("b_fire_time"),
+    DispatchRecord.status == DispatchStatus.DISPATCHED,
+    DispatchRecord.attempt == bindparam("b_attempt"),
+)
+_FINISH_OWNED = (
+    update(DispatchRecord)
+    .where(*_OWNED_BY_BOUND_ATTEMPT)
+    .values(
+        status=bindparam("status"),
+        lease_expires_at=bindparam("lease_expires_at"),
+        updated_at=bindparam("updated_at"),
+    )
+)
+
+
+_RELEASE_OWNED = (
+    update(DispatchRecord)
+    .where(*_OWNED_BY_BOUND_ATTEMPT)
+    .values(lease_expires_at=bindparam("lease_expires_at"), updated_at=bindparam("updated_at"))
+)
+
+
 def _final_changes(status: DispatchStatus, now: datetime) -> dict[str, Any]:
     return {"status": status, "lease_expires_at": None, "updated_at": _aware("now", now)}
 
@@ -706,15 +789,74 @@ def _owned_by(entry: DispatchEntry, attempt: int) -> bool:
 # --- SQL helpers --------------------------------------------------------------------------
 
 
+def finish_many_in(session: Executor, requests: Sequence[FinishRequest]) -> None:
+    """Close a batch of attempts (``completed``, or ``failed`` when ``failed``) in the caller's
+    open transaction, with one executemany UPDATE; a row no longer owned by its attempt (a
+    takeover happened) is left alone, as :meth:`DispatchRegistry.complete` leaves it."""
+    if not requests:
+        return
+    params = [
+        {
+            "b_key": request.key,
+            "b_fire_time": _aware("fire_time", request.fire_time),
+            "b_attempt": request.attempt,
+            **_final_changes(
+                DispatchStatus.FAILED if request.failed else DispatchStatus.COMPLETED, request.now
+            ),
+        }
+        for request in requests
+    ]
+    connection_of(session).execute(_FINISH_OWNED, params)
+
+
+def release_many_in(session: Executor, requests: Sequence[FinishRequest]) -> None:
+    """:meth:`DispatchRegistry.release_for_retry` for a batch of failed attempts, in the
+    caller's open transaction: each lease ends at its ``now`` (the next delivery takes over as
+    the next attempt); ``failed`` is ignored. A row its attempt no longer owns is left alone."""
+    if not requests:
+        return
+    params = [
+        {
+            "b_key": request.key,
+            "b_fire_time": _aware("fire_time", request.fire_time),
+            "b_attempt": request.attempt,
+            "lease_expires_at": _aware("now", request.now),
+            "updated_at": _aware("now", request.now),
+        }
+        for request in requests
+    ]
+    connection_of(session).execute(_RELEASE_OWNED, params)
+
+
 def _insert_absent(session: Executor, rows: list[dict[str, Any]]) -> int:
-    """Insert ``rows``, skipping existing occurrences; how many went in.
+    """Insert ``rows``, skipping existing occurrences; how many went in."""
+    return len(_insert_absent_idents(session, rows))
+
+
+def _insert_absent_idents(
+    session: Executor, rows: list[dict[str, Any]]
+) -> set[tuple[str, datetime]]:
+    """Insert ``rows``, skipping existing occurrences; the ``(key, fire_time)`` that went in.
 
     Executed as one executemany: SQLAlchemy's "insertmanyvalues" sends multi-row INSERTs of a
-    cached statement, paged to the driver's parameter limits, RETURNING the inserted ids.
+    cached statement, paged to the driver's parameter limits, RETURNING what was inserted.
     """
+    if not rows:
+        return set()
     connection = connection_of(session)
-    dialect = connection.dialect.name
-    statement: postgresql.Insert | sqlite.Insert
+    statement = _insert_ignoring(connection.dialect.name)
+    inserted = connection.execute(statement, rows)
+    return {(key, _aware("fire_time", fire_time)) for key, fire_time in inserted}
+
+
+_INSERT_IGNORING: dict[str, Any] = {}
+
+
+def _insert_ignoring(dialect: str) -> Any:
+    """The INSERT ... ON CONFLICT DO NOTHING RETURNING of ``dialect``, built once."""
+    statement = _INSERT_IGNORING.get(dialect)
+    if statement is not None:
+        return statement
     if dialect == "postgresql":
         statement = postgresql.insert(DispatchRecord)
     elif dialect == "sqlite":
@@ -723,9 +865,11 @@ def _insert_absent(session: Executor, rows: list[dict[str, Any]]) -> int:
         raise ConfigurationError(
             f"the dispatch log supports PostgreSQL and SQLite, not {dialect!r}"
         )
-    statement = statement.on_conflict_do_nothing(index_elements=["key", "fire_time"])
-    inserted = connection.execute(statement.returning(DispatchRecord.id), rows)
-    return len(inserted.all())
+    statement = statement.on_conflict_do_nothing(index_elements=["key", "fire_time"]).returning(
+        DispatchRecord.key, DispatchRecord.fire_time
+    )
+    _INSERT_IGNORING[dialect] = statement
+    return statement
 
 
 def _compare_and_set(

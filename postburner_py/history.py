@@ -46,6 +46,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     delete,
     insert,
     or_,
@@ -138,6 +139,24 @@ class HistoryEntry:
 
 
 _COLUMNS = tuple(field.name for field in fields(HistoryEntry) if field.name != "id")
+_TERMINAL_COLUMNS = (
+    "status",
+    "worker_id",
+    "finished_at",
+    "execution_time_ms",
+    "started_at",
+    "queue_time_ms",
+    "results",
+    "error_message",
+    "error_stack",
+)
+_HISTORY_T = cast(Table, HistoryRecord.__table__)
+_INSERT_RETURNING_ID = insert(_HISTORY_T).returning(_HISTORY_T.c.id, sort_by_parameter_order=True)
+_FINISH_STARTED = (
+    update(_HISTORY_T)
+    .where(_HISTORY_T.c.id == bindparam("b_id"), _HISTORY_T.c.status == HistoryStatus.STARTED)
+    .values({name: bindparam(name) for name in _TERMINAL_COLUMNS})
+)
 
 
 class HistoryStore:
@@ -185,12 +204,42 @@ class HistoryStore:
         ``started_at``. With ``session`` the row is written inside that session's open
         transaction and the caller commits (the worker writes it with its claim).
         """
+        entry = self.start_entry(
+            job_id=job_id,
+            task_identifier=task_identifier,
+            worker_id=worker_id,
+            correlation_id=correlation_id,
+            attempt=attempt,
+            run_at=run_at,
+            schedule_name=schedule_name,
+            started_at=started_at,
+            retention=retention,
+        )
+        if session is None and self._session_factory is None:
+            return entry
+        return self._insert(entry, session)
+
+    def start_entry(
+        self,
+        *,
+        job_id: str,
+        task_identifier: str,
+        worker_id: str,
+        correlation_id: str | None = None,
+        attempt: int = 1,
+        run_at: datetime | None = None,
+        schedule_name: str | None = None,
+        started_at: datetime | None = None,
+        retention: timedelta | None = None,
+    ) -> HistoryEntry:
+        """The unstored entry :meth:`record_start` would write (checked, ``id`` None); the
+        worker builds a batch of them and writes it with :meth:`insert_started`."""
         if attempt < 1:
             raise ValueError(f"attempt: must be at least 1, got {attempt!r}")
         started = self._now("started_at", started_at)
         due = None if run_at is None else _aware("run_at", run_at)
         keep = self._retention if retention is None else _positive_retention(retention)
-        entry = HistoryEntry(
+        return HistoryEntry(
             id=None,
             job_id=job_id,
             correlation_id=correlation_id,
@@ -209,9 +258,31 @@ class HistoryStore:
             results=None,
             expires_at=started + keep,
         )
-        if session is None and self._session_factory is None:
-            return entry
-        return self._insert(entry, session)
+
+    def insert_started(self, session: Executor, entries: list[HistoryEntry]) -> list[HistoryEntry]:
+        """Write start entries (from :meth:`start_entry`) in the caller's transaction with one
+        multi-row INSERT; the entries with their ids, in the same order."""
+        if not entries:
+            return []
+        rows = [{name: getattr(entry, name) for name in _COLUMNS} for entry in entries]
+        ids = connection_of(session).execute(_INSERT_RETURNING_ID, rows).scalars().all()
+        return [replace(entry, id=row_id) for entry, row_id in zip(entries, ids, strict=True)]
+
+    def complete_started(
+        self, session: Executor, finished: list[tuple[HistoryEntry, dict[str, Any]]]
+    ) -> list[HistoryEntry]:
+        """Close many started rows in the caller's transaction with one executemany UPDATE.
+
+        Each pair is a stored start entry and its terminal changes (from
+        :func:`terminal_changes`). A row that is no longer ``started`` is left
+        alone. The terminal entries go to the ring buffer once the caller committed: call
+        :meth:`observe` with the returned entries then.
+        """
+        if not finished:
+            return []
+        params = [{"b_id": _record_id(entry), **changes} for entry, changes in finished]
+        connection_of(session).execute(_FINISH_STARTED, params)
+        return [replace(entry, **changes) for entry, changes in finished]
 
     def record_completion(
         self,
@@ -459,6 +530,34 @@ def _terminal(worker_id: str, execution_time_ms: float, finished_at: datetime) -
         "execution_time_ms": float(execution_time_ms),
         "finished_at": finished_at,
     }
+
+
+def terminal_changes(
+    status: HistoryStatus,
+    *,
+    started: HistoryEntry,
+    worker_id: str,
+    execution_time_ms: float,
+    finished_at: datetime,
+    began_at: datetime,
+    results: Any = None,
+    error: BaseException | str | None = None,
+) -> dict[str, Any]:
+    """The column values that close ``started`` as ``status`` (for
+    :meth:`HistoryStore.complete_started`): the real start ``began_at`` corrects the start
+    instant and the lateness, as the ``started_at`` argument of the terminal records does;
+    an ``error`` is kept as message and formatted stack, as :meth:`record_failure` keeps it."""
+    changes = _terminal(worker_id, execution_time_ms, _aware("finished_at", finished_at))
+    changes["status"] = status
+    changes["started_at"] = _aware("began_at", began_at)
+    changes["queue_time_ms"] = (
+        None if started.run_at is None else _milliseconds(changes["started_at"] - started.run_at)
+    )
+    changes["results"] = None if results is None else _json_value(results)
+    changes["error_message"], changes["error_stack"] = (
+        (None, None) if error is None else _describe(error)
+    )
+    return changes
 
 
 def _describe(error: BaseException | str) -> tuple[str, str | None]:

@@ -9,6 +9,7 @@ does not know about, and the dispatch log stops a re-put job from running twice.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -351,18 +352,38 @@ def chain_next(pb: Postburner, schedule_id: int, run_at: datetime, *, now: datet
     schedule, under a try-lock: if someone else holds the schedule's lock, they are converging
     it already. A retry of the same occurrence finds the next one in place and creates nothing.
     """
-    with pb.session() as session:
-        following = session.scalar(
-            select(ScheduleExecution.id)
-            .where(
-                ScheduleExecution.schedule_id == schedule_id,
-                ScheduleExecution.status.in_(LIVE_STATUSES),
-                ScheduleExecution.run_at > max(run_at, now),
-            )
-            .limit(1)
-        )
-    if following is None:
-        from postburner_py.reconcile_pass import PassReport, create_missing
+    chain_next_many(pb, {schedule_id: run_at}, now=now)
 
+
+def chain_next_many(pb: Postburner, run_at: Mapping[int, datetime], *, now: datetime) -> None:
+    """:func:`chain_next` for many schedules (schedule id to the ``run_at`` just reached):
+    one query finds the schedules without a live execution after it, one creation pass per
+    distinct instant (usually one: chaining happens once ``run_at`` has come) creates theirs."""
+    after = {schedule_id: max(at, now) for schedule_id, at in run_at.items()}
+    latest = _latest_live_run_at(pb, list(after))
+    missing: dict[datetime, list[int]] = {}
+    for schedule_id, instant in after.items():
+        newest = latest.get(schedule_id)
+        if newest is None or newest <= instant:
+            missing.setdefault(instant, []).append(schedule_id)
+    if not missing:
+        return
+    from postburner_py.reconcile_pass import PassReport, create_missing
+
+    for instant, schedule_ids in sorted(missing.items()):
         # The watchdog's lean creation path: try-lock, re-check, one INSERT, one put.
-        create_missing(pb, [schedule_id], max(now, run_at), PassReport())
+        create_missing(pb, sorted(schedule_ids), instant, PassReport())
+
+
+def _latest_live_run_at(pb: Postburner, schedule_ids: list[int]) -> dict[int, datetime]:
+    statement = (
+        select(ScheduleExecution.schedule_id, func.max(ScheduleExecution.run_at))
+        .where(
+            ScheduleExecution.schedule_id.in_(schedule_ids),
+            ScheduleExecution.status.in_(LIVE_STATUSES),
+        )
+        .group_by(ScheduleExecution.schedule_id)
+    )
+    with pb.session() as session:
+        rows = session.execute(statement)
+        return {schedule_id: newest for schedule_id, newest in rows if schedule_id is not None}

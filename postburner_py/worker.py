@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from postburner_py.beanstalk import QueuedJob
 from postburner_py.errors import QueueUnavailableError
 from postburner_py.history import HistoryStore
-from postburner_py.job_runner import JobRunner, Outcome, default_backoff
+from postburner_py.job_runner import JobRunner, Outcome, RunnerServices, default_backoff
 
 if TYPE_CHECKING:
     from postburner_py.app import Postburner
@@ -71,14 +71,20 @@ class Worker:
 
     def run(self) -> None:
         """Run until :meth:`stop` (or, with ``burst``, until nothing is ready)."""
+        services = RunnerServices.start(self.pb, self.history, self.clock)
         threads = [
-            threading.Thread(target=self._thread_main, args=(index,), name=f"worker-{index}")
+            threading.Thread(
+                target=self._thread_main, args=(index, services), name=f"worker-{index}"
+            )
             for index in range(self.concurrency)
         ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            services.close()
         log.info("worker stopped: %s", dict(self.outcomes))
 
     def stop(self) -> None:
@@ -90,12 +96,13 @@ class Worker:
         """True once :meth:`stop` was called."""
         return self._stopping.is_set()
 
-    def _thread_main(self, index: int) -> None:
+    def _thread_main(self, index: int, services: RunnerServices) -> None:
         worker_id = f"{self.pb.settings.node_id}/{index}"
         runner = JobRunner(
             self.pb,
             worker_id=worker_id,
             history=self.history,
+            services=services,
             clock=self.clock,
             sleep=self.sleep,
             backoff=self.backoff,
@@ -103,19 +110,25 @@ class Worker:
         try:
             self._loop(runner)
         finally:
-            runner.close()
+            self._count_all(runner.close())
 
     def _loop(self, runner: JobRunner) -> None:
         backoff = 0.0
         while not self._stopping.is_set():
+            self._count_all(runner.flush(wait=False))
+            # While outcomes are being committed, only take a job that is ready now: with
+            # none ready, act on those outcomes first rather than hold them through a wait.
+            timeout = 0.0 if runner.unsettled else self.reserve_timeout
             try:
-                job = self.pb.queue.reserve(self.queues, self.reserve_timeout)
+                job = self.pb.queue.reserve(self.queues, timeout)
             except QueueUnavailableError as exc:
                 backoff = self._back_off(backoff, exc)
                 continue
             backoff = 0.0
             if job is None:
-                if self.burst:
+                if runner.unsettled:
+                    self._count_all(runner.flush(wait=True))
+                elif self.burst:
                     return
                 continue
             self._count(self._handle(runner, job))
@@ -135,6 +148,10 @@ class Worker:
         delay = min(MAX_BACKOFF, max(0.1, previous * 2))
         self._stopping.wait(delay)
         return delay
+
+    def _count_all(self, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            self._count(outcome)
 
     def _count(self, outcome: Outcome | None) -> None:
         if outcome is not None:

@@ -1,0 +1,385 @@
+"""Admission: the transaction that decides whether a delivery runs, for a batch of deliveries.
+
+For each delivery, inside one transaction (the worker's :class:`~postburner_py.ledger.Ledger`
+batches the deliveries of all its threads):
+
+1. load and lock the row its body names (``FOR UPDATE`` on PostgreSQL, rows locked in id
+   order; SQLite's writer transaction locks the database) and fence: the row must still be
+   live for the body's ``run_at``;
+2. check the job class against the allow-list (before anything imports it);
+3. record a too-late occurrence that is not caught up as ``missed`` instead of running it;
+4. claim the occurrence in the dispatch log (one multi-row INSERT for the batch) and record
+   the start of each claim that may run (one multi-row INSERT).
+
+Locking the row serialises admission with ``skip()``: either the skip sees the claim and
+refuses, or the admission sees the skip and does not run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, cast
+
+from sqlalchemy import Connection, Table, bindparam, select
+
+from postburner_py import pg_batch
+from postburner_py.delayed_jobs import GATE_PREFIX, DelayedJob
+from postburner_py.delayed_jobs import PENDING as DELAYED_PENDING
+from postburner_py.dispatch_log import (
+    Claim,
+    ClaimOutcome,
+    ClaimRequest,
+    DispatchEntry,
+    DispatchStatus,
+    SqlDispatchRegistry,
+    idempotency_key,
+    insert_missed,
+)
+from postburner_py.errors import JobNotAllowedError
+from postburner_py.history import HistoryEntry, HistoryStore
+from postburner_py.models import DEFAULT_MAX_ATTEMPTS, SCHEDULED, Schedule, ScheduleExecution
+from postburner_py.signing import JobBody
+from postburner_py.validation import DEFAULT_PRIORITY, check_job_allowed
+
+if TYPE_CHECKING:
+    from postburner_py.app import Postburner
+
+log = logging.getLogger("postburner_py.worker")
+
+
+class Outcome(StrEnum):
+    """What one delivery came to."""
+
+    COMPLETED = "completed"
+    PARTIAL = "partial_success"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    FENCED = "fenced"
+    FORGED = "forged"
+    REFUSED = "refused"
+    EARLY = "early"
+    DUPLICATE = "duplicate"
+    BUSY = "busy"
+    MISSED = "missed"
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    """Everything the runner needs about the occurrence a job body names.
+
+    ``kind`` is ``execution`` (``row_id`` of a ScheduleExecution) or ``delayed`` (of a
+    DelayedJob); ``key`` is the dispatch-log key.
+    """
+
+    kind: str
+    row_id: int
+    schedule_id: int | None
+    next_run_at: datetime | None
+    history_job_id: str
+    key: str
+    run_at: datetime
+    job_class: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    priority: int
+    ttr: int
+    max_attempts: int
+    catch_up: bool
+
+
+@dataclass(frozen=True)
+class AdmitRequest:
+    """One delivery to admit: its verified body, the instant it is admitted, who asks."""
+
+    body: JobBody
+    now: datetime
+    worker_id: str
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What admission decided: an ``outcome`` that ends the delivery, or a ``claim`` (with
+    the start record when this delivery runs the job)."""
+
+    outcome: Outcome | None
+    occurrence: Occurrence | None = None
+    claim: Claim | None = None
+    started: HistoryEntry | None = None
+
+
+class Admitter:
+    """The ledger's batch handler for :class:`AdmitRequest` (see the module docstring)."""
+
+    def __init__(self, pb: Postburner, registry: SqlDispatchRegistry, history: HistoryStore):
+        self.pb = pb
+        self.registry = registry
+        self.history = history
+
+    def __call__(self, connection: Connection, requests: Sequence[AdmitRequest]) -> list[Admission]:
+        occurrences = load_locked(connection, [request.body for request in requests])
+        admissions: list[Admission | None] = []
+        runnable: list[_Runnable] = []
+        for request in requests:
+            occurrence = occurrences.get((request.body.kind, request.body.id))
+            decided = self._turn_away(connection, request, occurrence)
+            if decided is None and occurrence is not None:
+                runnable.append((len(admissions), request, occurrence))
+            admissions.append(decided)
+        if connection.dialect.name == "postgresql":
+            claimed = self._claim_fresh_first(connection, runnable)
+        else:
+            claimed = self._claim_each(connection, runnable)
+        for (position, _, _), admission in zip(runnable, claimed, strict=True):
+            admissions[position] = admission
+        return [admission or Admission(Outcome.FENCED) for admission in admissions]
+
+    def _claim_each(self, connection: Connection, runnable: list[_Runnable]) -> list[Admission]:
+        """Claims through the dispatch registry (one multi-row INSERT for the fresh ones),
+        then one multi-row INSERT of the start records."""
+        claims = self.registry.claim_many_in(
+            connection, [_claim_request(request, occurrence) for _, request, occurrence in runnable]
+        )
+        starts = [
+            self._start_entry(request, occurrence, claim.attempt)
+            for (_, request, occurrence), claim in zip(runnable, claims, strict=True)
+            if claim.should_run
+        ]
+        stored = iter(self.history.insert_started(connection, starts))
+        return [
+            Admission(None, occurrence, claim, next(stored) if claim.should_run else None)
+            for (_, _, occurrence), claim in zip(runnable, claims, strict=True)
+        ]
+
+    def _claim_fresh_first(
+        self, connection: Connection, runnable: list[_Runnable]
+    ) -> list[Admission]:
+        """PostgreSQL: one statement claims every occurrence that has no row yet and records
+        those starts; the rest (already claimed once, or named twice in the batch) go
+        through the registry one by one, as :meth:`_claim_each` would take them."""
+        fresh: dict[tuple[str, datetime], tuple[AdmitRequest, Occurrence, HistoryEntry]] = {}
+        for _, request, occurrence in runnable:
+            ident = (occurrence.key, occurrence.run_at)
+            if ident not in fresh:
+                fresh[ident] = (request, occurrence, self._start_entry(request, occurrence, 1))
+        stored = pg_batch.claim_and_start(
+            connection, [_fresh_start(*values) for values in fresh.values()]
+        )
+        admissions: list[Admission] = []
+        for item in runnable:
+            _, request, occurrence = item
+            history_id = stored.pop((occurrence.key, occurrence.run_at), None)
+            if history_id is None:
+                admissions += self._claim_each(connection, [item])
+                continue
+            entry = fresh[occurrence.key, occurrence.run_at][2]
+            claim = Claim(ClaimOutcome.ACQUIRED, _acquired_entry(request, occurrence))
+            admissions.append(Admission(None, occurrence, claim, replace(entry, id=history_id)))
+        return admissions
+
+    def _turn_away(
+        self, connection: Connection, request: AdmitRequest, occurrence: Occurrence | None
+    ) -> Admission | None:
+        """The outcome of a delivery that must not claim (fenced, refused, missed), or None."""
+        if occurrence is None or occurrence.run_at != request.body.run_at:
+            return Admission(Outcome.FENCED)
+        try:
+            check_job_allowed(occurrence.job_class, self.pb.settings.allowed_job_prefixes)
+        except JobNotAllowedError as exc:
+            log.error("refusing %s: %s", occurrence.key, exc)
+            return Admission(Outcome.REFUSED, occurrence)
+        if self._missed(connection, occurrence, request):
+            return Admission(Outcome.MISSED, occurrence)
+        return None
+
+    def _missed(
+        self, connection: Connection, occurrence: Occurrence, request: AdmitRequest
+    ) -> bool:
+        """Record a too-late, never-claimed occurrence as ``missed`` instead of running it."""
+        if occurrence.kind == "delayed":
+            return False  # a one-off job was asked for explicitly: run it however late
+        now = request.now
+        late = now - occurrence.run_at
+        next_due = occurrence.next_run_at
+        too_late = late > self.pb.settings.catch_up_window or (
+            not occurrence.catch_up and next_due is not None and next_due <= now
+        )
+        if not too_late:
+            return False
+        added = insert_missed(
+            connection, occurrence.key, [occurrence.run_at], node_id=request.worker_id, now=now
+        )
+        if added:
+            log.warning(
+                "occurrence %s at %s is %.0f s late: recorded missed, not run",
+                occurrence.key,
+                occurrence.run_at.isoformat(),
+                late.total_seconds(),
+            )
+        return bool(added)
+
+    def _start_entry(
+        self, request: AdmitRequest, occurrence: Occurrence, attempt: int
+    ) -> HistoryEntry:
+        return self.history.start_entry(
+            job_id=occurrence.history_job_id,
+            task_identifier=occurrence.job_class,
+            worker_id=request.worker_id,
+            correlation_id=idempotency_key(
+                self.pb.settings.namespace, occurrence.key, occurrence.run_at
+            ),
+            attempt=attempt,
+            run_at=occurrence.run_at,
+            schedule_name=occurrence.key,
+            started_at=max(request.now, occurrence.run_at),
+        )
+
+
+_Runnable = tuple[int, AdmitRequest, Occurrence]
+
+
+def _lease_until(request: AdmitRequest, occurrence: Occurrence) -> datetime:
+    return request.now + timedelta(seconds=occurrence.ttr)
+
+
+def _fresh_start(
+    request: AdmitRequest, occurrence: Occurrence, entry: HistoryEntry
+) -> pg_batch.FreshStart:
+    return pg_batch.FreshStart(
+        key=occurrence.key,
+        fire_time=occurrence.run_at,
+        node_id=request.worker_id,
+        lease_until=_lease_until(request, occurrence),
+        now=request.now,
+        job_id=entry.job_id,
+        task=entry.task_identifier,
+        correlation_id=entry.correlation_id,
+        started_at=entry.started_at,
+        queue_time_ms=entry.queue_time_ms,
+        expires_at=entry.expires_at,
+    )
+
+
+def _acquired_entry(request: AdmitRequest, occurrence: Occurrence) -> DispatchEntry:
+    """The dispatch row a fresh claim inserted (what the registry's claim returns)."""
+    return DispatchEntry(
+        key=occurrence.key,
+        fire_time=occurrence.run_at,
+        dispatched_at=request.now,
+        node_id=request.worker_id,
+        status=DispatchStatus.DISPATCHED,
+        attempt=1,
+        lease_expires_at=_lease_until(request, occurrence),
+        updated_at=request.now,
+    )
+
+
+def _claim_request(request: AdmitRequest, occurrence: Occurrence) -> ClaimRequest:
+    return ClaimRequest(
+        key=occurrence.key,
+        fire_time=occurrence.run_at,
+        node_id=request.worker_id,
+        lease_seconds=occurrence.ttr,
+        max_attempts=occurrence.max_attempts,
+        now=request.now,
+    )
+
+
+# --- loading ------------------------------------------------------------------------------
+
+_EXECUTION_T = cast(Table, ScheduleExecution.__table__)
+_SCHEDULE_T = cast(Table, Schedule.__table__)
+_DELAYED_T = cast(Table, DelayedJob.__table__)
+_EXECUTIONS = (
+    select(
+        _EXECUTION_T.c.id,
+        _EXECUTION_T.c.schedule_id,
+        _EXECUTION_T.c.run_at,
+        _EXECUTION_T.c.next_run_at,
+        _EXECUTION_T.c.status,
+        _EXECUTION_T.c.cached_schedule,
+        _SCHEDULE_T.c.max_attempts,
+    )
+    .outerjoin(_SCHEDULE_T, _SCHEDULE_T.c.id == _EXECUTION_T.c.schedule_id)
+    .where(_EXECUTION_T.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(_EXECUTION_T.c.id)
+    .with_for_update(of=_EXECUTION_T)
+)
+_DELAYED = (
+    select(_DELAYED_T)
+    .where(_DELAYED_T.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(_DELAYED_T.c.id)
+    .with_for_update()
+)
+
+
+def load_locked(
+    connection: Connection, bodies: Sequence[JobBody]
+) -> dict[tuple[str, int], Occurrence]:
+    """The live occurrences ``bodies`` name, by ``(kind, id)``, their rows locked
+    (PostgreSQL) until the transaction ends. A row that is gone or no longer live is absent;
+    the caller compares ``run_at`` with the body's (fencing)."""
+    delayed = sorted({body.id for body in bodies if body.kind == "delayed"})
+    executions = sorted({body.id for body in bodies if body.kind != "delayed"})
+    if connection.dialect.name == "postgresql":
+        delayed_rows, execution_rows = pg_batch.load_locked_rows(connection, delayed, executions)
+    else:
+        delayed_rows = _rows(connection, _DELAYED, delayed)
+        execution_rows = _rows(connection, _EXECUTIONS, executions)
+    found = {
+        ("delayed", row.id): _delayed_occurrence(row)
+        for row in delayed_rows
+        if row.status == DELAYED_PENDING
+    }
+    found.update(
+        (("execution", row.id), _occurrence(row))
+        for row in execution_rows
+        if row.status == SCHEDULED
+    )
+    return found
+
+
+def _rows(connection: Connection, statement: Any, ids: list[int]) -> list[Any]:
+    return list(connection.execute(statement, {"ids": ids})) if ids else []
+
+
+def _occurrence(row: Any) -> Occurrence:
+    snapshot = row.cached_schedule
+    return Occurrence(
+        kind="execution",
+        row_id=row.id,
+        schedule_id=row.schedule_id,
+        next_run_at=row.next_run_at,
+        history_job_id=str(row.id),
+        key=str(snapshot["name"]),
+        run_at=row.run_at,
+        job_class=str(snapshot["job_class"]),
+        args=list(snapshot.get("args") or []),
+        kwargs=dict(snapshot.get("kwargs") or {}),
+        priority=int(snapshot.get("priority", DEFAULT_PRIORITY)),
+        ttr=int(snapshot.get("ttr", 300)),
+        max_attempts=row.max_attempts or DEFAULT_MAX_ATTEMPTS,
+        catch_up=bool(snapshot.get("catch_up", False)),
+    )
+
+
+def _delayed_occurrence(row: Any) -> Occurrence:
+    return Occurrence(
+        kind="delayed",
+        row_id=row.id,
+        schedule_id=None,
+        next_run_at=None,
+        history_job_id=row.job_id,
+        key=GATE_PREFIX + row.job_id,
+        run_at=row.run_at,
+        job_class=row.job_class,
+        args=list(row.args),
+        kwargs=dict(row.kwargs),
+        priority=row.priority,
+        ttr=row.ttr,
+        max_attempts=row.max_attempts,
+        catch_up=True,
+    )

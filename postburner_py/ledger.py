@@ -1,0 +1,161 @@
+"""Group commit for a worker process: the database writes of all its threads, batched.
+
+Each worker thread hands its admission and settlement writes to one :class:`Ledger` thread
+and waits for the answer. The ledger takes whatever requests are waiting (up to
+``max_batch``), runs each kind's batch handler inside **one** transaction, commits, and only
+then answers the waiting threads: a thread never acts on a write that is not durable yet
+(a job is deleted from Beanstalkd only after its outcome committed).
+
+When a batch fails (a deadlock, a constraint, a lost connection), it is rolled back and each
+request is retried in a transaction of its own, so one bad request fails alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+log = logging.getLogger("postburner_py.worker")
+
+Item = TypeVar("Item")
+Answer = TypeVar("Answer")
+
+#: A batch handler: runs a list of requests of one kind inside the open transaction and
+#: answers each, in order. It must only write to the database (a failed batch is replayed).
+BatchHandler = Callable[[Connection, Sequence[Any]], Sequence[Any]]
+
+DEFAULT_MAX_BATCH = 64
+
+
+@dataclass
+class _Request(Generic[Item, Answer]):
+    handler: BatchHandler
+    item: Item
+    future: Future[Answer] = field(default_factory=Future)
+
+
+class LedgerClosedError(RuntimeError):
+    """A request reached a ledger that was closed."""
+
+
+class Ledger:
+    """One thread and one database connection that commit the writes of many threads."""
+
+    def __init__(
+        self, engine: Engine, *, max_batch: int = DEFAULT_MAX_BATCH, name: str = "ledger"
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch: must be >= 1, got {max_batch!r}")
+        self._engine = engine
+        self._max_batch = max_batch
+        self._requests: queue.SimpleQueue[_Request[Any, Any] | None] = queue.SimpleQueue()
+        self._connection: Connection | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self.batches = 0
+        self.requests = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, handler: BatchHandler, item: Any) -> Future[Any]:
+        """Queue ``item`` for ``handler``; the future resolves once its batch committed."""
+        request: _Request[Any, Any] = _Request(handler, item)
+        with self._lock:
+            if self._closed:
+                raise LedgerClosedError("the worker's ledger is closed")
+            self._requests.put(request)
+        return request.future
+
+    def call(self, handler: BatchHandler, item: Any) -> Any:
+        """:meth:`submit` and wait for the committed answer (or the exception)."""
+        return self.submit(handler, item).result()
+
+    def close(self) -> None:
+        """Commit what is queued, stop the thread, close the connection."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._requests.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                batch, stop = self._next_batch()
+                if batch:
+                    self._process(batch)
+                if stop:
+                    return
+        finally:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+    def _next_batch(self) -> tuple[list[_Request[Any, Any]], bool]:
+        first = self._requests.get()
+        if first is None:
+            return [], True
+        batch = [first]
+        while len(batch) < self._max_batch:
+            try:
+                request = self._requests.get_nowait()
+            except queue.Empty:
+                break
+            if request is None:
+                return batch, True
+            batch.append(request)
+        return batch, False
+
+    def _process(self, batch: list[_Request[Any, Any]]) -> None:
+        try:
+            answers = self._commit(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+                return
+            log.warning("a batch of %d writes failed (%s); retrying each alone", len(batch), exc)
+            for request in batch:
+                self._process([request])
+            return
+        self.batches += 1
+        self.requests += len(batch)
+        for request, answer in zip(batch, answers, strict=True):
+            request.future.set_result(answer)
+
+    def _commit(self, batch: list[_Request[Any, Any]]) -> list[Any]:
+        """Run the batch grouped by handler, in the order each handler first appears."""
+        groups: dict[BatchHandler, list[int]] = {}
+        for position, request in enumerate(batch):
+            groups.setdefault(request.handler, []).append(position)
+        answers: list[Any] = [None] * len(batch)
+        with self._transaction() as connection:
+            for handler, positions in groups.items():
+                results = handler(connection, [batch[position].item for position in positions])
+                for position, result in zip(positions, results, strict=True):
+                    answers[position] = result
+        return answers
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """One transaction on the ledger's connection; a dropped connection is replaced."""
+        if self._connection is None or self._connection.closed:
+            self._connection = self._engine.connect()
+        connection = self._connection
+        try:
+            with connection.begin():
+                yield connection
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                connection.close()
+                self._connection = None
+            raise
