@@ -114,12 +114,23 @@ class Admission:
 class Admitter:
     """The ledger's batch handler for :class:`AdmitRequest` (see the module docstring)."""
 
+    #: After the settlements of the same batch (see :class:`~postburner_py.settlement.Settler`).
+    batch_order = 1
+
     def __init__(self, pb: Postburner, registry: SqlDispatchRegistry, history: HistoryStore):
         self.pb = pb
         self.registry = registry
         self.history = history
 
     def __call__(self, connection: Connection, requests: Sequence[AdmitRequest]) -> list[Admission]:
+        if connection.dialect.name == "postgresql":
+            return self._admit_in_one_statement(connection, requests)
+        return self._admit_step_by_step(connection, requests)
+
+    def _admit_step_by_step(
+        self, connection: Connection, requests: Sequence[AdmitRequest]
+    ) -> list[Admission]:
+        """Load and lock, decide, then claim (one multi-row INSERT) and record the starts."""
         occurrences = load_locked(connection, [request.body for request in requests])
         admissions: list[Admission | None] = []
         runnable: list[_Runnable] = []
@@ -129,10 +140,7 @@ class Admitter:
             if decided is None and occurrence is not None:
                 runnable.append((len(admissions), request, occurrence))
             admissions.append(decided)
-        if connection.dialect.name == "postgresql":
-            claimed = self._claim_fresh_first(connection, runnable)
-        else:
-            claimed = self._claim_each(connection, runnable)
+        claimed = self._claim_each(connection, runnable)
         for (position, _, _), admission in zip(runnable, claimed, strict=True):
             admissions[position] = admission
         return [admission or Admission(Outcome.FENCED) for admission in admissions]
@@ -154,61 +162,108 @@ class Admitter:
             for (_, _, occurrence), claim in zip(runnable, claims, strict=True)
         ]
 
-    def _claim_fresh_first(
-        self, connection: Connection, runnable: list[_Runnable]
+    def _admit_in_one_statement(
+        self, connection: Connection, requests: Sequence[AdmitRequest]
     ) -> list[Admission]:
-        """PostgreSQL: one statement claims every occurrence that has no row yet and records
-        those starts; the rest (already claimed once, or named twice in the batch) go
-        through the registry one by one, as :meth:`_claim_each` would take them."""
-        fresh: dict[tuple[str, datetime], tuple[AdmitRequest, Occurrence, HistoryEntry]] = {}
-        for _, request, occurrence in runnable:
-            ident = (occurrence.key, occurrence.run_at)
-            if ident not in fresh:
-                fresh[ident] = (request, occurrence, self._start_entry(request, occurrence, 1))
-        stored = pg_batch.claim_and_start(
-            connection, [_fresh_start(*values) for values in fresh.values()]
+        """PostgreSQL: one statement locks the rows and claims every fresh live occurrence
+        with its start record. Then, per delivery: fenced when its row is gone or no longer
+        live; a claim the allow-list or lateness forbids is undone and turned away; a live
+        occurrence the statement could not claim (claimed before, or named twice in the
+        batch) goes through the registry as :meth:`_admit_step_by_step` takes it."""
+        starts = [self._start_entry_of(request) for request in requests]
+        rows = pg_batch.admit(
+            connection,
+            [
+                _delivery(n, request, start)
+                for n, (request, start) in enumerate(zip(requests, starts, strict=True))
+            ],
         )
         admissions: list[Admission] = []
-        for item in runnable:
-            _, request, occurrence = item
-            history_id = stored.pop((occurrence.key, occurrence.run_at), None)
-            if history_id is None:
-                admissions += self._claim_each(connection, [item])
+        for n, (request, start) in enumerate(zip(requests, starts, strict=True)):
+            row = rows.get(n)
+            if row is None or not row.live or row.run_at != request.body.run_at:
+                admissions.append(Admission(Outcome.FENCED))
                 continue
-            entry = fresh[occurrence.key, occurrence.run_at][2]
-            claim = Claim(ClaimOutcome.ACQUIRED, _acquired_entry(request, occurrence))
-            admissions.append(Admission(None, occurrence, claim, replace(entry, id=history_id)))
+            admissions.append(self._decide(connection, request, row, start))
         return admissions
 
+    def _decide(
+        self,
+        connection: Connection,
+        request: AdmitRequest,
+        row: pg_batch.AdmittedRow,
+        start: HistoryEntry,
+    ) -> Admission:
+        occurrence = _admitted_occurrence(request.body.kind, row)
+        if row.history_id is not None:
+            turned_away = self._turn_away(connection, request, occurrence, claimed=row)
+            if turned_away is not None:
+                return turned_away
+            entry = replace(
+                start,
+                id=row.history_id,
+                job_id=occurrence.history_job_id,
+                task_identifier=occurrence.job_class,
+            )
+            claim = Claim(ClaimOutcome.ACQUIRED, _acquired_entry(request, occurrence))
+            return Admission(None, occurrence, claim, entry)
+        turned_away = self._turn_away(connection, request, occurrence)
+        if turned_away is not None:
+            return turned_away
+        return self._claim_each(connection, [(0, request, occurrence)])[0]
+
+    def _start_entry_of(self, request: AdmitRequest) -> HistoryEntry:
+        """The start record a delivery gets if it claims (job id and class come from the
+        row, filled in once it is read)."""
+        body = request.body
+        key = GATE_PREFIX + body.key if body.kind == "delayed" else body.key
+        return self._start(request, key=key, run_at=body.run_at, job_id="", job_class="")
+
     def _turn_away(
-        self, connection: Connection, request: AdmitRequest, occurrence: Occurrence | None
+        self,
+        connection: Connection,
+        request: AdmitRequest,
+        occurrence: Occurrence | None,
+        *,
+        claimed: pg_batch.AdmittedRow | None = None,
     ) -> Admission | None:
-        """The outcome of a delivery that must not claim (fenced, refused, missed), or None."""
+        """The outcome of a delivery that must not claim (fenced, refused, missed), or None.
+
+        ``claimed``: the occurrence was claimed speculatively in this transaction; a refusal
+        or a miss takes the claim back first (nobody else can have seen it)."""
         if occurrence is None or occurrence.run_at != request.body.run_at:
             return Admission(Outcome.FENCED)
         try:
             check_job_allowed(occurrence.job_class, self.pb.settings.allowed_job_prefixes)
         except JobNotAllowedError as exc:
             log.error("refusing %s: %s", occurrence.key, exc)
+            if claimed is not None:
+                pg_batch.undo_claim(connection, claimed)
             return Admission(Outcome.REFUSED, occurrence)
-        if self._missed(connection, occurrence, request):
-            return Admission(Outcome.MISSED, occurrence)
+        if self._too_late(occurrence, request):
+            if claimed is not None:
+                pg_batch.undo_claim(connection, claimed)
+            if self._record_missed(connection, occurrence, request):
+                return Admission(Outcome.MISSED, occurrence)
         return None
 
-    def _missed(
-        self, connection: Connection, occurrence: Occurrence, request: AdmitRequest
-    ) -> bool:
-        """Record a too-late, never-claimed occurrence as ``missed`` instead of running it."""
+    def _too_late(self, occurrence: Occurrence, request: AdmitRequest) -> bool:
+        """Later than the catch-up window, or (without ``catch_up``) the next one is due."""
         if occurrence.kind == "delayed":
             return False  # a one-off job was asked for explicitly: run it however late
         now = request.now
-        late = now - occurrence.run_at
         next_due = occurrence.next_run_at
-        too_late = late > self.pb.settings.catch_up_window or (
+        return now - occurrence.run_at > self.pb.settings.catch_up_window or (
             not occurrence.catch_up and next_due is not None and next_due <= now
         )
-        if not too_late:
-            return False
+
+    def _record_missed(
+        self, connection: Connection, occurrence: Occurrence, request: AdmitRequest
+    ) -> bool:
+        """Record a too-late occurrence ``missed``; False when it was claimed before (its
+        retry then runs, however late)."""
+        now = request.now
+        late = now - occurrence.run_at
         added = insert_missed(
             connection, occurrence.key, [occurrence.run_at], node_id=request.worker_id, now=now
         )
@@ -224,17 +279,34 @@ class Admitter:
     def _start_entry(
         self, request: AdmitRequest, occurrence: Occurrence, attempt: int
     ) -> HistoryEntry:
-        return self.history.start_entry(
-            job_id=occurrence.history_job_id,
-            task_identifier=occurrence.job_class,
-            worker_id=request.worker_id,
-            correlation_id=idempotency_key(
-                self.pb.settings.namespace, occurrence.key, occurrence.run_at
-            ),
-            attempt=attempt,
+        return self._start(
+            request,
+            key=occurrence.key,
             run_at=occurrence.run_at,
-            schedule_name=occurrence.key,
-            started_at=max(request.now, occurrence.run_at),
+            job_id=occurrence.history_job_id,
+            job_class=occurrence.job_class,
+            attempt=attempt,
+        )
+
+    def _start(
+        self,
+        request: AdmitRequest,
+        *,
+        key: str,
+        run_at: datetime,
+        job_id: str,
+        job_class: str,
+        attempt: int = 1,
+    ) -> HistoryEntry:
+        return self.history.start_entry(
+            job_id=job_id,
+            task_identifier=job_class,
+            worker_id=request.worker_id,
+            correlation_id=idempotency_key(self.pb.settings.namespace, key, run_at),
+            attempt=attempt,
+            run_at=run_at,
+            schedule_name=key,
+            started_at=max(request.now, run_at),
         )
 
 
@@ -245,21 +317,41 @@ def _lease_until(request: AdmitRequest, occurrence: Occurrence) -> datetime:
     return request.now + timedelta(seconds=occurrence.ttr)
 
 
-def _fresh_start(
-    request: AdmitRequest, occurrence: Occurrence, entry: HistoryEntry
-) -> pg_batch.FreshStart:
-    return pg_batch.FreshStart(
-        key=occurrence.key,
-        fire_time=occurrence.run_at,
+def _delivery(n: int, request: AdmitRequest, start: HistoryEntry) -> pg_batch.Delivery:
+    assert start.correlation_id is not None and start.queue_time_ms is not None
+    return pg_batch.Delivery(
+        n=n,
+        kind=request.body.kind,
+        id=request.body.id,
+        key=start.schedule_name or "",
+        run_at=request.body.run_at,
         node_id=request.worker_id,
-        lease_until=_lease_until(request, occurrence),
         now=request.now,
-        job_id=entry.job_id,
-        task=entry.task_identifier,
-        correlation_id=entry.correlation_id,
-        started_at=entry.started_at,
-        queue_time_ms=entry.queue_time_ms,
-        expires_at=entry.expires_at,
+        correlation_id=start.correlation_id,
+        started_at=start.started_at,
+        queue_time_ms=start.queue_time_ms,
+        expires_at=start.expires_at,
+    )
+
+
+def _admitted_occurrence(kind: str, row: pg_batch.AdmittedRow) -> Occurrence:
+    if kind != "delayed":
+        return _occurrence(row)
+    return Occurrence(
+        kind="delayed",
+        row_id=row.id,
+        schedule_id=None,
+        next_run_at=None,
+        history_job_id=row.history_job_id,
+        key=row.key,
+        run_at=row.run_at,
+        job_class=row.job_class,
+        args=list(row.args),
+        kwargs=dict(row.kwargs),
+        priority=row.priority,
+        ttr=row.ttr,
+        max_attempts=row.max_attempts,
+        catch_up=True,
     )
 
 

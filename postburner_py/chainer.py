@@ -37,12 +37,15 @@ class Chainer:
         self._requests: queue.SimpleQueue[tuple[int, datetime | None]] = queue.SimpleQueue()
         self._idle = threading.Condition()
         self._waiting = 0
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="chainer", daemon=True)
         self._thread.start()
 
     def request(self, schedule_id: int, run_at: datetime) -> None:
         """Ask for the execution after ``run_at`` of ``schedule_id`` (returns at once)."""
         with self._idle:
+            if self._closed:
+                raise RuntimeError("the chainer is closed; the watchdog creates what it missed")
             self._waiting += 1
         self._requests.put((schedule_id, run_at))
 
@@ -53,6 +56,10 @@ class Chainer:
 
     def close(self) -> None:
         """Serve what is waiting, then stop the thread."""
+        with self._idle:
+            if self._closed:
+                return
+            self._closed = True
         self._requests.put(_STOP)
         self._thread.join()
 

@@ -34,6 +34,7 @@ Answer = TypeVar("Answer")
 BatchHandler = Callable[[Connection, Sequence[Any]], Sequence[Any]]
 
 DEFAULT_MAX_BATCH = 64
+_DEFERRED = "postburner_ledger_deferred"
 
 
 @dataclass
@@ -96,10 +97,27 @@ class Ledger:
                     self._process(batch)
                 if stop:
                     return
+        except BaseException as exc:
+            self._fail_waiting(exc)
+            raise
         finally:
             if self._connection is not None:
                 self._connection.close()
                 self._connection = None
+
+    def _fail_waiting(self, exc: BaseException) -> None:
+        """The thread is dying: refuse new requests and answer every waiting one."""
+        log.critical("the worker's ledger stopped: %r", exc)
+        with self._lock:
+            self._closed = True
+        failure = LedgerClosedError(f"the worker's ledger stopped: {exc!r}")
+        while True:
+            try:
+                request = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if request is not None and not request.future.done():
+                request.future.set_exception(failure)
 
     def _next_batch(self) -> tuple[list[_Request[Any, Any]], bool]:
         first = self._requests.get()
@@ -127,6 +145,10 @@ class Ledger:
             for request in batch:
                 self._process([request])
             return
+        except BaseException as exc:  # the thread dies: nobody may wait forever
+            for request in batch:
+                request.future.set_exception(exc)
+            raise
         self.batches += 1
         self.requests += len(batch)
         for request, answer in zip(batch, answers, strict=True):
@@ -138,11 +160,19 @@ class Ledger:
         for position, request in enumerate(batch):
             groups.setdefault(request.handler, []).append(position)
         answers: list[Any] = [None] * len(batch)
+        ordered = sorted(groups.items(), key=lambda group: getattr(group[0], "batch_order", 0))
         with self._transaction() as connection:
-            for handler, positions in groups.items():
-                results = handler(connection, [batch[position].item for position in positions])
-                for position, result in zip(positions, results, strict=True):
-                    answers[position] = result
+            connection.info[_DEFERRED] = []
+            try:
+                for handler, positions in ordered:
+                    items = [batch[position].item for position in positions]
+                    results = handler(connection, items)
+                    for position, result in zip(positions, results, strict=True):
+                        answers[position] = result
+                run_deferred(connection)
+            finally:
+                # The connection goes back to the pool one day: outside a batch, writes run.
+                connection.info.pop(_DEFERRED, None)
         return answers
 
     @contextmanager
@@ -159,3 +189,25 @@ class Ledger:
                 connection.close()
                 self._connection = None
             raise
+
+
+def defer(connection: Connection, write: Callable[[Connection], None]) -> None:
+    """Hold a write whose result nobody reads until the batch's next statement that must wait
+    for the server anyway (see :func:`run_deferred`), or until the commit. Outside a ledger
+    batch the write runs at once."""
+    deferred = connection.info.get(_DEFERRED)
+    if deferred is None:
+        write(connection)
+    else:
+        deferred.append(write)
+
+
+def run_deferred(connection: Connection) -> None:
+    """Run the writes :func:`defer` held, in order (a caller about to wait for the server runs
+    them first, so that on PostgreSQL they share its round trip)."""
+    deferred = connection.info.get(_DEFERRED)
+    if not deferred:
+        return
+    connection.info[_DEFERRED] = []
+    for write in deferred:
+        write(connection)

@@ -23,6 +23,8 @@ from typing import Any, cast
 from psycopg import Cursor
 from sqlalchemy import Connection
 
+from postburner_py.ledger import defer, run_deferred
+
 _LOAD_DELAYED = """
 SELECT id, job_id, job_class, args, kwargs, priority, ttr, max_attempts, run_at, status
 FROM postburner_delayed_jobs
@@ -50,73 +52,178 @@ ExecutionRow = namedtuple(
     "ExecutionRow", "id schedule_id run_at next_run_at status cached_schedule max_attempts"
 )
 
-_CLAIM_AND_START = """
+# Admission in one statement: lock the rows the bodies name (in id order, reached by primary
+# key: see _CLOSE), keep those still live for the body's key and run_at, and claim each (first
+# of a batch only) with the start record of the claim, all or nothing per occurrence. What
+# the statement cannot decide (an occurrence claimed before, the allow-list, lateness) the
+# caller decides from the rows it returns: it takes the slow path for the first and undoes
+# the claim for the others.
+_ADMIT = """
 WITH input AS (
     SELECT *
     FROM jsonb_to_recordset(%s::jsonb) AS i(
-        key text, fire_time timestamptz, node_id text, lease_until timestamptz,
-        now timestamptz, job_id text, task text, correlation_id text,
-        started_at timestamptz, queue_time_ms float8, expires_at timestamptz)
+        n int, kind text, id bigint, key text, run_at timestamptz, node_id text,
+        now timestamptz, correlation_id text, started_at timestamptz, queue_time_ms float8,
+        expires_at timestamptz)
+), one_offs AS (
+    SELECT i.n, j.id, 'job:' || j.job_id AS key, j.job_id AS history_job_id, j.run_at,
+           j.status, 'pending' AS live_status, j.job_class, j.args, j.kwargs, j.priority,
+           j.ttr, j.max_attempts,
+           NULL::bigint AS schedule_id, NULL::timestamptz AS next_run_at,
+           NULL::jsonb AS cached_schedule
+    FROM postburner_delayed_jobs AS j
+    JOIN input AS i ON i.kind = 'delayed' AND j.id = i.id
+    WHERE j.id = ANY(ARRAY(SELECT id FROM input WHERE kind = 'delayed'))
+    ORDER BY j.id
+    FOR UPDATE OF j
+), executions AS (
+    SELECT i.n, e.id, e.cached_schedule ->> 'name' AS key, e.id::text AS history_job_id,
+           e.run_at, e.status, 'scheduled' AS live_status,
+           e.cached_schedule ->> 'job_class' AS job_class,
+           NULL::jsonb AS args, NULL::jsonb AS kwargs, NULL::bigint AS priority,
+           NULL::int AS ttr, s.max_attempts, e.schedule_id, e.next_run_at, e.cached_schedule
+    FROM postburner_schedule_executions AS e
+    JOIN input AS i ON i.kind = 'execution' AND e.id = i.id
+    LEFT JOIN postburner_schedules AS s ON s.id = e.schedule_id
+    WHERE e.id = ANY(ARRAY(SELECT id FROM input WHERE kind = 'execution'))
+    ORDER BY e.id
+    FOR UPDATE OF e
+), found AS (
+    SELECT * FROM one_offs UNION ALL SELECT * FROM executions
+), fresh AS (
+    SELECT DISTINCT ON (f.key, f.run_at)
+           f.n, f.key, f.run_at, f.job_class, f.history_job_id, i.node_id, i.now,
+           i.correlation_id, i.started_at, i.queue_time_ms, i.expires_at,
+           i.now + make_interval(secs => coalesce(f.ttr, (f.cached_schedule ->> 'ttr')::int, 300))
+               AS lease_until
+    FROM found AS f
+    JOIN input AS i ON i.n = f.n
+    WHERE f.status = f.live_status AND f.key = i.key AND f.run_at = i.run_at
+    ORDER BY f.key, f.run_at, f.n
 ), claimed AS (
     INSERT INTO postburner_dispatches
         (key, fire_time, dispatched_at, node_id, status, attempt, lease_expires_at, updated_at)
-    SELECT key, fire_time, now, node_id, 'dispatched', 1, lease_until, now FROM input
+    SELECT key, run_at, now, node_id, 'dispatched', 1, lease_until, now FROM fresh
     ON CONFLICT (key, fire_time) DO NOTHING
     RETURNING key, fire_time
+), started AS (
+    INSERT INTO postburner_job_history
+        (job_id, correlation_id, task_identifier, schedule_name, status, worker_id, attempt,
+         run_at, started_at, queue_time_ms, expires_at)
+    SELECT f.history_job_id, f.correlation_id, f.job_class, f.key, 'started', f.node_id, 1,
+           f.run_at, f.started_at, f.queue_time_ms, f.expires_at
+    FROM fresh AS f
+    JOIN claimed AS c ON c.key = f.key AND c.fire_time = f.run_at
+    RETURNING id, schedule_name, run_at
 )
-INSERT INTO postburner_job_history
-    (job_id, correlation_id, task_identifier, schedule_name, status, worker_id, attempt,
-     run_at, started_at, queue_time_ms, expires_at)
-SELECT i.job_id, i.correlation_id, i.task, i.key, 'started', i.node_id, 1,
-       i.fire_time, i.started_at, i.queue_time_ms, i.expires_at
-FROM input AS i
-JOIN claimed AS c ON c.key = i.key AND c.fire_time = i.fire_time
-RETURNING id, schedule_name, run_at
+SELECT f.n, f.id, f.key, f.history_job_id, f.run_at, f.status = f.live_status AS live,
+       f.job_class, f.args, f.kwargs, f.priority, f.ttr, f.max_attempts, f.schedule_id,
+       f.next_run_at, f.cached_schedule, s.id AS history_id
+FROM found AS f
+LEFT JOIN fresh AS x ON x.n = f.n
+LEFT JOIN started AS s ON s.schedule_name = x.key AND s.run_at = x.run_at
 """
+AdmittedRow = namedtuple(
+    "AdmittedRow",
+    "n id key history_job_id run_at live job_class args kwargs priority ttr max_attempts "
+    "schedule_id next_run_at cached_schedule history_id",
+)
 
-# Closing is three plain statements per attempt, sent as one pipeline (one round trip for the
-# batch). Each names its row by primary or unique key and guards the status with
-# IS NOT DISTINCT FROM, which no index serves: with "status = 'started'" the planner reached
-# the row through the status index (its statistics say few rows have that status), whose dead
-# entries pile up under a busy worker until vacuum, and each close got slower than the last.
-_CLOSE_HISTORY = """
-UPDATE postburner_job_history
-SET status = %(status)s, worker_id = %(worker_id)s, finished_at = %(finished_at)s,
-    execution_time_ms = %(execution_time_ms)s, started_at = %(started_at)s,
-    queue_time_ms = %(queue_time_ms)s, results = %(results)s::jsonb,
-    error_message = %(error_message)s, error_stack = %(error_stack)s
-WHERE id = %(history_id)s AND status IS NOT DISTINCT FROM 'started'
-"""
-_CLOSE_DISPATCH = """
-UPDATE postburner_dispatches
-SET status = coalesce(%(final_status)s, status),
-    lease_expires_at = CASE WHEN %(final_status)s::text IS NULL THEN %(finished_at)s END,
-    updated_at = %(finished_at)s
-WHERE key = %(key)s AND fire_time = %(fire_time)s
-  AND status IS NOT DISTINCT FROM 'dispatched' AND attempt = %(attempt)s
-"""
-_CLOSE_ONE_OFF = """
-UPDATE postburner_delayed_jobs
-SET status = %(delayed_status)s, updated_at = %(finished_at)s
-WHERE id = %(delayed_id)s AND status IS NOT DISTINCT FROM 'pending'
+_UNDO_CLAIM = """
+WITH gone AS (
+    DELETE FROM postburner_job_history WHERE id = %(history_id)s RETURNING id
+)
+DELETE FROM postburner_dispatches
+WHERE key = %(key)s AND fire_time = %(fire_time)s AND attempt = 1
 """
 
 
 @dataclass(frozen=True, slots=True)
-class FreshStart:
-    """A claim of a batch that found no row yet, and the start record it comes with."""
+class Delivery:
+    """One delivery of an admission batch, with the start record it would get (everything
+    about it that does not depend on the row)."""
 
+    n: int
+    kind: str
+    id: int
     key: str
-    fire_time: datetime
+    run_at: datetime
     node_id: str
-    lease_until: datetime
     now: datetime
-    job_id: str
-    task: str
-    correlation_id: str | None
+    correlation_id: str
     started_at: datetime
-    queue_time_ms: float | None
+    queue_time_ms: float
     expires_at: datetime
+
+
+def admit(connection: Connection, deliveries: Sequence[Delivery]) -> dict[int, AdmittedRow]:
+    """Lock the rows, claim the fresh live occurrences and record their starts; the row each
+    delivery names (absent when there is none), with ``history_id`` when it was claimed."""
+    batch = [
+        {name: _json(getattr(item, name)) for name in Delivery.__slots__} for item in deliveries
+    ]
+    cursor = cursor_of(connection)
+    with cursor.connection.pipeline():
+        run_deferred(connection)  # the batch's closes travel in the same round trip
+        cursor.execute(_ADMIT, (json.dumps(batch),), prepare=True)
+        fetched = cursor.fetchall()
+    rows = [AdmittedRow._make(_in_utc(row)) for row in fetched]
+    return {row.n: row for row in rows}
+
+
+def undo_claim(connection: Connection, row: AdmittedRow) -> None:
+    """Take back a claim :func:`admit` made in this transaction (and its start record)."""
+    cursor_of(connection).execute(
+        _UNDO_CLAIM, {"history_id": row.history_id, "key": row.key, "fire_time": row.run_at}
+    )
+
+
+# Closing a batch is one statement; the batch travels as one JSON parameter. Each UPDATE
+# reaches its rows through "key = ANY(ARRAY(SELECT ... FROM the batch))", an index condition
+# on the primary or unique key (joined only to a set-returning function, the planner assumes
+# 100 input rows and scans the table), and guards the status with IS NOT DISTINCT FROM, which
+# no index serves: with "status = 'started'" the planner went through the status indexes,
+# whose dead entries pile up under a busy worker until vacuum.
+_CLOSE = """
+WITH history AS (
+    UPDATE postburner_job_history AS h
+    SET status = i.status, worker_id = i.worker_id, finished_at = i.finished_at,
+        execution_time_ms = i.execution_time_ms, started_at = i.started_at,
+        queue_time_ms = i.queue_time_ms, results = i.results,
+        error_message = i.error_message, error_stack = i.error_stack
+    FROM jsonb_to_recordset(%(batch)s::jsonb) AS i(
+        history_id bigint, status text, worker_id text, finished_at timestamptz,
+        execution_time_ms float8, started_at timestamptz, queue_time_ms float8,
+        results jsonb, error_message text, error_stack text)
+    WHERE h.id = ANY(ARRAY(
+            SELECT (e ->> 'history_id')::bigint FROM jsonb_array_elements(%(batch)s::jsonb) e))
+      AND h.id = i.history_id AND h.status IS NOT DISTINCT FROM 'started'
+    RETURNING h.id
+), dispatches AS (
+    UPDATE postburner_dispatches AS d
+    SET status = coalesce(i.final_status, d.status),
+        lease_expires_at = CASE WHEN i.final_status IS NULL THEN i.finished_at END,
+        updated_at = i.finished_at
+    FROM jsonb_to_recordset(%(batch)s::jsonb) AS i(
+        key text, fire_time timestamptz, attempt int, final_status text,
+        finished_at timestamptz)
+    WHERE d.key = ANY(ARRAY(SELECT e ->> 'key' FROM jsonb_array_elements(%(batch)s::jsonb) e))
+      AND d.key = i.key AND d.fire_time = i.fire_time
+      AND d.status IS NOT DISTINCT FROM 'dispatched' AND d.attempt = i.attempt
+    RETURNING d.id
+), one_offs AS (
+    UPDATE postburner_delayed_jobs AS j
+    SET status = i.delayed_status, updated_at = i.finished_at
+    FROM jsonb_to_recordset(%(batch)s::jsonb) AS i(
+        delayed_id bigint, delayed_status text, finished_at timestamptz)
+    WHERE j.id = ANY(ARRAY(
+            SELECT (e ->> 'delayed_id')::bigint FROM jsonb_array_elements(%(batch)s::jsonb) e))
+      AND j.id = i.delayed_id AND j.status IS NOT DISTINCT FROM 'pending'
+    RETURNING j.id
+)
+SELECT (SELECT count(*) FROM history), (SELECT count(*) FROM dispatches),
+       (SELECT count(*) FROM one_offs)
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,64 +267,41 @@ def load_locked_rows(
     return delayed, executions
 
 
-def claim_and_start(
-    connection: Connection, starts: Sequence[FreshStart]
-) -> dict[tuple[str, datetime], int]:
-    """Insert the claims that find no row and the start record of each claim that went in;
-    the history id of each ``(key, fire_time)`` claimed. The others are claimed already."""
-    if not starts:
-        return {}
-    batch = [
-        {name: _json(getattr(start, name)) for name in FreshStart.__slots__} for start in starts
-    ]
-    cursor = cursor_of(connection)
-    cursor.execute(_CLAIM_AND_START, (json.dumps(batch),))
-    rows = cursor.fetchall()
-    return {(key, run_at.astimezone(UTC)): row_id for row_id, key, run_at in rows}
-
-
 def settle(connection: Connection, closings: Sequence[Closing]) -> None:
-    """Close the history rows, dispatch rows and one-off job rows of finished attempts."""
+    """Close the history rows, dispatch rows and one-off job rows of finished attempts (in a
+    ledger batch: deferred to the batch's admission statement, or its commit)."""
     if not closings:
         return
-    rows = [
+    batch = [
         {
+            **{name: _json(value) for name, value in item.changes.items()},
             "history_id": item.history_id,
             "key": item.key,
-            "fire_time": item.fire_time,
+            "fire_time": item.fire_time.isoformat(),
             "attempt": item.attempt,
             "final_status": item.final_status,
             "delayed_id": item.delayed_id,
             "delayed_status": item.delayed_status,
-            **item.changes,
-            "status": str(item.changes["status"]),
-            "results": _json_text(item.changes["results"]),
         }
         for item in closings
     ]
-    cursor = cursor_of(connection)
-    with cursor.connection.pipeline():
-        cursor.executemany(_CLOSE_HISTORY, rows)
-        cursor.executemany(_CLOSE_DISPATCH, rows)
-        one_offs = [row for row in rows if row["delayed_status"] is not None]
-        if one_offs:
-            cursor.executemany(_CLOSE_ONE_OFF, one_offs)
+    parameters = {"batch": json.dumps(batch)}
+    defer(
+        connection,
+        lambda later: _execute(later, _CLOSE, parameters),
+    )
 
 
 def _fetch(cursor: Cursor[Any], statement: str, ids: Sequence[int]) -> list[tuple[Any, ...]]:
     if not ids:
         return []
-    cursor.execute(statement, (list(ids),))
+    cursor.execute(statement, (list(ids),), prepare=True)
     return [_in_utc(row) for row in cursor.fetchall()]
 
 
 def _in_utc(row: tuple[Any, ...]) -> tuple[Any, ...]:
     """The row with its instants in UTC (psycopg answers in the session's time zone)."""
     return tuple(value.astimezone(UTC) if isinstance(value, datetime) else value for value in row)
-
-
-def _json_text(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
 
 
 def _json(value: Any) -> Any:
@@ -227,3 +311,7 @@ def _json(value: Any) -> Any:
     if isinstance(value, str):
         return str(value)
     return value
+
+
+def _execute(connection: Connection, statement: str, parameters: dict[str, Any]) -> None:
+    cursor_of(connection).execute(statement, parameters, prepare=True)

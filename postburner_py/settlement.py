@@ -65,6 +65,10 @@ class Settlement:
 class Settler:
     """The ledger's batch handler for :class:`Settlement`; answers each terminal entry."""
 
+    #: The ledger runs settlements before admissions: their statement needs no answer, so on
+    #: PostgreSQL it is deferred and travels in the admission statement's round trip.
+    batch_order = 0
+
     def __init__(self, history: HistoryStore) -> None:
         self.history = history
 
@@ -84,7 +88,11 @@ class Settler:
         finish_many_in(connection, [_finish_request(item) for item in closing])
         release_many_in(connection, [_finish_request(item) for item in settlements if item.retry])
         one_offs = [
-            {"b_id": item.occurrence.row_id, "b_status": _delayed_status(item)}
+            {
+                "b_id": item.occurrence.row_id,
+                "b_status": _delayed_status(item),
+                "b_updated_at": item.finished_at,
+            }
             for item in closing
             if item.occurrence.kind == "delayed"
         ]
@@ -147,5 +155,5 @@ _DELAYED_T = cast(Table, DelayedJob.__table__)
 _CLOSE_DELAYED = (
     update(_DELAYED_T)
     .where(_DELAYED_T.c.id == bindparam("b_id"), _DELAYED_T.c.status == DELAYED_PENDING)
-    .values(status=bindparam("b_status"))
+    .values(status=bindparam("b_status"), updated_at=bindparam("b_updated_at"))
 )
