@@ -267,10 +267,11 @@ def _whole_second(lead: float) -> datetime:
 
 
 def _schedule(pb: Postburner, prefix: str, instants: list[datetime]) -> None:
-    """Every-day interval schedules whose first occurrences are ``instants``, queued by a pass."""
+    """Every-day interval schedules whose first occurrences are ``instants``, queued by a pass
+    (which may also create next executions the worker's chainer has not created yet)."""
     bulk_insert_schedules(pb.engine, interval_rows(prefix, instants))
     report = tick(pb)
-    if report.created != len(instants):
+    if report.created < len(instants):
         raise RuntimeError(f"precision: {report.describe()}")
 
 

@@ -1,6 +1,8 @@
 """Chaining off the start path: one thread per worker process creates the next executions.
 
-A worker thread that starts occurrence N asks for N+1 and goes on; the chainer takes every
+A worker thread that starts occurrence N asks for N+1 and goes on; the chainer waits
+``linger`` seconds after a first request (the worker uses 0.1 s: occurrences due together
+start together, and their chaining should not compete with their starts), then takes every
 request waiting and chains them together (:func:`~postburner_py.lifecycle.chain_next_many`:
 one query, then one creation pass), so a thousand occurrences due in the same second cost a
 few passes instead of a thousand. Chaining is requested once ``run_at`` has come, so N+1
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -30,9 +33,12 @@ _STOP = (-1, None)
 class Chainer:
     """Serves :meth:`request` calls in batches on its own thread until :meth:`close`."""
 
-    def __init__(self, pb: Postburner, *, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self, pb: Postburner, *, clock: Callable[[], datetime], linger: float = 0.0
+    ) -> None:
         self.pb = pb
         self.clock = clock
+        self.linger = linger
         self.passes = 0
         self._requests: queue.SimpleQueue[tuple[int, datetime | None]] = queue.SimpleQueue()
         self._idle = threading.Condition()
@@ -79,6 +85,10 @@ class Chainer:
         batch: dict[int, datetime] = {}
         served, stop = 0, False
         item = self._requests.get()
+        if self.linger and item[1] is not None:
+            # Occurrences due together start together: chaining a moment later keeps this
+            # thread's work out of their starts and serves them all in one pass.
+            time.sleep(self.linger)
         while True:
             schedule_id, run_at = item
             if run_at is None:

@@ -218,6 +218,17 @@ def _parse_instant(text: str, option: str) -> datetime:
     return instant.astimezone(UTC)
 
 
+def _not_negative(text: str) -> int:
+    """argparse type of ``--prefetch``: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _positive(text: str) -> int:
     """argparse type of ``--count`` and ``--limit``: an integer >= 1."""
     try:
@@ -579,7 +590,14 @@ def _add_worker(commands: Any) -> None:
         "--concurrency",
         type=_positive,
         default=int(os.environ.get("POSTBURNER_CONCURRENCY", "1")),
-        help="threads (default 1); env POSTBURNER_CONCURRENCY",
+        help="jobs run at once (default 1); env POSTBURNER_CONCURRENCY",
+    )
+    command.add_argument(
+        "--prefetch",
+        type=_not_negative,
+        default=None,
+        help="jobs held beyond the running ones, admitted ahead of their run_at "
+        "(default: the concurrency; 0: none); env POSTBURNER_PREFETCH",
     )
     command.add_argument(
         "--burst", action="store_true", help="exit once no job is ready (scripts, tests)"
@@ -592,7 +610,20 @@ def _run_worker(args: argparse.Namespace) -> int:
 
     queues = args.queue or _env_list("POSTBURNER_QUEUES") or ["default"]
     with _postburner(args) as pb:
-        return run_worker(pb, queues=queues, concurrency=args.concurrency, burst=args.burst)
+        return run_worker(
+            pb,
+            queues=queues,
+            concurrency=args.concurrency,
+            prefetch=_prefetch(args.prefetch),
+            burst=args.burst,
+        )
+
+
+def _prefetch(given: int | None) -> int | None:
+    if given is not None:
+        return given
+    configured = os.environ.get("POSTBURNER_PREFETCH", "").strip()
+    return _not_negative(configured) if configured else None
 
 
 def _env_list(variable: str) -> list[str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -52,26 +53,34 @@ log = logging.getLogger("postburner_py.worker")
 Clock = Callable[[], datetime]
 Sleep = Callable[[float], None]
 
+#: Seconds the chainer waits after a first request before it serves what has come.
+CHAIN_LINGER = 0.1
+
 
 @dataclass(frozen=True)
 class RunnerServices:
     """What the runners of one worker process share: the group-commit ledger with its two
-    batch handlers, and the chainer."""
+    batch handlers, the chainer, and the slots that bound how many jobs run at once."""
 
     ledger: Ledger
     admitter: Admitter
     settler: Settler
     chainer: Chainer
+    #: One per job that may run at once (the worker's concurrency).
+    slots: threading.BoundedSemaphore
 
     @classmethod
-    def start(cls, pb: Postburner, history: HistoryStore, clock: Clock) -> RunnerServices:
+    def start(
+        cls, pb: Postburner, history: HistoryStore, clock: Clock, *, concurrency: int
+    ) -> RunnerServices:
         """Start the ledger and chainer threads (stop them with :meth:`close`)."""
         registry = SqlDispatchRegistry(pb.session_factory, clock=clock)
         return cls(
             ledger=Ledger(pb.writer_engine),
             admitter=Admitter(pb, registry, history),
             settler=Settler(history),
-            chainer=Chainer(pb, clock=clock),
+            chainer=Chainer(pb, clock=clock, linger=CHAIN_LINGER),
+            slots=threading.BoundedSemaphore(concurrency),
         )
 
     def close(self) -> None:
@@ -170,16 +179,20 @@ class JobRunner:
         self, job: QueuedJob, occurrence: Occurrence, attempt: int, started: HistoryEntry
     ) -> None:
         self._wait_until(occurrence.run_at)
-        context = self._context(occurrence, attempt)
-        run = _Run(job, occurrence, attempt, started, began_at=self.clock())
-        began = time.perf_counter()
-        future = self._executor.submit(self._invoke, occurrence, context)
-        # The next execution is chained as this attempt starts: once run_at has come (so it
-        # never coexists with this one as a second live future), by the chainer's thread, so
-        # chaining never delays a start.
-        self._chain(occurrence)
-        self._keep_alive(job, occurrence, attempt, future)
-        run.elapsed_ms = (time.perf_counter() - began) * 1000
+        self._take_slot(job, occurrence, attempt)
+        try:
+            context = self._context(occurrence, attempt)
+            run = _Run(job, occurrence, attempt, started, began_at=self.clock())
+            began = time.perf_counter()
+            future = self._executor.submit(self._invoke, occurrence, context)
+            # The next execution is chained as this attempt starts: once run_at has come (so
+            # it never coexists with this one as a second live future), by the chainer's
+            # thread, so chaining never delays a start.
+            self._chain(occurrence)
+            self._keep_alive(job, occurrence, attempt, future)
+            run.elapsed_ms = (time.perf_counter() - began) * 1000
+        finally:
+            self.services.slots.release()
         try:
             result = future.result()
         except Exception as exc:
@@ -187,6 +200,13 @@ class JobRunner:
         else:
             self._succeeded(run, result)
         return None
+
+    def _take_slot(self, job: QueuedJob, occurrence: Occurrence, attempt: int) -> None:
+        """Wait for one of the worker's ``concurrency`` slots, keeping the job and its lease
+        alive meanwhile (a prefetched job waits here while the slots run others)."""
+        interval = max(0.2, occurrence.ttr / 3)
+        while not self.services.slots.acquire(timeout=interval):
+            self._renew(job, occurrence, attempt)
 
     def _chain(self, occurrence: Occurrence) -> None:
         if occurrence.schedule_id is not None:

@@ -34,7 +34,13 @@ MAX_BACKOFF = 5.0
 
 
 class Worker:
-    """Runs jobs from ``queues`` with ``concurrency`` threads until stopped.
+    """Runs at most ``concurrency`` jobs at once from ``queues`` until stopped.
+
+    ``concurrency + prefetch`` threads reserve (``prefetch`` defaults to ``concurrency``): a
+    job reserved before its ``run_at`` is admitted and waits for its instant without taking a
+    slot, so a cluster of occurrences due together starts on time; a reserved job waits at most
+    for a slot to free up, its Beanstalkd job and lease kept alive meanwhile. ``prefetch=0``
+    holds no job beyond the running ones.
 
     With ``burst=True`` each thread exits once no job is ready (for scripts and tests).
     ``clock`` and ``sleep`` are injectable; ``history`` defaults to a database-backed store;
@@ -47,6 +53,7 @@ class Worker:
         *,
         queues: Sequence[str] = ("default",),
         concurrency: int = 1,
+        prefetch: int | None = None,
         burst: bool = False,
         history: HistoryStore | None = None,
         clock: Callable[[], datetime] | None = None,
@@ -56,6 +63,9 @@ class Worker:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency: must be >= 1")
+        if prefetch is not None and prefetch < 0:
+            raise ValueError("prefetch: must be >= 0 (0 holds no job beyond the running ones)")
+        self.prefetch = concurrency if prefetch is None else prefetch
         self.pb = pb
         self.queues = tuple(queues)
         self.concurrency = concurrency
@@ -71,12 +81,14 @@ class Worker:
 
     def run(self) -> None:
         """Run until :meth:`stop` (or, with ``burst``, until nothing is ready)."""
-        services = RunnerServices.start(self.pb, self.history, self.clock)
+        services = RunnerServices.start(
+            self.pb, self.history, self.clock, concurrency=self.concurrency
+        )
         threads = [
             threading.Thread(
                 target=self._thread_main, args=(index, services), name=f"worker-{index}"
             )
-            for index in range(self.concurrency)
+            for index in range(self.concurrency + self.prefetch)
         ]
         try:
             for thread in threads:
@@ -164,17 +176,19 @@ def run_worker(
     *,
     queues: Sequence[str] = ("default",),
     concurrency: int = 1,
+    prefetch: int | None = None,
     burst: bool = False,
 ) -> int:
     """Run a worker in the foreground with signal handling; returns the exit code."""
-    worker = Worker(pb, queues=queues, concurrency=concurrency, burst=burst)
+    worker = Worker(pb, queues=queues, concurrency=concurrency, prefetch=prefetch, burst=burst)
     if threading.current_thread() is threading.main_thread():
         _install_signal_handlers(worker)
     log.info(
-        "worker %s: queues %s, concurrency %d%s",
+        "worker %s: queues %s, concurrency %d, prefetch %d%s",
         pb.settings.node_id,
         ",".join(queues),
         concurrency,
+        worker.prefetch,
         ", burst" if burst else "",
     )
     worker.run()

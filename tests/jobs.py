@@ -51,3 +51,18 @@ class SendReport:
 
     def perform(self, marker: Any, **kwargs: Any) -> None:
         record_run(marker, **kwargs)
+
+
+RUNNING: dict[str, int] = {}
+MOST_AT_ONCE: dict[str, int] = {}
+
+
+def hold_for(marker: str, seconds: float) -> None:
+    """Run for ``seconds``, counting how many runs with ``marker`` overlap at most."""
+    with _lock:
+        RUNNING[marker] = RUNNING.get(marker, 0) + 1
+        MOST_AT_ONCE[marker] = max(MOST_AT_ONCE.get(marker, 0), RUNNING[marker])
+    time.sleep(seconds)
+    with _lock:
+        RUNNING[marker] -= 1
+        RUNS.append(((marker,), {}))

@@ -23,7 +23,7 @@ __all__ = ["cli", "pb"]  # fixtures shared with tests/test_cli.py
 
 def test_worker_burst_runs_what_is_due_and_exits_zero(cli: Cli, pb: Postburner) -> None:
     pb.enqueue_at(datetime.now(UTC), "tests.jobs:record_run", ["cli"], job_id="cli:burst")
-    result = cli("worker", "--burst", "--concurrency", "2")
+    result = cli("worker", "--burst", "--concurrency", "2", "--prefetch", "1")
     assert result.returncode == 0, result.stderr
     [record] = HistoryStore(pb.session_factory).get_by_job_id("cli:burst")
     assert record.status == "completed"
