@@ -416,11 +416,8 @@ def load_locked(
     the caller compares ``run_at`` with the body's (fencing)."""
     delayed = sorted({body.id for body in bodies if body.kind == "delayed"})
     executions = sorted({body.id for body in bodies if body.kind != "delayed"})
-    if connection.dialect.name == "postgresql":
-        delayed_rows, execution_rows = pg_batch.load_locked_rows(connection, delayed, executions)
-    else:
-        delayed_rows = _rows(connection, _DELAYED, delayed)
-        execution_rows = _rows(connection, _EXECUTIONS, executions)
+    delayed_rows = _rows(connection, _DELAYED, delayed)
+    execution_rows = _rows(connection, _EXECUTIONS, executions)
     found = {
         ("delayed", row.id): _delayed_occurrence(row)
         for row in delayed_rows

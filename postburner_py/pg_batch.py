@@ -2,11 +2,11 @@
 
 Admission and settlement (:mod:`postburner_py.admission`, :mod:`postburner_py.settlement`)
 are the worker's hot path: every job passes through both. On PostgreSQL a batch of them costs
-three statements in all: one ``SELECT ... FOR UPDATE`` of the rows, one statement that claims
-the fresh occurrences and records their starts (a data-modifying CTE), and one that closes
-the history rows, the dispatch rows and the one-off job rows of the finished attempts. A batch
-travels as one JSON parameter (``jsonb_to_recordset``): the SQL text never changes, so psycopg
-prepares it once, and one string is far cheaper to send than a typed array per column.
+two statements, sent in one round trip: one closes the history rows, dispatch rows and one-off
+job rows of the finished attempts; one locks the rows the new deliveries name, claims the
+fresh occurrences and records their starts (data-modifying CTEs). A batch travels as one JSON
+parameter (``jsonb_to_recordset``): the SQL text never changes, so psycopg prepares it once,
+and one string is far cheaper to send than a typed parameter per column.
 SQLite runs the same steps through SQLAlchemy Core (same tables, same results: the worker
 tests run on both).
 """
@@ -25,27 +25,6 @@ from sqlalchemy import Connection
 
 from postburner_py.ledger import defer, run_deferred
 
-_LOAD_DELAYED = """
-SELECT id, job_id, job_class, args, kwargs, priority, ttr, max_attempts, run_at, status
-FROM postburner_delayed_jobs
-WHERE id = ANY(%s::bigint[])
-ORDER BY id
-FOR UPDATE
-"""
-DelayedRow = namedtuple(
-    "DelayedRow",
-    "id job_id job_class args kwargs priority ttr max_attempts run_at status",
-)
-
-_LOAD_EXECUTIONS = """
-SELECT e.id, e.schedule_id, e.run_at, e.next_run_at, e.status, e.cached_schedule,
-       s.max_attempts
-FROM postburner_schedule_executions AS e
-LEFT JOIN postburner_schedules AS s ON s.id = e.schedule_id
-WHERE e.id = ANY(%s::bigint[])
-ORDER BY e.id
-FOR UPDATE OF e
-"""
 _CURSOR = "postburner_batch_cursor"
 
 ExecutionRow = namedtuple(
@@ -254,19 +233,6 @@ def cursor_of(connection: Connection) -> Cursor[Any]:
     return cast(Cursor[Any], cursor)
 
 
-def load_locked_rows(
-    connection: Connection, delayed_ids: Sequence[int], execution_ids: Sequence[int]
-) -> tuple[list[DelayedRow], list[ExecutionRow]]:
-    """The one-off job rows and execution rows of those ids, locked in id order; instants
-    in UTC."""
-    cursor = cursor_of(connection)
-    delayed = [DelayedRow._make(row) for row in _fetch(cursor, _LOAD_DELAYED, delayed_ids)]
-    executions = [
-        ExecutionRow._make(row) for row in _fetch(cursor, _LOAD_EXECUTIONS, execution_ids)
-    ]
-    return delayed, executions
-
-
 def settle(connection: Connection, closings: Sequence[Closing]) -> None:
     """Close the history rows, dispatch rows and one-off job rows of finished attempts (in a
     ledger batch: deferred to the batch's admission statement, or its commit)."""
@@ -290,13 +256,6 @@ def settle(connection: Connection, closings: Sequence[Closing]) -> None:
         connection,
         lambda later: _execute(later, _CLOSE, parameters),
     )
-
-
-def _fetch(cursor: Cursor[Any], statement: str, ids: Sequence[int]) -> list[tuple[Any, ...]]:
-    if not ids:
-        return []
-    cursor.execute(statement, (list(ids),), prepare=True)
-    return [_in_utc(row) for row in cursor.fetchall()]
 
 
 def _in_utc(row: tuple[Any, ...]) -> tuple[Any, ...]:
