@@ -88,9 +88,9 @@ WITH input AS (
 ), started AS (
     INSERT INTO postburner_job_history
         (job_id, correlation_id, task_identifier, schedule_name, status, worker_id, attempt,
-         run_at, started_at, queue_time_ms, expires_at)
+         run_at, started_at, queue_time_ms, expires_at, results)
     SELECT f.history_job_id, f.correlation_id, f.job_class, f.key, 'started', f.node_id, 1,
-           f.run_at, f.started_at, f.queue_time_ms, f.expires_at
+           f.run_at, f.started_at, f.queue_time_ms, f.expires_at, 'null'::jsonb
     FROM fresh AS f
     JOIN claimed AS c ON c.key = f.key AND c.fire_time = f.run_at
     RETURNING id, schedule_name, run_at
@@ -157,7 +157,9 @@ def undo_claim(connection: Connection, row: AdmittedRow) -> None:
     )
 
 
-# Closing a batch is one statement; the batch travels as one JSON parameter. Each UPDATE
+# Closing a batch is one statement; the batch travels as one JSON parameter. No results are
+# stored as JSON null, as SQLAlchemy stores None in a JSON column (so "results IS NULL" means
+# the same for every row). Each UPDATE
 # reaches its rows through "key = ANY(ARRAY(SELECT ... FROM the batch))", an index condition
 # on the primary or unique key (joined only to a set-returning function, the planner assumes
 # 100 input rows and scans the table), and guards the status with IS NOT DISTINCT FROM, which
@@ -168,7 +170,7 @@ WITH history AS (
     UPDATE postburner_job_history AS h
     SET status = i.status, worker_id = i.worker_id, finished_at = i.finished_at,
         execution_time_ms = i.execution_time_ms, started_at = i.started_at,
-        queue_time_ms = i.queue_time_ms, results = i.results,
+        queue_time_ms = i.queue_time_ms, results = coalesce(i.results, 'null'::jsonb),
         error_message = i.error_message, error_stack = i.error_stack
     FROM jsonb_to_recordset(%(batch)s::jsonb) AS i(
         history_id bigint, status text, worker_id text, finished_at timestamptz,

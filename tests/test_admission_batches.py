@@ -315,3 +315,16 @@ def test_postgresql_and_sqlite_answer_and_store_the_same(
     on_sqlite = _run_everything(make_postburner, sqlite_url)
     for part in on_postgresql:
         assert on_postgresql[part] == on_sqlite[part], part
+
+
+def test_no_results_are_stored_as_json_null_on_every_path(
+    make_postburner: MakePostburner, database_url: str
+) -> None:
+    world = _world(make_postburner, database_url)
+    _settle_first_batch(world, _first_batch(world))
+    _retry_later(world)
+    with world.pb.engine.connect() as connection:
+        sql_nulls = connection.scalars(
+            select(HistoryRecord.job_id).where(HistoryRecord.results.is_(None))
+        ).all()
+    assert sql_nulls == []
