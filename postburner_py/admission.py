@@ -335,24 +335,7 @@ def _delivery(n: int, request: AdmitRequest, start: HistoryEntry) -> pg_batch.De
 
 
 def _admitted_occurrence(kind: str, row: pg_batch.AdmittedRow) -> Occurrence:
-    if kind != "delayed":
-        return _occurrence(row)
-    return Occurrence(
-        kind="delayed",
-        row_id=row.id,
-        schedule_id=None,
-        next_run_at=None,
-        history_job_id=row.history_job_id,
-        key=row.key,
-        run_at=row.run_at,
-        job_class=row.job_class,
-        args=list(row.args),
-        kwargs=dict(row.kwargs),
-        priority=row.priority,
-        ttr=row.ttr,
-        max_attempts=row.max_attempts,
-        catch_up=True,
-    )
+    return _delayed_occurrence(row) if kind == "delayed" else _occurrence(row)
 
 
 def _acquired_entry(request: AdmitRequest, occurrence: Occurrence) -> DispatchEntry:

@@ -218,26 +218,25 @@ def _parse_instant(text: str, option: str) -> datetime:
     return instant.astimezone(UTC)
 
 
-def _not_negative(text: str) -> int:
-    """argparse type of ``--prefetch``: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
-def _positive(text: str) -> int:
-    """argparse type of ``--count`` and ``--limit``: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+#: ``--count``, ``--limit``, ``--concurrency``: an integer >= 1.
+_positive = _at_least(1)
+#: ``--prefetch``: an integer >= 0.
+_not_negative = _at_least(0)
 
 
 # --- init ------------------------------------------------------------------------------------

@@ -796,14 +796,12 @@ def finish_many_in(session: Executor, requests: Sequence[FinishRequest]) -> None
     if not requests:
         return
     params = [
-        {
-            "b_key": request.key,
-            "b_fire_time": _aware("fire_time", request.fire_time),
-            "b_attempt": request.attempt,
-            **_final_changes(
+        _owned_params(
+            request,
+            _final_changes(
                 DispatchStatus.FAILED if request.failed else DispatchStatus.COMPLETED, request.now
             ),
-        }
+        )
         for request in requests
     ]
     connection_of(session).execute(_FINISH_OWNED, params)
@@ -816,16 +814,26 @@ def release_many_in(session: Executor, requests: Sequence[FinishRequest]) -> Non
     if not requests:
         return
     params = [
-        {
-            "b_key": request.key,
-            "b_fire_time": _aware("fire_time", request.fire_time),
-            "b_attempt": request.attempt,
-            "lease_expires_at": _aware("now", request.now),
-            "updated_at": _aware("now", request.now),
-        }
+        _owned_params(
+            request,
+            {
+                "lease_expires_at": _aware("now", request.now),
+                "updated_at": _aware("now", request.now),
+            },
+        )
         for request in requests
     ]
     connection_of(session).execute(_RELEASE_OWNED, params)
+
+
+def _owned_params(request: FinishRequest, changes: dict[str, Any]) -> dict[str, Any]:
+    """One row's parameters for the statements over :data:`_OWNED_BY_BOUND_ATTEMPT`."""
+    return {
+        "b_key": request.key,
+        "b_fire_time": _aware("fire_time", request.fire_time),
+        "b_attempt": request.attempt,
+        **changes,
+    }
 
 
 def _insert_absent(session: Executor, rows: list[dict[str, Any]]) -> int:

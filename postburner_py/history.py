@@ -400,12 +400,10 @@ class HistoryStore:
             return session.connection().execute(statement).rowcount
 
     def _insert(self, entry: HistoryEntry, session: Executor | None) -> HistoryEntry:
-        values = {name: getattr(entry, name) for name in _COLUMNS}
-        statement = insert(HistoryRecord).values(**values).returning(HistoryRecord.id)
         if session is not None:
-            return replace(entry, id=connection_of(session).execute(statement).scalar_one())
+            return self.insert_started(session, [entry])[0]
         with self._database() as own, own.begin():
-            return replace(entry, id=own.connection().execute(statement).scalar_one())
+            return self.insert_started(own, [entry])[0]
 
     def _finish(
         self,

@@ -45,7 +45,7 @@ WITH input AS (
         now timestamptz, correlation_id text, started_at timestamptz, queue_time_ms float8,
         expires_at timestamptz)
 ), one_offs AS (
-    SELECT i.n, j.id, 'job:' || j.job_id AS key, j.job_id AS history_job_id, j.run_at,
+    SELECT i.n, j.id, 'job:' || j.job_id AS key, j.job_id AS job_id, j.run_at,
            j.status, 'pending' AS live_status, j.job_class, j.args, j.kwargs, j.priority,
            j.ttr, j.max_attempts,
            NULL::bigint AS schedule_id, NULL::timestamptz AS next_run_at,
@@ -56,7 +56,7 @@ WITH input AS (
     ORDER BY j.id
     FOR UPDATE OF j
 ), executions AS (
-    SELECT i.n, e.id, e.cached_schedule ->> 'name' AS key, e.id::text AS history_job_id,
+    SELECT i.n, e.id, e.cached_schedule ->> 'name' AS key, e.id::text AS job_id,
            e.run_at, e.status, 'scheduled' AS live_status,
            e.cached_schedule ->> 'job_class' AS job_class,
            NULL::jsonb AS args, NULL::jsonb AS kwargs, NULL::bigint AS priority,
@@ -71,7 +71,7 @@ WITH input AS (
     SELECT * FROM one_offs UNION ALL SELECT * FROM executions
 ), fresh AS (
     SELECT DISTINCT ON (f.key, f.run_at)
-           f.n, f.key, f.run_at, f.job_class, f.history_job_id, i.node_id, i.now,
+           f.n, f.key, f.run_at, f.job_class, f.job_id, i.node_id, i.now,
            i.correlation_id, i.started_at, i.queue_time_ms, i.expires_at,
            i.now + make_interval(secs => coalesce(f.ttr, (f.cached_schedule ->> 'ttr')::int, 300))
                AS lease_until
@@ -89,13 +89,13 @@ WITH input AS (
     INSERT INTO postburner_job_history
         (job_id, correlation_id, task_identifier, schedule_name, status, worker_id, attempt,
          run_at, started_at, queue_time_ms, expires_at, results)
-    SELECT f.history_job_id, f.correlation_id, f.job_class, f.key, 'started', f.node_id, 1,
+    SELECT f.job_id, f.correlation_id, f.job_class, f.key, 'started', f.node_id, 1,
            f.run_at, f.started_at, f.queue_time_ms, f.expires_at, 'null'::jsonb
     FROM fresh AS f
     JOIN claimed AS c ON c.key = f.key AND c.fire_time = f.run_at
     RETURNING id, schedule_name, run_at
 )
-SELECT f.n, f.id, f.key, f.history_job_id, f.run_at, f.status = f.live_status AS live,
+SELECT f.n, f.id, f.key, f.job_id, f.run_at, f.status = f.live_status AS live,
        f.job_class, f.args, f.kwargs, f.priority, f.ttr, f.max_attempts, f.schedule_id,
        f.next_run_at, f.cached_schedule, s.id AS history_id
 FROM found AS f
@@ -104,7 +104,7 @@ LEFT JOIN started AS s ON s.schedule_name = x.key AND s.run_at = x.run_at
 """
 AdmittedRow = namedtuple(
     "AdmittedRow",
-    "n id key history_job_id run_at live job_class args kwargs priority ttr max_attempts "
+    "n id key job_id run_at live job_class args kwargs priority ttr max_attempts "
     "schedule_id next_run_at cached_schedule history_id",
 )
 

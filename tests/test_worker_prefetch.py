@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -14,24 +12,10 @@ from postburner_py import Postburner
 from postburner_py.history import HistoryStore
 from postburner_py.worker import Worker
 from tests import jobs
+from tests.test_worker import _run_until
 
 MakePostburner = Callable[..., Postburner]
 pytestmark = pytest.mark.usefixtures("database_url")
-
-
-def _run_until(pb: Postburner, done: Callable[[], bool], **options: object) -> Worker:
-    worker = Worker(pb, reserve_timeout=0.2, **options)  # type: ignore[arg-type]
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    deadline = time.monotonic() + 20
-    try:
-        while not done() and time.monotonic() < deadline:
-            time.sleep(0.02)
-    finally:
-        worker.stop()
-        thread.join(timeout=30)
-    assert done(), f"not done in 20 s; outcomes {dict(worker.outcomes)}"
-    return worker
 
 
 def test_prefetched_jobs_never_run_more_than_the_concurrency_at_once(
