@@ -13,6 +13,11 @@ batches the deliveries of all its threads):
 
 Locking the row serialises admission with ``skip()``: either the skip sees the claim and
 refuses, or the admission sees the skip and does not run.
+
+On PostgreSQL the ledger's fast path (:mod:`postburner_py.fast_path`) first takes the whole
+batch through one statement (:mod:`postburner_py.pg_batch`), which fences and claims what it
+can decide for good; the rest comes here (:meth:`Admitter.fast_requests`,
+:meth:`Admitter.fast_answer`).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from postburner_py.dispatch_log import (
 )
 from postburner_py.errors import JobNotAllowedError
 from postburner_py.history import HistoryEntry, HistoryStore
+from postburner_py.ledger import UNDECIDED
 from postburner_py.models import DEFAULT_MAX_ATTEMPTS, SCHEDULED, Schedule, ScheduleExecution
 from postburner_py.signing import JobBody
 from postburner_py.validation import DEFAULT_PRIORITY, check_job_allowed
@@ -123,13 +129,6 @@ class Admitter:
         self.history = history
 
     def __call__(self, connection: Connection, requests: Sequence[AdmitRequest]) -> list[Admission]:
-        if connection.dialect.name == "postgresql":
-            return self._admit_in_one_statement(connection, requests)
-        return self._admit_step_by_step(connection, requests)
-
-    def _admit_step_by_step(
-        self, connection: Connection, requests: Sequence[AdmitRequest]
-    ) -> list[Admission]:
         """Load and lock, decide, then claim (one multi-row INSERT) and record the starts."""
         occurrences = load_locked(connection, [request.body for request in requests])
         admissions: list[Admission | None] = []
@@ -162,89 +161,61 @@ class Admitter:
             for (_, _, occurrence), claim in zip(runnable, claims, strict=True)
         ]
 
-    def _admit_in_one_statement(
-        self, connection: Connection, requests: Sequence[AdmitRequest]
-    ) -> list[Admission]:
-        """PostgreSQL: one statement locks the rows and claims every fresh live occurrence
-        with its start record. Then, per delivery: fenced when its row is gone or no longer
-        live; a claim the allow-list or lateness forbids is undone and turned away; a live
-        occurrence the statement could not claim (claimed before, or named twice in the
-        batch) goes through the registry as :meth:`_admit_step_by_step` takes it."""
+    def fast_requests(
+        self, requests: Sequence[AdmitRequest]
+    ) -> tuple[list[pg_batch.Delivery], list[HistoryEntry]]:
+        """The requests as :func:`pg_batch.run_batch` takes them (numbered in order), with the
+        start record each gets if the statement claims it."""
         starts = [self._start_entry_of(request) for request in requests]
-        rows = pg_batch.admit(
-            connection,
-            [
-                _delivery(n, request, start)
-                for n, (request, start) in enumerate(zip(requests, starts, strict=True))
-            ],
-        )
-        admissions: list[Admission] = []
-        for n, (request, start) in enumerate(zip(requests, starts, strict=True)):
-            row = rows.get(n)
-            if row is None or not row.live or row.run_at != request.body.run_at:
-                admissions.append(Admission(Outcome.FENCED))
-                continue
-            admissions.append(self._decide(connection, request, row, start))
-        return admissions
+        deliveries = [
+            _delivery(n, request, start)
+            for n, (request, start) in enumerate(zip(requests, starts, strict=True))
+        ]
+        return deliveries, starts
 
-    def _decide(
-        self,
-        connection: Connection,
-        request: AdmitRequest,
-        row: pg_batch.AdmittedRow,
-        start: HistoryEntry,
-    ) -> Admission:
+    def fast_answer(
+        self, request: AdmitRequest, start: HistoryEntry, row: pg_batch.AdmittedRow | None
+    ) -> Any:
+        """What :func:`pg_batch.run_batch` decided for ``request``: fenced (its row is gone,
+        no longer live, or live for another run_at), acquired (claimed, ``start`` recorded),
+        or :data:`~postburner_py.ledger.UNDECIDED`, left to this handler's transaction."""
+        if row is None or not row.live or row.run_at != request.body.run_at:
+            return Admission(Outcome.FENCED)
+        if row.history_id is None:
+            return UNDECIDED
         occurrence = _admitted_occurrence(request.body.kind, row)
-        if row.history_id is not None:
-            turned_away = self._turn_away(connection, request, occurrence, claimed=row)
-            if turned_away is not None:
-                return turned_away
-            entry = replace(
-                start,
-                id=row.history_id,
-                job_id=occurrence.history_job_id,
-                task_identifier=occurrence.job_class,
-            )
-            claim = Claim(ClaimOutcome.ACQUIRED, _acquired_entry(request, occurrence))
-            return Admission(None, occurrence, claim, entry)
-        turned_away = self._turn_away(connection, request, occurrence)
-        if turned_away is not None:
-            return turned_away
-        return self._claim_each(connection, [(0, request, occurrence)])[0]
+        entry = replace(
+            start,
+            id=row.history_id,
+            job_id=occurrence.history_job_id,
+            task_identifier=occurrence.job_class,
+        )
+        claim = Claim(ClaimOutcome.ACQUIRED, _acquired_entry(request, occurrence))
+        return Admission(None, occurrence, claim, entry)
 
     def _start_entry_of(self, request: AdmitRequest) -> HistoryEntry:
         """The start record a delivery gets if it claims (job id and class come from the
         row, filled in once it is read)."""
         body = request.body
-        key = GATE_PREFIX + body.key if body.kind == "delayed" else body.key
-        return self._start(request, key=key, run_at=body.run_at, job_id="", job_class="")
+        return self._start(
+            request, key=dispatch_key(body), run_at=body.run_at, job_id="", job_class=""
+        )
 
     def _turn_away(
-        self,
-        connection: Connection,
-        request: AdmitRequest,
-        occurrence: Occurrence | None,
-        *,
-        claimed: pg_batch.AdmittedRow | None = None,
+        self, connection: Connection, request: AdmitRequest, occurrence: Occurrence | None
     ) -> Admission | None:
-        """The outcome of a delivery that must not claim (fenced, refused, missed), or None.
-
-        ``claimed``: the occurrence was claimed speculatively in this transaction; a refusal
-        or a miss takes the claim back first (nobody else can have seen it)."""
+        """The outcome of a delivery that must not claim (fenced, refused, missed), or None."""
         if occurrence is None or occurrence.run_at != request.body.run_at:
             return Admission(Outcome.FENCED)
         try:
             check_job_allowed(occurrence.job_class, self.pb.settings.allowed_job_prefixes)
         except JobNotAllowedError as exc:
             log.error("refusing %s: %s", occurrence.key, exc)
-            if claimed is not None:
-                pg_batch.undo_claim(connection, claimed)
             return Admission(Outcome.REFUSED, occurrence)
-        if self._too_late(occurrence, request):
-            if claimed is not None:
-                pg_batch.undo_claim(connection, claimed)
-            if self._record_missed(connection, occurrence, request):
-                return Admission(Outcome.MISSED, occurrence)
+        if self._too_late(occurrence, request) and self._record_missed(
+            connection, occurrence, request
+        ):
+            return Admission(Outcome.MISSED, occurrence)
         return None
 
     def _too_late(self, occurrence: Occurrence, request: AdmitRequest) -> bool:
@@ -311,6 +282,11 @@ class Admitter:
 
 
 _Runnable = tuple[int, AdmitRequest, Occurrence]
+
+
+def dispatch_key(body: JobBody) -> str:
+    """The dispatch-log key of the occurrence ``body`` names (a one-off job's is prefixed)."""
+    return GATE_PREFIX + body.key if body.kind == "delayed" else body.key
 
 
 def _lease_until(request: AdmitRequest, occurrence: Occurrence) -> datetime:

@@ -440,6 +440,28 @@ class BeanstalkQueue:
         job = greenstalk.Job(job_id, b"")
         self._reserved(lambda client: client.touch(job), job_id)
 
+    def toucher(self, job_id: int) -> Callable[[], None]:
+        """A touch of ``job_id`` on this thread's connection (the one that reserved it), for
+        another thread to call while this one is busy and does not use its connection (the
+        worker runs a job inline while the lease keeper touches it). The two threads must
+        never use the connection at once; a connection lost during the touch is closed, so
+        this thread reconnects on its next call."""
+        conn = self._connection()
+        job = greenstalk.Job(job_id, b"")
+
+        def touch() -> None:
+            try:
+                conn.client.touch(job)
+            except greenstalk.NotFoundError:
+                raise ReservationLostError(
+                    f"job {job_id} is not reserved by its connection any more"
+                ) from None
+            except _CONNECTION_LOST as exc:
+                conn.close()
+                raise QueueUnavailableError(f"Beanstalkd at {self.url}: {exc}") from exc
+
+        return touch
+
     def _reserved(self, command: Callable[[greenstalk.Client[bytes]], None], job_id: int) -> None:
         def op(conn: _Connection) -> None:
             try:

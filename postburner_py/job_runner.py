@@ -10,8 +10,8 @@ The order is what makes a delivery safe to repeat (see ``docs/worker.md``):
    any import), claim the occurrence in the dispatch log and record the start (a late
    occurrence that is not caught up is recorded ``missed`` instead);
 4. wait out the sub-second rest of ``run_at``;
-5. start the job in its own thread, ask the chainer for the next execution, then touch the
-   Beanstalkd job and renew the lease until the job returns;
+5. ask the chainer for the next execution, then run the job on this thread while the lease
+   keeper (:mod:`postburner_py.lease_keeper`) touches the Beanstalkd job and renews the lease;
 6. record the outcome (:mod:`postburner_py.settlement`, batched the same way), then, once it
    committed, delete, release (retry with backoff) or bury the job.
 """
@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -35,8 +35,10 @@ from postburner_py.chainer import Chainer
 from postburner_py.context import ExecutionContext, PartialSuccess, running
 from postburner_py.dispatch_log import Claim, ClaimOutcome, SqlDispatchRegistry, idempotency_key
 from postburner_py.errors import JobNotAllowedError, SignatureError
+from postburner_py.fast_path import worker_ledger
 from postburner_py.history import HistoryEntry, HistoryStatus, HistoryStore
 from postburner_py.job_loader import resolve_job
+from postburner_py.lease_keeper import LeaseKeeper
 from postburner_py.ledger import Ledger
 from postburner_py.placeholders import render_arguments as fill_placeholders
 from postburner_py.settlement import Settlement, Settler
@@ -60,12 +62,14 @@ CHAIN_LINGER = 0.1
 @dataclass(frozen=True)
 class RunnerServices:
     """What the runners of one worker process share: the group-commit ledger with its two
-    batch handlers, the chainer, and the slots that bound how many jobs run at once."""
+    batch handlers, the chainer, the lease keeper, and the slots that bound how many jobs
+    run at once."""
 
     ledger: Ledger
     admitter: Admitter
     settler: Settler
     chainer: Chainer
+    keeper: LeaseKeeper
     #: One per job that may run at once (the worker's concurrency).
     slots: threading.BoundedSemaphore
 
@@ -73,20 +77,23 @@ class RunnerServices:
     def start(
         cls, pb: Postburner, history: HistoryStore, clock: Clock, *, concurrency: int
     ) -> RunnerServices:
-        """Start the ledger and chainer threads (stop them with :meth:`close`)."""
+        """Start the ledger, chainer and keeper threads (stop them with :meth:`close`)."""
         registry = SqlDispatchRegistry(pb.session_factory, clock=clock)
+        admitter, settler = Admitter(pb, registry, history), Settler(history)
         return cls(
-            ledger=Ledger(pb.writer_engine),
-            admitter=Admitter(pb, registry, history),
-            settler=Settler(history),
+            ledger=worker_ledger(pb.writer_engine, admitter, settler),
+            admitter=admitter,
+            settler=settler,
             chainer=Chainer(pb, clock=clock, linger=CHAIN_LINGER),
+            keeper=LeaseKeeper(),
             slots=threading.BoundedSemaphore(concurrency),
         )
 
     def close(self) -> None:
-        """Commit what is queued and chain what was asked for, then stop both threads."""
+        """Commit what is queued and chain what was asked for, then stop the threads."""
         self.ledger.close()
         self.chainer.close()
+        self.keeper.close()
 
 
 def default_backoff(attempt: int) -> int:
@@ -116,12 +123,10 @@ class JobRunner:
         self.clock = clock
         self.sleep = sleep
         self.backoff = backoff
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{worker_id}-job")
         self._unsettled: deque[_Unsettled] = deque()
 
     def close(self) -> list[Outcome]:
-        """Stop the job thread (after the job it runs, if any); act on pending outcomes."""
-        self._executor.shutdown(wait=True)
+        """Act on the outcomes still pending (waiting for their commit)."""
         return self.flush(wait=True)
 
     def handle(self, job: QueuedJob) -> Outcome | None:
@@ -178,44 +183,54 @@ class JobRunner:
     def _attempt(
         self, job: QueuedJob, occurrence: Occurrence, attempt: int, started: HistoryEntry
     ) -> None:
-        self._wait_until(occurrence.run_at)
-        self._take_slot(job, occurrence, attempt)
+        held = _Held(self._renewal(job, occurrence, attempt), occurrence)
+        self._wait_until(occurrence.run_at, held)
+        self._take_slot(held)
+        error: Exception | None = None
         try:
             context = self._context(occurrence, attempt)
             run = _Run(job, occurrence, attempt, started, began_at=self.clock())
-            began = time.perf_counter()
-            future = self._executor.submit(self._invoke, occurrence, context)
             # The next execution is chained as this attempt starts: once run_at has come (so
             # it never coexists with this one as a second live future), by the chainer's
             # thread, so chaining never delays a start.
             self._chain(occurrence)
-            self._keep_alive(job, occurrence, attempt, future)
+            began = time.perf_counter()
+            try:
+                with self.services.keeper.keeping(held.renewal, held.interval):
+                    result = self._invoke(occurrence, context)
+            except Exception as exc:
+                error = exc
             run.elapsed_ms = (time.perf_counter() - began) * 1000
         finally:
             self.services.slots.release()
-        try:
-            result = future.result()
-        except Exception as exc:
-            self._failed(run, exc)
+        if error is not None:
+            self._failed(run, error)
         else:
             self._succeeded(run, result)
-        return None
 
-    def _take_slot(self, job: QueuedJob, occurrence: Occurrence, attempt: int) -> None:
+    def _take_slot(self, held: _Held) -> None:
         """Wait for one of the worker's ``concurrency`` slots, keeping the job and its lease
         alive meanwhile (a prefetched job waits here while the slots run others)."""
-        interval = max(0.2, occurrence.ttr / 3)
-        while not self.services.slots.acquire(timeout=interval):
-            self._renew(job, occurrence, attempt)
+        while not self.services.slots.acquire(timeout=held.interval):
+            held.renew()
 
     def _chain(self, occurrence: Occurrence) -> None:
         if occurrence.schedule_id is not None:
             self.services.chainer.request(occurrence.schedule_id, occurrence.run_at)
 
-    def _wait_until(self, run_at: datetime) -> None:
-        remaining = (run_at - self.clock()).total_seconds()
+    def _wait_until(self, run_at: datetime, held: _Held) -> None:
+        """Wait out the rest of ``run_at``; a wait longer than a third of the TTR (a job
+        reserved up to a second early, a TTR of 1 or 2 s) keeps the job and lease alive."""
+        remaining = self._until(run_at)
+        while remaining > held.interval:
+            self.sleep(held.interval)
+            held.renew()
+            remaining = min(remaining - held.interval, self._until(run_at))
         if remaining > 0:
             self.sleep(remaining)
+
+    def _until(self, instant: datetime) -> float:
+        return (instant - self.clock()).total_seconds()
 
     def _context(self, occurrence: Occurrence, attempt: int) -> ExecutionContext:
         delayed = occurrence.kind == "delayed"
@@ -234,22 +249,13 @@ class JobRunner:
         with running(context):
             return function(*args, **kwargs)
 
-    def _keep_alive(
-        self, job: QueuedJob, occurrence: Occurrence, attempt: int, future: Future[Any]
-    ) -> None:
-        """Touch the job and renew the lease until the job finishes (this thread owns the
-        Beanstalkd connection, so the touch must come from here)."""
-        interval = max(0.2, occurrence.ttr / 3)
-        while True:
-            try:
-                future.exception(timeout=interval)
-                return
-            except TimeoutError:
-                self._renew(job, occurrence, attempt)
+    def _renewal(self, job: QueuedJob, occurrence: Occurrence, attempt: int) -> Callable[[], None]:
+        """What the lease keeper runs while the job runs: a touch on this thread's connection
+        (which reserved the job) and a renewal of the dispatch lease."""
+        touch = self.pb.queue.toucher(job.id)
 
-    def _renew(self, job: QueuedJob, occurrence: Occurrence, attempt: int) -> None:
-        try:
-            self.pb.queue.touch(job.id)
+        def renew() -> None:
+            touch()
             self.registry.renew(
                 occurrence.key,
                 occurrence.run_at,
@@ -257,8 +263,8 @@ class JobRunner:
                 lease_seconds=occurrence.ttr,
                 now=self.clock(),
             )
-        except Exception:
-            log.exception("could not renew the lease of %s", occurrence.key)
+
+        return renew
 
     def _succeeded(self, run: _Run, result: Any) -> None:
         if isinstance(result, PartialSuccess):
@@ -375,6 +381,26 @@ class _Run:
     started: HistoryEntry
     began_at: datetime
     elapsed_ms: float = 0.0
+
+
+def _renew_interval(occurrence: Occurrence) -> float:
+    """Seconds between renewals of a held job: a third of its TTR (at least 0.2 s)."""
+    return max(0.2, occurrence.ttr / 3)
+
+
+class _Held:
+    """A reserved job this thread keeps alive while it waits (for its instant or a slot)."""
+
+    def __init__(self, renewal: Callable[[], None], occurrence: Occurrence) -> None:
+        self.renewal = renewal
+        self.key = occurrence.key
+        self.interval = _renew_interval(occurrence)
+
+    def renew(self) -> None:
+        try:
+            self.renewal()
+        except Exception:
+            log.exception("could not renew the lease of %s", self.key)
 
 
 def _priority_of(pb: Postburner, job: QueuedJob) -> int:

@@ -8,6 +8,11 @@ then answers the waiting threads: a thread never acts on a write that is not dur
 
 When a batch fails (a deadlock, a constraint, a lost connection), it is rolled back and each
 request is retried in a transaction of its own, so one bad request fails alone.
+
+A ledger may have a *fast path* (the worker's on PostgreSQL: :mod:`postburner_py.fast_path`):
+it sees the whole batch first and settles what it can in one statement that commits by
+itself; the requests it leaves :data:`UNDECIDED` then go through their handlers' transaction.
+If the fast path fails, nothing of it committed and the whole batch takes the handlers' way.
 """
 
 from __future__ import annotations
@@ -33,8 +38,21 @@ Answer = TypeVar("Answer")
 #: answers each, in order. It must only write to the database (a failed batch is replayed).
 BatchHandler = Callable[[Connection, Sequence[Any]], Sequence[Any]]
 
+
+class _Undecided:
+    def __repr__(self) -> str:
+        return "UNDECIDED"
+
+
+#: A fast path's answer for a request it leaves to its handler.
+UNDECIDED: Any = _Undecided()
+
+#: A fast path: given ``(handler, item)`` for every request of a batch, on an idle connection
+#: (no transaction open), commits what it decides itself and answers each request in order,
+#: :data:`UNDECIDED` for those its handler must take. It must be all or nothing.
+FastPath = Callable[[Connection, Sequence[tuple[BatchHandler, Any]]], Sequence[Any]]
+
 DEFAULT_MAX_BATCH = 64
-_DEFERRED = "postburner_ledger_deferred"
 
 
 @dataclass
@@ -52,12 +70,21 @@ class Ledger:
     """One thread and one database connection that commit the writes of many threads."""
 
     def __init__(
-        self, engine: Engine, *, max_batch: int = DEFAULT_MAX_BATCH, name: str = "ledger"
+        self,
+        engine: Engine,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        name: str = "ledger",
+        fast_path: FastPath | None = None,
+        session_setup: Sequence[str] = (),
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch: must be >= 1, got {max_batch!r}")
         self._engine = engine
         self._max_batch = max_batch
+        self._fast_path = fast_path
+        self._session_setup = tuple(session_setup)
+        self.fast_answers = 0
         self._requests: queue.SimpleQueue[_Request[Any, Any] | None] = queue.SimpleQueue()
         self._connection: Connection | None = None
         self._closed = False
@@ -135,6 +162,39 @@ class Ledger:
         return batch, False
 
     def _process(self, batch: list[_Request[Any, Any]]) -> None:
+        rest = self._fast(batch) if self._fast_path is not None else batch
+        if rest:
+            self._process_in_transaction(rest)
+
+    def _fast(self, batch: list[_Request[Any, Any]]) -> list[_Request[Any, Any]]:
+        """Run the fast path; answer what it decided, return what it left (all, if it failed)."""
+        assert self._fast_path is not None
+        try:
+            connection = self._connect()
+            answers = self._fast_path(connection, [(r.handler, r.item) for r in batch])
+        except Exception as exc:
+            self._drop_if_invalidated(exc)
+            log.warning(
+                "the fast path failed on %d writes (%s); taking each handler", len(batch), exc
+            )
+            return batch
+        except BaseException as exc:  # the thread dies: nobody may wait forever
+            for request in batch:
+                request.future.set_exception(exc)
+            raise
+        rest = []
+        for request, answer in zip(batch, answers, strict=True):
+            if answer is UNDECIDED:
+                rest.append(request)
+            else:
+                request.future.set_result(answer)
+                self.fast_answers += 1
+        if len(rest) < len(batch):
+            self.batches += 1
+            self.requests += len(batch) - len(rest)
+        return rest
+
+    def _process_in_transaction(self, batch: list[_Request[Any, Any]]) -> None:
         try:
             answers = self._commit(batch)
         except Exception as exc:
@@ -143,7 +203,7 @@ class Ledger:
                 return
             log.warning("a batch of %d writes failed (%s); retrying each alone", len(batch), exc)
             for request in batch:
-                self._process([request])
+                self._process_in_transaction([request])
             return
         except BaseException as exc:  # the thread dies: nobody may wait forever
             for request in batch:
@@ -162,52 +222,35 @@ class Ledger:
         answers: list[Any] = [None] * len(batch)
         ordered = sorted(groups.items(), key=lambda group: getattr(group[0], "batch_order", 0))
         with self._transaction() as connection:
-            connection.info[_DEFERRED] = []
-            try:
-                for handler, positions in ordered:
-                    items = [batch[position].item for position in positions]
-                    results = handler(connection, items)
-                    for position, result in zip(positions, results, strict=True):
-                        answers[position] = result
-                run_deferred(connection)
-            finally:
-                # The connection goes back to the pool one day: outside a batch, writes run.
-                connection.info.pop(_DEFERRED, None)
+            for handler, positions in ordered:
+                items = [batch[position].item for position in positions]
+                results = handler(connection, items)
+                for position, result in zip(positions, results, strict=True):
+                    answers[position] = result
         return answers
+
+    def _connect(self) -> Connection:
+        """The ledger's connection; a dropped one is replaced (and set up again)."""
+        if self._connection is None or self._connection.closed:
+            connection = self._engine.connect()
+            for statement in self._session_setup:
+                connection.exec_driver_sql(statement)
+            connection.commit()
+            self._connection = connection
+        return self._connection
+
+    def _drop_if_invalidated(self, exc: BaseException) -> None:
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated and self._connection:
+            self._connection.close()
+            self._connection = None
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
         """One transaction on the ledger's connection; a dropped connection is replaced."""
-        if self._connection is None or self._connection.closed:
-            self._connection = self._engine.connect()
-        connection = self._connection
+        connection = self._connect()
         try:
             with connection.begin():
                 yield connection
         except DBAPIError as exc:
-            if exc.connection_invalidated:
-                connection.close()
-                self._connection = None
+            self._drop_if_invalidated(exc)
             raise
-
-
-def defer(connection: Connection, write: Callable[[Connection], None]) -> None:
-    """Hold a write whose result nobody reads until the batch's next statement that must wait
-    for the server anyway (see :func:`run_deferred`), or until the commit. Outside a ledger
-    batch the write runs at once."""
-    deferred = connection.info.get(_DEFERRED)
-    if deferred is None:
-        write(connection)
-    else:
-        deferred.append(write)
-
-
-def run_deferred(connection: Connection) -> None:
-    """Run the writes :func:`defer` held, in order (a caller about to wait for the server runs
-    them first, so that on PostgreSQL they share its round trip)."""
-    deferred = connection.info.get(_DEFERRED)
-    if not deferred:
-        return
-    connection.info[_DEFERRED] = []
-    for write in deferred:
-        write(connection)

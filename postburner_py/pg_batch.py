@@ -1,14 +1,18 @@
-"""The worker's batch statements on PostgreSQL: set-based SQL on the raw psycopg connection.
+"""The worker's ledger batch on PostgreSQL in one statement, without a transaction around it.
 
 Admission and settlement (:mod:`postburner_py.admission`, :mod:`postburner_py.settlement`)
-are the worker's hot path: every job passes through both. On PostgreSQL a batch of them costs
-two statements, sent in one round trip: one closes the history rows, dispatch rows and one-off
-job rows of the finished attempts; one locks the rows the new deliveries name, claims the
-fresh occurrences and records their starts (data-modifying CTEs). A batch travels as one JSON
-parameter (``jsonb_to_recordset``): the SQL text never changes, so psycopg prepares it once,
-and one string is far cheaper to send than a typed parameter per column.
-SQLite runs the same steps through SQLAlchemy Core (same tables, same results: the worker
-tests run on both).
+are the worker's hot path: every job passes through both. On PostgreSQL a whole ledger batch
+of them is one statement (data-modifying CTEs), sent in autocommit: one round trip, no BEGIN
+and no COMMIT, all or nothing. It closes the history rows, dispatch rows and one-off job rows
+of the finished attempts, and locks the rows the new deliveries name, claims the fresh
+occurrences and records their starts. Each half travels as one JSON parameter
+(``jsonb_to_recordset``): the SQL text never changes, so psycopg prepares it once, and one
+string is far cheaper to send than a typed parameter per column.
+
+The statement only claims what it can decide for good: a live occurrence, never claimed
+before, named once in the batch, whose job class the allow-list accepts and that is not too
+late. Everything else it leaves to the admission's own transaction (SQLAlchemy Core, the
+same code SQLite runs), which decides as it always did.
 """
 
 from __future__ import annotations
@@ -17,30 +21,25 @@ import json
 from collections import namedtuple
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from psycopg import Cursor
 from sqlalchemy import Connection
 
-from postburner_py.ledger import defer, run_deferred
-
 _CURSOR = "postburner_batch_cursor"
 
-ExecutionRow = namedtuple(
-    "ExecutionRow", "id schedule_id run_at next_run_at status cached_schedule max_attempts"
-)
-
-# Admission in one statement: lock the rows the bodies name (in id order, reached by primary
-# key: see _CLOSE), keep those still live for the body's key and run_at, and claim each (first
-# of a batch only) with the start record of the claim, all or nothing per occurrence. What
-# the statement cannot decide (an occurrence claimed before, the allow-list, lateness) the
-# caller decides from the rows it returns: it takes the slow path for the first and undoes
-# the claim for the others.
-_ADMIT = """
-WITH input AS (
+# Admission: lock the rows the bodies name (in id order, reached by primary key: see _CLOSE_CTES),
+# keep those still live for the body's key and run_at, and claim each (first of a batch only)
+# with the start record of the claim, all or nothing per occurrence. Only rows whose job class
+# starts with an allowed prefix (str.startswith, as validation.check_job_allowed) and that are
+# on time are claimed: for an execution, run_at within the catch-up window and the next one
+# not due yet, which implies Admitter._too_late is false (catch_up only ever lets more run,
+# and the admission's transaction decides those).
+_ADMIT_CTES = """
+input AS (
     SELECT *
-    FROM jsonb_to_recordset(%s::jsonb) AS i(
+    FROM jsonb_to_recordset(%(admit)s::jsonb) AS i(
         n int, kind text, id bigint, key text, run_at timestamptz, node_id text,
         now timestamptz, correlation_id text, started_at timestamptz, queue_time_ms float8,
         expires_at timestamptz)
@@ -78,6 +77,12 @@ WITH input AS (
     FROM found AS f
     JOIN input AS i ON i.n = f.n
     WHERE f.status = f.live_status AND f.key = i.key AND f.run_at = i.run_at
+      AND (cardinality(%(prefixes)s::text[]) = 0
+           OR EXISTS (SELECT FROM unnest(%(prefixes)s::text[]) AS p
+                      WHERE starts_with(f.job_class, p)))
+      AND (f.live_status = 'pending'
+           OR (f.run_at >= i.now - make_interval(secs => %(catch_up_seconds)s)
+               AND (f.next_run_at IS NULL OR f.next_run_at > i.now)))
     ORDER BY f.key, f.run_at, f.n
 ), claimed AS (
     INSERT INTO postburner_dispatches
@@ -95,6 +100,8 @@ WITH input AS (
     JOIN claimed AS c ON c.key = f.key AND c.fire_time = f.run_at
     RETURNING id, schedule_name, run_at
 )
+"""
+_ADMIT_ANSWER = """
 SELECT f.n, f.id, f.key, f.job_id, f.run_at, f.status = f.live_status AS live,
        f.job_class, f.args, f.kwargs, f.priority, f.ttr, f.max_attempts, f.schedule_id,
        f.next_run_at, f.cached_schedule, s.id AS history_id
@@ -107,14 +114,6 @@ AdmittedRow = namedtuple(
     "n id key job_id run_at live job_class args kwargs priority ttr max_attempts "
     "schedule_id next_run_at cached_schedule history_id",
 )
-
-_UNDO_CLAIM = """
-WITH gone AS (
-    DELETE FROM postburner_job_history WHERE id = %(history_id)s RETURNING id
-)
-DELETE FROM postburner_dispatches
-WHERE key = %(key)s AND fire_time = %(fire_time)s AND attempt = 1
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,76 +134,53 @@ class Delivery:
     expires_at: datetime
 
 
-def admit(connection: Connection, deliveries: Sequence[Delivery]) -> dict[int, AdmittedRow]:
-    """Lock the rows, claim the fresh live occurrences and record their starts; the row each
-    delivery names (absent when there is none), with ``history_id`` when it was claimed."""
-    batch = [
-        {name: _json(getattr(item, name)) for name in Delivery.__slots__} for item in deliveries
-    ]
-    cursor = cursor_of(connection)
-    with cursor.connection.pipeline():
-        run_deferred(connection)  # the batch's closes travel in the same round trip
-        cursor.execute(_ADMIT, (json.dumps(batch),), prepare=True)
-        fetched = cursor.fetchall()
-    rows = [AdmittedRow._make(_in_utc(row)) for row in fetched]
-    return {row.n: row for row in rows}
-
-
-def undo_claim(connection: Connection, row: AdmittedRow) -> None:
-    """Take back a claim :func:`admit` made in this transaction (and its start record)."""
-    cursor_of(connection).execute(
-        _UNDO_CLAIM, {"history_id": row.history_id, "key": row.key, "fire_time": row.run_at}
-    )
-
-
-# Closing a batch is one statement; the batch travels as one JSON parameter. No results are
-# stored as JSON null, as SQLAlchemy stores None in a JSON column (so "results IS NULL" means
-# the same for every row). Each UPDATE
-# reaches its rows through "key = ANY(ARRAY(SELECT ... FROM the batch))", an index condition
-# on the primary or unique key (joined only to a set-returning function, the planner assumes
-# 100 input rows and scans the table), and guards the status with IS NOT DISTINCT FROM, which
-# no index serves: with "status = 'started'" the planner went through the status indexes,
-# whose dead entries pile up under a busy worker until vacuum.
-_CLOSE = """
-WITH history AS (
+# Closing: no results are stored as JSON null, as SQLAlchemy stores None in a JSON column
+# (so "results IS NULL" means the same for every row). Each UPDATE reaches its rows through
+# "key = ANY(ARRAY(SELECT ... FROM the batch))", an index condition on the primary or unique
+# key (joined only to a set-returning function, the planner assumes 100 input rows and scans
+# the table), and guards the status with IS NOT DISTINCT FROM, which no index serves: with
+# "status = 'started'" the planner went through the status indexes, whose dead entries pile
+# up under a busy worker until vacuum.
+_CLOSE_CTES = """
+closed_history AS (
     UPDATE postburner_job_history AS h
     SET status = i.status, worker_id = i.worker_id, finished_at = i.finished_at,
         execution_time_ms = i.execution_time_ms, started_at = i.started_at,
         queue_time_ms = i.queue_time_ms, results = coalesce(i.results, 'null'::jsonb),
         error_message = i.error_message, error_stack = i.error_stack
-    FROM jsonb_to_recordset(%(batch)s::jsonb) AS i(
+    FROM jsonb_to_recordset(%(close)s::jsonb) AS i(
         history_id bigint, status text, worker_id text, finished_at timestamptz,
         execution_time_ms float8, started_at timestamptz, queue_time_ms float8,
         results jsonb, error_message text, error_stack text)
     WHERE h.id = ANY(ARRAY(
-            SELECT (e ->> 'history_id')::bigint FROM jsonb_array_elements(%(batch)s::jsonb) e))
+            SELECT (e ->> 'history_id')::bigint FROM jsonb_array_elements(%(close)s::jsonb) e))
       AND h.id = i.history_id AND h.status IS NOT DISTINCT FROM 'started'
     RETURNING h.id
-), dispatches AS (
+), closed_dispatches AS (
     UPDATE postburner_dispatches AS d
     SET status = coalesce(i.final_status, d.status),
         lease_expires_at = CASE WHEN i.final_status IS NULL THEN i.finished_at END,
         updated_at = i.finished_at
-    FROM jsonb_to_recordset(%(batch)s::jsonb) AS i(
+    FROM jsonb_to_recordset(%(close)s::jsonb) AS i(
         key text, fire_time timestamptz, attempt int, final_status text,
         finished_at timestamptz)
-    WHERE d.key = ANY(ARRAY(SELECT e ->> 'key' FROM jsonb_array_elements(%(batch)s::jsonb) e))
+    WHERE d.key = ANY(ARRAY(SELECT e ->> 'key' FROM jsonb_array_elements(%(close)s::jsonb) e))
       AND d.key = i.key AND d.fire_time = i.fire_time
       AND d.status IS NOT DISTINCT FROM 'dispatched' AND d.attempt = i.attempt
     RETURNING d.id
-), one_offs AS (
+), closed_one_offs AS (
     UPDATE postburner_delayed_jobs AS j
     SET status = i.delayed_status, updated_at = i.finished_at
-    FROM jsonb_to_recordset(%(batch)s::jsonb) AS i(
+    FROM jsonb_to_recordset(%(close)s::jsonb) AS i(
         delayed_id bigint, delayed_status text, finished_at timestamptz)
     WHERE j.id = ANY(ARRAY(
-            SELECT (e ->> 'delayed_id')::bigint FROM jsonb_array_elements(%(batch)s::jsonb) e))
+            SELECT (e ->> 'delayed_id')::bigint FROM jsonb_array_elements(%(close)s::jsonb) e))
       AND j.id = i.delayed_id AND j.status IS NOT DISTINCT FROM 'pending'
     RETURNING j.id
 )
-SELECT (SELECT count(*) FROM history), (SELECT count(*) FROM dispatches),
-       (SELECT count(*) FROM one_offs)
 """
+# Data-modifying CTEs run to completion whether or not the answer reads them.
+_BATCH = "WITH " + _CLOSE_CTES.strip() + ",\n" + _ADMIT_CTES.strip() + _ADMIT_ANSWER
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,29 +211,50 @@ def cursor_of(connection: Connection) -> Cursor[Any]:
     return cast(Cursor[Any], cursor)
 
 
-def settle(connection: Connection, closings: Sequence[Closing]) -> None:
-    """Close the history rows, dispatch rows and one-off job rows of finished attempts (in a
-    ledger batch: deferred to the batch's admission statement, or its commit)."""
-    if not closings:
-        return
-    batch = [
-        {
-            **{name: _json(value) for name, value in item.changes.items()},
-            "history_id": item.history_id,
-            "key": item.key,
-            "fire_time": item.fire_time.isoformat(),
-            "attempt": item.attempt,
-            "final_status": item.final_status,
-            "delayed_id": item.delayed_id,
-            "delayed_status": item.delayed_status,
-        }
-        for item in closings
-    ]
-    parameters = {"batch": json.dumps(batch)}
-    defer(
-        connection,
-        lambda later: _execute(later, _CLOSE, parameters),
-    )
+def run_batch(
+    connection: Connection,
+    closings: Sequence[Closing],
+    deliveries: Sequence[Delivery],
+    *,
+    allowed_prefixes: Sequence[str],
+    catch_up_window: timedelta,
+) -> dict[int, AdmittedRow]:
+    """Close ``closings`` and admit ``deliveries`` in one autocommitted statement (outside
+    any transaction: the connection must be idle); the row each delivery names (absent when
+    there is none), with ``history_id`` when the statement claimed it."""
+    parameters = {
+        "close": json.dumps([_closing_json(item) for item in closings]),
+        "admit": json.dumps([_delivery_json(item) for item in deliveries]),
+        "prefixes": list(allowed_prefixes),
+        "catch_up_seconds": catch_up_window.total_seconds(),
+    }
+    cursor = cursor_of(connection)
+    driver = cursor.connection
+    driver.autocommit = True
+    try:
+        cursor.execute(_BATCH, parameters, prepare=True)
+        fetched = cursor.fetchall()
+    finally:
+        driver.autocommit = False
+    rows = [AdmittedRow._make(_in_utc(row)) for row in fetched]
+    return {row.n: row for row in rows}
+
+
+def _delivery_json(item: Delivery) -> dict[str, Any]:
+    return {name: _json(getattr(item, name)) for name in Delivery.__slots__}
+
+
+def _closing_json(item: Closing) -> dict[str, Any]:
+    return {
+        **{name: _json(value) for name, value in item.changes.items()},
+        "history_id": item.history_id,
+        "key": item.key,
+        "fire_time": item.fire_time.isoformat(),
+        "attempt": item.attempt,
+        "final_status": item.final_status,
+        "delayed_id": item.delayed_id,
+        "delayed_status": item.delayed_status,
+    }
 
 
 def _in_utc(row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -272,7 +269,3 @@ def _json(value: Any) -> Any:
     if isinstance(value, str):
         return str(value)
     return value
-
-
-def _execute(connection: Connection, statement: str, parameters: dict[str, Any]) -> None:
-    cursor_of(connection).execute(statement, parameters, prepare=True)

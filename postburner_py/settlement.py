@@ -65,8 +65,8 @@ class Settlement:
 class Settler:
     """The ledger's batch handler for :class:`Settlement`; answers each terminal entry."""
 
-    #: The ledger runs settlements before admissions: their statement needs no answer, so on
-    #: PostgreSQL it is deferred and travels in the admission statement's round trip.
+    #: In a transaction the ledger runs settlements before admissions (a retry's next
+    #: delivery in the same batch finds its lease ended).
     batch_order = 0
 
     def __init__(self, history: HistoryStore) -> None:
@@ -76,13 +76,6 @@ class Settler:
         self, connection: Connection, settlements: Sequence[Settlement]
     ) -> list[HistoryEntry]:
         finished = [(item.started, _changes(item)) for item in settlements]
-        if connection.dialect.name == "postgresql":
-            closings = [
-                _closing(item, changes)
-                for item, (_, changes) in zip(settlements, finished, strict=True)
-            ]
-            pg_batch.settle(connection, closings)
-            return [replace(started, **changes) for started, changes in finished]
         entries = self.history.complete_started(connection, finished)
         closing = [item for item in settlements if item.closes_occurrence]
         finish_many_in(connection, [_finish_request(item) for item in closing])
@@ -99,6 +92,18 @@ class Settler:
         if one_offs:
             connection.execute(_CLOSE_DELAYED, one_offs)
         return entries
+
+    def fast_requests(
+        self, settlements: Sequence[Settlement]
+    ) -> tuple[list[pg_batch.Closing], list[HistoryEntry]]:
+        """The settlements as :func:`pg_batch.run_batch` takes them, with the terminal entry
+        each answers once the statement committed."""
+        finished = [(item.started, _changes(item)) for item in settlements]
+        closings = [
+            _closing(item, changes)
+            for item, (_, changes) in zip(settlements, finished, strict=True)
+        ]
+        return closings, [replace(started, **changes) for started, changes in finished]
 
 
 def _changes(item: Settlement) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""Admission and settlement batch handlers: the same decisions and rows on PostgreSQL (raw SQL
-in pg_batch) and SQLite (SQLAlchemy Core)."""
+"""Admission and settlement through the worker's ledger: the same decisions and rows on
+PostgreSQL (the one-statement fast path, pg_batch, then SQLAlchemy Core for what it leaves) and
+SQLite (SQLAlchemy Core)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -18,6 +20,7 @@ from postburner_py.dispatch_log import (
     DispatchRecord,
     SqlDispatchRegistry,
 )
+from postburner_py.fast_path import worker_ledger
 from postburner_py.history import HistoryRecord, HistoryStatus, HistoryStore
 from postburner_py.settlement import Settlement, Settler
 from postburner_py.signing import JobBody
@@ -40,6 +43,7 @@ class World:
     pb: Postburner  # built the data (no allow-list)
     strict: Postburner  # admits (allowed_job_prefixes=ALLOWED)
     bodies: dict[str, JobBody]
+    fast_answers: list[int]  # per ledger batch: answered by the one-statement fast path
 
 
 def _world(make_postburner: MakePostburner, database_url: str) -> World:
@@ -66,24 +70,38 @@ def _world(make_postburner: MakePostburner, database_url: str) -> World:
     earlier = SqlDispatchRegistry(pb.session_factory, node_id="earlier")
     claim = earlier.claim("done", DUE, lease_seconds=60, max_attempts=3, now=DUE)
     assert earlier.complete("done", DUE, attempt=claim.attempt, now=DUE + timedelta(seconds=1))
-    return World(pb, strict, bodies)
+    return World(pb, strict, bodies, [])
 
 
-def _admitter(world: World) -> Admitter:
+def _handlers(world: World) -> tuple[Admitter, Settler]:
     pb = world.strict
-    return Admitter(pb, SqlDispatchRegistry(pb.session_factory), HistoryStore(pb.session_factory))
+    history = HistoryStore(pb.session_factory)
+    return Admitter(pb, SqlDispatchRegistry(pb.session_factory), history), Settler(history)
+
+
+def _one_batch(world: World, admissions: Sequence[Any], settlements: Sequence[Any]) -> list[Any]:
+    """Answers of one ledger batch holding ``settlements`` then ``admissions``, as a worker's
+    ledger takes them (a first request holds the ledger until every one is queued)."""
+    admitter, settler = _handlers(world)
+    ledger = worker_ledger(world.strict.writer_engine, admitter, settler)
+    queued = threading.Event()
+    try:
+        ledger.submit(lambda _connection, items: [queued.wait(10) for _ in items], None)
+        futures = [ledger.submit(settler, item) for item in settlements]
+        futures += [ledger.submit(admitter, item) for item in admissions]
+        queued.set()
+        return [future.result(timeout=30) for future in futures]
+    finally:
+        world.fast_answers.append(ledger.fast_answers)
+        ledger.close()
 
 
 def _admit(world: World, requests: Sequence[AdmitRequest]) -> list[Admission]:
-    admitter = _admitter(world)
-    with world.strict.writer_engine.connect() as connection, connection.begin():
-        return admitter(connection, requests)
+    return _one_batch(world, requests, [])
 
 
 def _settle(world: World, settlements: Sequence[Settlement]) -> list[Any]:
-    settler = Settler(HistoryStore(world.strict.session_factory))
-    with world.strict.writer_engine.connect() as connection, connection.begin():
-        return list(settler(connection, settlements))
+    return _one_batch(world, [], settlements)
 
 
 def _first_batch(world: World) -> dict[str, Admission]:
@@ -328,3 +346,27 @@ def test_no_results_are_stored_as_json_null_on_every_path(
             select(HistoryRecord.job_id).where(HistoryRecord.results.is_(None))
         ).all()
     assert sql_nulls == []
+
+
+def test_the_fast_path_decides_fresh_and_fenced_deliveries_and_every_settlement(
+    make_postburner: MakePostburner, postgres_url: str
+) -> None:
+    world = _world(make_postburner, postgres_url)
+    admitted = _first_batch(world)
+    _settle_first_batch(world, admitted)
+    _retry_later(world)
+    # ok, partial, retry, fail claimed and moved fenced in the statement; the second ok,
+    # refused, done and late decided in the transaction; the retry's takeover too.
+    assert world.fast_answers == [5, 4, 0]
+
+
+def test_a_duplicate_delivery_in_the_batch_that_settles_its_occurrence_does_not_run(
+    make_postburner: MakePostburner, database_url: str
+) -> None:
+    world = _world(make_postburner, database_url)
+    admitted = _first_batch(world)
+    duplicate = AdmitRequest(world.bodies["ok"], FINISHED, "w-2")
+    _, answer = _one_batch(world, [duplicate], [_ending(admitted["ok"], HistoryStatus.COMPLETED)])
+    assert answer == Admission(Outcome.FENCED)  # its one-off row is no longer pending
+    assert _delayed_statuses(world.pb)["ok"] == "completed"
+    assert _history(world.pb)[("job:ok", 1)]["status"] == "completed"

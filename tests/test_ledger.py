@@ -14,7 +14,7 @@ from sqlalchemy import Column, Connection, MetaData, String, Table, func, insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from postburner_py import Postburner
-from postburner_py.ledger import Ledger, LedgerClosedError
+from postburner_py.ledger import UNDECIDED, Ledger, LedgerClosedError
 
 MakePostburner = Callable[..., Postburner]
 WAIT = 5.0
@@ -55,6 +55,33 @@ class Gate(Store):
         if not self.opened.wait(WAIT):
             raise TimeoutError("the gate was never opened")
         return answers
+
+
+class FastStore:
+    """A fast path that stores the items of ``store`` named ``fast...`` itself (one commit)
+    and leaves the rest; with ``fail``, it fails before writing anything."""
+
+    def __init__(self, store: Store, *, fail: bool = False) -> None:
+        self.store = store
+        self.fail = fail
+        self.calls = 0
+
+    def __call__(self, connection: Connection, requests: Sequence[tuple[Any, Any]]) -> list[Any]:
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("the fast path is down")
+        mine = [item for handler, item in requests if handler is self.store and _fast(item)]
+        if mine:
+            connection.execute(insert(PROBES), [{"name": name} for name in mine])
+            connection.commit()
+        return [
+            f"fast {item}" if handler is self.store and _fast(item) else UNDECIDED
+            for handler, item in requests
+        ]
+
+
+def _fast(item: Any) -> bool:
+    return isinstance(item, str) and item.startswith("fast")
 
 
 def count_probes(connection: Connection, items: Sequence[object]) -> list[int]:
@@ -270,3 +297,53 @@ def test_a_lost_connection_fails_its_batch_and_the_next_request_runs_on_a_new_co
     assert following.result(WAIT) != first_pid
     assert ledger.call(Store(), "after") == "stored after"
     assert names_in(pb) == {"after"}
+
+
+def test_the_fast_path_answers_what_it_decides_and_the_handler_takes_the_rest(
+    pb: Postburner, make_ledger: Callable[..., Ledger]
+) -> None:
+    store = Store()
+    fast = FastStore(store)
+    ledger = make_ledger(fast_path=fast)
+    gate, held = hold(ledger)
+    futures = [ledger.submit(store, name) for name in ("fast-a", "b", "fast-c")]
+    gate.opened.set()
+    assert results([held, *futures]) == ["stored gate", "fast fast-a", "stored b", "fast fast-c"]
+    assert store.calls == [["b"]]
+    assert fast.calls == 2  # the gate's batch, then this one
+    assert ledger.fast_answers == 2
+    assert names_in(pb) == {"gate", "fast-a", "b", "fast-c"}
+
+
+def test_a_failing_fast_path_leaves_the_whole_batch_to_the_handlers(
+    pb: Postburner, make_ledger: Callable[..., Ledger]
+) -> None:
+    store = Store()
+    ledger = make_ledger(fast_path=FastStore(store, fail=True))
+    gate, held = hold(ledger)
+    futures = [ledger.submit(store, name) for name in ("fast-a", "b")]
+    gate.opened.set()
+    assert results([held, *futures]) == ["stored gate", "stored fast-a", "stored b"]
+    assert store.calls == [["fast-a", "b"]]
+    assert ledger.fast_answers == 0
+    assert names_in(pb) == {"gate", "fast-a", "b"}
+
+
+def application_name(connection: Connection, items: Sequence[object]) -> list[str]:
+    name = str(connection.scalar(text("SELECT current_setting('application_name')")))
+    return [name for _ in items]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_session_setup_runs_on_every_connection_the_ledger_opens(
+    pb: Postburner, make_ledger: Callable[..., Ledger], pg_server: Any
+) -> None:
+    ledger = make_ledger(session_setup=["SET application_name = 'postburner-ledger'"])
+    assert ledger.call(application_name, None) == "postburner-ledger"
+    pid = ledger.call(backend_pid, None)
+    with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(DBAPIError):
+        ledger.call(backend_pid, None)
+    assert ledger.call(application_name, None) == "postburner-ledger"
+    assert ledger.call(backend_pid, None) != pid

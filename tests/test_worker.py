@@ -269,6 +269,27 @@ def test_a_worker_killed_mid_job_hands_the_occurrence_to_attempt_two_after_the_t
     assert records[1].started_at > killed_at
 
 
+def test_a_job_running_past_its_ttr_is_kept_alive_and_runs_once(
+    make_postburner: MakePostburner, tmp_path: Path
+) -> None:
+    pb = make_postburner()
+    attempts = tmp_path / "attempts.txt"
+    execution = _due_soon(
+        pb, job_class="tests.jobs:append_line_then_sleep", args=[str(attempts), 2.5], ttr=1
+    )
+    # A second thread would reserve the job again the moment its TTR ran out untouched.
+    _run_until(
+        pb,
+        lambda: bool(_history(pb, execution)) and _history(pb, execution)[0].status == "completed",
+        timeout=20,
+        concurrency=2,
+        prefetch=0,
+    )
+    assert attempts.read_text() == "1\n"
+    [record] = _history(pb, execution)
+    assert record.attempt == 1 and record.execution_time_ms >= 2500
+
+
 def test_a_terminated_worker_finishes_its_running_job_and_exits_zero(
     make_postburner: MakePostburner, tmp_path: Path
 ) -> None:
