@@ -56,7 +56,12 @@ def worker(args: dict[str, Any]) -> dict[str, Any]:
     from postburner_py.worker import Worker
 
     pb = make_postburner(args["url"], args["beanstalkd"], args["namespace"])
-    work = Worker(pb, concurrency=args["concurrency"], burst=args["burst"])
+    work = Worker(
+        pb,
+        concurrency=args["concurrency"],
+        prefetch=args.get("prefetch"),
+        burst=args["burst"],
+    )
     signal.signal(signal.SIGTERM, lambda _signum, _frame: work.stop())
     print("ready", flush=True)
     started = time.perf_counter()

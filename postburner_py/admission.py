@@ -99,11 +99,27 @@ class Occurrence:
 
 @dataclass(frozen=True)
 class AdmitRequest:
-    """One delivery to admit: its verified body, the instant it is admitted, who asks."""
+    """One delivery to admit: its verified body, the instant it is admitted, who asks.
+
+    :meth:`Admitter.prepare` adds what the PostgreSQL fast path sends: the start record the
+    delivery gets if it claims, and its JSON form (made on the asking thread, not the ledger's).
+    """
 
     body: JobBody
     now: datetime
     worker_id: str
+    start: HistoryEntry | None = None
+    wire: str | None = None
+
+
+@dataclass(frozen=True)
+class FastAdmission:
+    """The fast path's answer to one request: the row it names (None: no such row), claimed
+    when ``row.history_id`` is set. :meth:`Admitter.answer` turns it into an
+    :class:`Admission` on the asking thread."""
+
+    request: AdmitRequest
+    row: pg_batch.AdmittedRow | None
 
 
 @dataclass(frozen=True)
@@ -161,31 +177,37 @@ class Admitter:
             for (_, _, occurrence), claim in zip(runnable, claims, strict=True)
         ]
 
-    def fast_requests(
-        self, requests: Sequence[AdmitRequest]
-    ) -> tuple[list[pg_batch.Delivery], list[HistoryEntry]]:
-        """The requests as :func:`pg_batch.run_batch` takes them (numbered in order), with the
-        start record each gets if the statement claims it."""
-        starts = [self._start_entry_of(request) for request in requests]
-        deliveries = [
-            _delivery(n, request, start)
-            for n, (request, start) in enumerate(zip(requests, starts, strict=True))
-        ]
-        return deliveries, starts
+    def prepare(self, request: AdmitRequest) -> AdmitRequest:
+        """``request`` with its start record and its fast-path JSON (see :class:`AdmitRequest`)."""
+        if request.wire is not None:
+            return request
+        start = self._start_entry_of(request)
+        return replace(request, start=start, wire=_delivery(request, start).wire())
 
-    def fast_answer(
-        self, request: AdmitRequest, start: HistoryEntry, row: pg_batch.AdmittedRow | None
-    ) -> Any:
-        """What :func:`pg_batch.run_batch` decided for ``request``: fenced (its row is gone,
-        no longer live, or live for another run_at), acquired (claimed, ``start`` recorded),
-        or :data:`~postburner_py.ledger.UNDECIDED`, left to this handler's transaction."""
+    def fast_answer(self, request: AdmitRequest, row: pg_batch.AdmittedRow | None) -> Any:
+        """What the fast path decided for ``request`` (a :class:`FastAdmission`), or
+        :data:`~postburner_py.ledger.UNDECIDED` when this handler's transaction must decide: a
+        live occurrence the statement did not claim (claimed before, named twice, refused by
+        the allow-list, late)."""
+        live = row is not None and row.live and row.run_at == request.body.run_at
+        if live and row is not None and row.history_id is None:
+            return UNDECIDED
+        return FastAdmission(request, row)
+
+    def answer(self, answer: Admission | FastAdmission) -> Admission:
+        """The :class:`Admission` a ledger answer stands for: the fast path's fenced (the row
+        is gone, no longer live, or live for another run_at) or acquired (claimed, start
+        recorded), or the transaction's own."""
+        if isinstance(answer, Admission):
+            return answer
+        request, row = answer.request, answer.row
         if row is None or not row.live or row.run_at != request.body.run_at:
             return Admission(Outcome.FENCED)
-        if row.history_id is None:
-            return UNDECIDED
+        row = pg_batch.admitted_row(row)
         occurrence = _admitted_occurrence(request.body.kind, row)
+        assert request.start is not None, "a fast-path request is prepared"
         entry = replace(
-            start,
+            request.start,
             id=row.history_id,
             job_id=occurrence.history_job_id,
             task_identifier=occurrence.job_class,
@@ -293,10 +315,9 @@ def _lease_until(request: AdmitRequest, occurrence: Occurrence) -> datetime:
     return request.now + timedelta(seconds=occurrence.ttr)
 
 
-def _delivery(n: int, request: AdmitRequest, start: HistoryEntry) -> pg_batch.Delivery:
+def _delivery(request: AdmitRequest, start: HistoryEntry) -> pg_batch.Delivery:
     assert start.correlation_id is not None and start.queue_time_ms is not None
     return pg_batch.Delivery(
-        n=n,
         kind=request.body.kind,
         id=request.body.id,
         key=start.schedule_name or "",

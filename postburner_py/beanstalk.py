@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import socket
+import struct
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -157,8 +158,15 @@ class _Connection:
         sock = socket.create_connection(address, timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        # A Python socket with a timeout polls before every send and recv: twice the system
+        # calls, each one a release and re-acquisition of the GIL. The kernel enforces the
+        # same timeouts on a blocking socket (a late reply raises an OSError all the same).
+        sock.settimeout(None)
+        _set_kernel_timeout(sock, socket.SO_SNDTIMEO, timeout)
+        _set_kernel_timeout(sock, socket.SO_RCVTIMEO, timeout)
         self.sock = sock
         self.timeout = timeout
+        self.receive_timeout = timeout
         self.client: greenstalk.Client[bytes] = greenstalk.Client(sock, encoding=None)
         # Replies to pipelined puts are read here. Sharing the socket with greenstalk's own
         # reader is safe: Beanstalkd only ever answers, so between commands both are empty.
@@ -166,6 +174,14 @@ class _Connection:
         self.using = greenstalk.DEFAULT_TUBE
         self.watching = frozenset({greenstalk.DEFAULT_TUBE})
         self.closed = False
+
+    def allow_wait(self, seconds: float) -> None:
+        """Let a reply take ``seconds`` (a reserve's own timeout) beyond the usual timeout.
+        Only ever raised, so a worker alternating 0 and 1 s reserves sets it once."""
+        needed = seconds + self.timeout
+        if needed > self.receive_timeout:
+            _set_kernel_timeout(self.sock, socket.SO_RCVTIMEO, needed)
+            self.receive_timeout = needed
 
     def use(self, tube: str) -> None:
         if tube != self.using:
@@ -258,6 +274,7 @@ class BeanstalkQueue:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: set[_Connection] = set()
+        self._tube_sets: dict[tuple[str, ...], frozenset[str]] = {}
 
     def __repr__(self) -> str:
         return f"BeanstalkQueue(url={self.url!r}, namespace={self.namespace!r})"
@@ -407,23 +424,29 @@ class BeanstalkQueue:
         Beanstalkd counts whole seconds, so ``timeout`` is rounded up (0 polls once).
         ``DEADLINE_SOON`` (a job this thread holds is about to time out) also returns None.
         """
-        tubes = frozenset(self.tube(queue) for queue in queues)
-        if not tubes:
-            raise ValueError("reserve needs at least one queue")
+        tubes = self._watched_tubes(tuple(queues))
         seconds = max(0, math.ceil(timeout))
 
         def op(conn: _Connection) -> QueuedJob | None:
             conn.watch(tubes)
-            conn.sock.settimeout(seconds + conn.timeout)
+            conn.allow_wait(seconds)
             try:
                 job = conn.client.reserve(seconds)
             except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
                 return None
-            finally:
-                conn.sock.settimeout(conn.timeout)
             return QueuedJob(job.id, job.body)
 
         return self._call(op, retry=False)
+
+    def _watched_tubes(self, queues: tuple[str, ...]) -> frozenset[str]:
+        """The tubes of ``queues``, validated once per distinct list (reserve is hot)."""
+        tubes = self._tube_sets.get(queues)
+        if tubes is None:
+            tubes = frozenset(self.tube(queue) for queue in queues)
+            if not tubes:
+                raise ValueError("reserve needs at least one queue")
+            self._tube_sets[queues] = tubes
+        return tubes
 
     def release(self, job_id: int, *, priority: int, delay: int) -> None:
         """Put a job this thread reserved back, ready after ``delay`` seconds."""
@@ -514,6 +537,12 @@ class BeanstalkQueue:
         conn.close()
         if getattr(self._local, "conn", None) is conn:
             self._local.conn = None
+
+
+def _set_kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
+    whole = int(seconds)
+    timeval = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, option, timeval)
 
 
 def _or_none(read: Callable[[], T]) -> T | None:

@@ -21,9 +21,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from postburner_py import pg_batch
-from postburner_py.admission import AdmitRequest, Admitter, dispatch_key
+from postburner_py.admission import Admitter, dispatch_key
 from postburner_py.ledger import UNDECIDED, BatchHandler, Ledger
-from postburner_py.settlement import Settlement, Settler
+from postburner_py.settlement import Settler
 
 #: Run once on the ledger's PostgreSQL connection. The batch statement reaches every row
 #: through a key; on a young table the planner's statistics make a sequential scan look
@@ -51,7 +51,7 @@ class PgFastPath:
     ) -> list[Any]:
         answers: list[Any] = [UNDECIDED] * len(requests)
         settling = [n for n, (handler, _) in enumerate(requests) if handler is self.settler]
-        settlements: list[Settlement] = [requests[n][1] for n in settling]
+        settlements = [self.settler.prepare(requests[n][1]) for n in settling]
         closing = {(item.occurrence.key, item.occurrence.run_at) for item in settlements}
         admitting = [
             n
@@ -59,22 +59,24 @@ class PgFastPath:
             if handler is self.admitter
             and (dispatch_key(item.body), item.body.run_at) not in closing
         ]
-        admissions: list[AdmitRequest] = [requests[n][1] for n in admitting]
-        if not settlements and not admissions:
+        if not settlements and not admitting:
             return answers
-        closings, entries = self.settler.fast_requests(settlements)
-        deliveries, starts = self.admitter.fast_requests(admissions)
+        admissions = [self.admitter.prepare(requests[n][1]) for n in admitting]
+        settings = self.admitter.pb.settings
         rows = pg_batch.run_batch(
             connection,
-            closings,
-            deliveries,
-            allowed_prefixes=self.admitter.pb.settings.allowed_job_prefixes,
-            catch_up_window=self.admitter.pb.settings.catch_up_window,
+            [_wire(item.wire) for item in settlements],
+            [_wire(item.wire) for item in admissions],
+            allowed_prefixes=settings.allowed_job_prefixes,
+            catch_up_window=settings.catch_up_window,
         )
-        for n, entry in zip(settling, entries, strict=True):
-            answers[n] = entry
-        for index, (n, request, start) in enumerate(
-            zip(admitting, admissions, starts, strict=True)
-        ):
-            answers[n] = self.admitter.fast_answer(request, start, rows.get(index))
+        for n, settlement in zip(settling, settlements, strict=True):
+            answers[n] = settlement.entry
+        for position, (n, request) in enumerate(zip(admitting, admissions, strict=True)):
+            answers[n] = self.admitter.fast_answer(request, rows.get(position))
         return answers
+
+
+def _wire(wire: str | None) -> str:
+    assert wire is not None, "prepared"
+    return wire

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from postburner_py.ledger import Ledger
 from postburner_py.placeholders import render_arguments as fill_placeholders
 from postburner_py.settlement import Settlement, Settler
 from postburner_py.signing import decode_body
+from postburner_py.slots import RunSlots
 from postburner_py.validation import DEFAULT_PRIORITY
 
 if TYPE_CHECKING:
@@ -57,6 +57,8 @@ Sleep = Callable[[float], None]
 
 #: Seconds the chainer waits after a first request before it serves what has come.
 CHAIN_LINGER = 0.1
+#: Longest a finished job's bookkeeping waits for due jobs to start (see postburner_py.slots).
+YIELD_TO_STARTS = 0.02
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ class RunnerServices:
     chainer: Chainer
     keeper: LeaseKeeper
     #: One per job that may run at once (the worker's concurrency).
-    slots: threading.BoundedSemaphore
+    slots: RunSlots
 
     @classmethod
     def start(
@@ -86,7 +88,7 @@ class RunnerServices:
             settler=settler,
             chainer=Chainer(pb, clock=clock, linger=CHAIN_LINGER),
             keeper=LeaseKeeper(),
-            slots=threading.BoundedSemaphore(concurrency),
+            slots=RunSlots(concurrency),
         )
 
     def close(self) -> None:
@@ -142,8 +144,11 @@ class JobRunner:
         if early >= 1:
             self.pb.queue.release(job.id, priority=_priority_of(self.pb, job), delay=int(early))
             return Outcome.EARLY
+        admitter = self.services.admitter
         request = AdmitRequest(body, self.clock(), self.worker_id)
-        admission: Admission = self.services.ledger.call(self.services.admitter, request)
+        if self.services.ledger.has_fast_path:
+            request = admitter.prepare(request)
+        admission = admitter.answer(self.services.ledger.call(admitter, request))
         if admission.outcome is not None:
             return self._turned_away(job, admission)
         assert admission.occurrence is not None and admission.claim is not None
@@ -183,13 +188,19 @@ class JobRunner:
     def _attempt(
         self, job: QueuedJob, occurrence: Occurrence, attempt: int, started: HistoryEntry
     ) -> None:
+        slots = self.services.slots
         held = _Held(self._renewal(job, occurrence, attempt), occurrence)
-        self._wait_until(occurrence.run_at, held)
-        self._take_slot(held)
+        announced = slots.starting(self._until(occurrence.run_at))
+        try:
+            self._wait_until(occurrence.run_at, held)
+            self._take_slot(held)
+            began_at = self.clock()
+        finally:
+            slots.started(announced)
         error: Exception | None = None
         try:
-            context = self._context(occurrence, attempt)
-            run = _Run(job, occurrence, attempt, started, began_at=self.clock())
+            context = self._context(occurrence, attempt, started)
+            run = _Run(job, occurrence, attempt, started, began_at=began_at)
             # The next execution is chained as this attempt starts: once run_at has come (so
             # it never coexists with this one as a second live future), by the chainer's
             # thread, so chaining never delays a start.
@@ -202,7 +213,8 @@ class JobRunner:
                 error = exc
             run.elapsed_ms = (time.perf_counter() - began) * 1000
         finally:
-            self.services.slots.release()
+            slots.release()
+        slots.yield_to_starts(YIELD_TO_STARTS)
         if error is not None:
             self._failed(run, error)
         else:
@@ -232,7 +244,9 @@ class JobRunner:
     def _until(self, instant: datetime) -> float:
         return (instant - self.clock()).total_seconds()
 
-    def _context(self, occurrence: Occurrence, attempt: int) -> ExecutionContext:
+    def _context(
+        self, occurrence: Occurrence, attempt: int, started: HistoryEntry
+    ) -> ExecutionContext:
         delayed = occurrence.kind == "delayed"
         return ExecutionContext(
             execution_id=None if delayed else occurrence.row_id,
@@ -240,7 +254,8 @@ class JobRunner:
             key=occurrence.key,
             run_at=occurrence.run_at,
             attempt=attempt,
-            idempotency_key=self._idempotency_key(occurrence),
+            # The start record's correlation id is this occurrence's idempotency key.
+            idempotency_key=started.correlation_id or self._idempotency_key(occurrence),
         )
 
     def _invoke(self, occurrence: Occurrence, context: ExecutionContext) -> Any:
@@ -305,6 +320,8 @@ class JobRunner:
             error=error,
             retry=retry,
         )
+        if self.services.ledger.has_fast_path:
+            settlement = self.services.settler.prepare(settlement)
         future = self.services.ledger.submit(self.services.settler, settlement)
         self._unsettled.append(_Unsettled(run, outcome, future))
 

@@ -94,6 +94,11 @@ class Ledger:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
+    @property
+    def has_fast_path(self) -> bool:
+        """Whether batches go through a fast path first (what its requests may prepare for)."""
+        return self._fast_path is not None
+
     def submit(self, handler: BatchHandler, item: Any) -> Future[Any]:
         """Queue ``item`` for ``handler``; the future resolves once its batch committed."""
         request: _Request[Any, Any] = _Request(handler, item)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from psycopg import Cursor
+from psycopg import RawCursor
 from sqlalchemy import Connection
 
 _CURSOR = "postburner_batch_cursor"
@@ -38,11 +38,12 @@ _CURSOR = "postburner_batch_cursor"
 # and the admission's transaction decides those).
 _ADMIT_CTES = """
 input AS (
-    SELECT *
-    FROM jsonb_to_recordset(%(admit)s::jsonb) AS i(
-        n int, kind text, id bigint, key text, run_at timestamptz, node_id text,
-        now timestamptz, correlation_id text, started_at timestamptz, queue_time_ms float8,
-        expires_at timestamptz)
+    SELECT (a.o - 1)::int AS n, i.*
+    FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS a(j, o),
+         jsonb_to_record(a.j) AS i(
+             kind text, id bigint, key text, run_at timestamptz, node_id text,
+             now timestamptz, correlation_id text, started_at timestamptz,
+             queue_time_ms float8, expires_at timestamptz)
 ), one_offs AS (
     SELECT i.n, j.id, 'job:' || j.job_id AS key, j.job_id AS job_id, j.run_at,
            j.status, 'pending' AS live_status, j.job_class, j.args, j.kwargs, j.priority,
@@ -77,11 +78,11 @@ input AS (
     FROM found AS f
     JOIN input AS i ON i.n = f.n
     WHERE f.status = f.live_status AND f.key = i.key AND f.run_at = i.run_at
-      AND (cardinality(%(prefixes)s::text[]) = 0
-           OR EXISTS (SELECT FROM unnest(%(prefixes)s::text[]) AS p
+      AND ($3::jsonb = '[]'
+           OR EXISTS (SELECT FROM jsonb_array_elements_text($3::jsonb) AS p
                       WHERE starts_with(f.job_class, p)))
       AND (f.live_status = 'pending'
-           OR (f.run_at >= i.now - make_interval(secs => %(catch_up_seconds)s)
+           OR (f.run_at >= i.now - make_interval(secs => $4::float8)
                AND (f.next_run_at IS NULL OR f.next_run_at > i.now)))
     ORDER BY f.key, f.run_at, f.n
 ), claimed AS (
@@ -103,12 +104,14 @@ input AS (
 """
 _ADMIT_ANSWER = """
 SELECT f.n, f.id, f.key, f.job_id, f.run_at, f.status = f.live_status AS live,
-       f.job_class, f.args, f.kwargs, f.priority, f.ttr, f.max_attempts, f.schedule_id,
-       f.next_run_at, f.cached_schedule, s.id AS history_id
+       f.job_class, f.args::text, f.kwargs::text, f.priority, f.ttr, f.max_attempts,
+       f.schedule_id, f.next_run_at, f.cached_schedule::text, s.id AS history_id
 FROM found AS f
 LEFT JOIN fresh AS x ON x.n = f.n
 LEFT JOIN started AS s ON s.schedule_name = x.key AND s.run_at = x.run_at
 """
+#: A row of the answer; its JSON columns come as text, parsed by :func:`admitted_row` on
+#: the worker thread that asked (the ledger's thread is the one everybody waits for).
 AdmittedRow = namedtuple(
     "AdmittedRow",
     "n id key job_id run_at live job_class args kwargs priority ttr max_attempts "
@@ -121,7 +124,6 @@ class Delivery:
     """One delivery of an admission batch, with the start record it would get (everything
     about it that does not depend on the row)."""
 
-    n: int
     kind: str
     id: int
     key: str
@@ -132,6 +134,10 @@ class Delivery:
     started_at: datetime
     queue_time_ms: float
     expires_at: datetime
+
+    def wire(self) -> str:
+        """The delivery as the statement's JSON takes it (its number is its position)."""
+        return json.dumps({name: _json(getattr(self, name)) for name in Delivery.__slots__})
 
 
 # Closing: no results are stored as JSON null, as SQLAlchemy stores None in a JSON column
@@ -148,12 +154,12 @@ closed_history AS (
         execution_time_ms = i.execution_time_ms, started_at = i.started_at,
         queue_time_ms = i.queue_time_ms, results = coalesce(i.results, 'null'::jsonb),
         error_message = i.error_message, error_stack = i.error_stack
-    FROM jsonb_to_recordset(%(close)s::jsonb) AS i(
+    FROM jsonb_to_recordset($1::jsonb) AS i(
         history_id bigint, status text, worker_id text, finished_at timestamptz,
         execution_time_ms float8, started_at timestamptz, queue_time_ms float8,
         results jsonb, error_message text, error_stack text)
     WHERE h.id = ANY(ARRAY(
-            SELECT (e ->> 'history_id')::bigint FROM jsonb_array_elements(%(close)s::jsonb) e))
+            SELECT (e ->> 'history_id')::bigint FROM jsonb_array_elements($1::jsonb) e))
       AND h.id = i.history_id AND h.status IS NOT DISTINCT FROM 'started'
     RETURNING h.id
 ), closed_dispatches AS (
@@ -161,24 +167,26 @@ closed_history AS (
     SET status = coalesce(i.final_status, d.status),
         lease_expires_at = CASE WHEN i.final_status IS NULL THEN i.finished_at END,
         updated_at = i.finished_at
-    FROM jsonb_to_recordset(%(close)s::jsonb) AS i(
+    FROM jsonb_to_recordset($1::jsonb) AS i(
         key text, fire_time timestamptz, attempt int, final_status text,
         finished_at timestamptz)
-    WHERE d.key = ANY(ARRAY(SELECT e ->> 'key' FROM jsonb_array_elements(%(close)s::jsonb) e))
+    WHERE d.key = ANY(ARRAY(SELECT e ->> 'key' FROM jsonb_array_elements($1::jsonb) e))
       AND d.key = i.key AND d.fire_time = i.fire_time
       AND d.status IS NOT DISTINCT FROM 'dispatched' AND d.attempt = i.attempt
     RETURNING d.id
 ), closed_one_offs AS (
     UPDATE postburner_delayed_jobs AS j
     SET status = i.delayed_status, updated_at = i.finished_at
-    FROM jsonb_to_recordset(%(close)s::jsonb) AS i(
+    FROM jsonb_to_recordset($1::jsonb) AS i(
         delayed_id bigint, delayed_status text, finished_at timestamptz)
     WHERE j.id = ANY(ARRAY(
-            SELECT (e ->> 'delayed_id')::bigint FROM jsonb_array_elements(%(close)s::jsonb) e))
+            SELECT (e ->> 'delayed_id')::bigint FROM jsonb_array_elements($1::jsonb) e))
       AND j.id = i.delayed_id AND j.status IS NOT DISTINCT FROM 'pending'
     RETURNING j.id
 )
 """
+# $1: the closings, $2: the deliveries, $3: the allowed job prefixes (JSON arrays), $4: the
+# catch-up window in seconds; all text, the cheapest parameters for psycopg to send.
 # Data-modifying CTEs run to completion whether or not the answer reads them.
 _BATCH = "WITH " + _CLOSE_CTES.strip() + ",\n" + _ADMIT_CTES.strip() + _ADMIT_ANSWER
 
@@ -200,35 +208,41 @@ class Closing:
     delayed_id: int | None
     delayed_status: str | None
 
-
-def cursor_of(connection: Connection) -> Cursor[Any]:
-    """The cursor kept on the psycopg connection behind ``connection`` (same transaction;
-    made once per connection: a cursor costs more to set up than these statements to send)."""
-    cursor = connection.info.get(_CURSOR)
-    if cursor is None or cursor.closed:
-        driver = connection.connection.driver_connection
-        cursor = connection.info[_CURSOR] = driver.cursor()  # type: ignore[union-attr]
-    return cast(Cursor[Any], cursor)
+    def wire(self) -> str:
+        """The closing as the statement's JSON takes it."""
+        return json.dumps(
+            {
+                **{name: _json(value) for name, value in self.changes.items()},
+                "history_id": self.history_id,
+                "key": self.key,
+                "fire_time": self.fire_time.isoformat(),
+                "attempt": self.attempt,
+                "final_status": self.final_status,
+                "delayed_id": self.delayed_id,
+                "delayed_status": self.delayed_status,
+            }
+        )
 
 
 def run_batch(
     connection: Connection,
-    closings: Sequence[Closing],
-    deliveries: Sequence[Delivery],
+    closings: Sequence[str],
+    deliveries: Sequence[str],
     *,
     allowed_prefixes: Sequence[str],
     catch_up_window: timedelta,
 ) -> dict[int, AdmittedRow]:
-    """Close ``closings`` and admit ``deliveries`` in one autocommitted statement (outside
-    any transaction: the connection must be idle); the row each delivery names (absent when
+    """Close ``closings`` and admit ``deliveries`` (their :meth:`~Closing.wire` and
+    :meth:`~Delivery.wire` forms) in one autocommitted statement, outside any transaction
+    (the connection must be idle): the row each delivery names, by position (absent when
     there is none), with ``history_id`` when the statement claimed it."""
-    parameters = {
-        "close": json.dumps([_closing_json(item) for item in closings]),
-        "admit": json.dumps([_delivery_json(item) for item in deliveries]),
-        "prefixes": list(allowed_prefixes),
-        "catch_up_seconds": catch_up_window.total_seconds(),
-    }
-    cursor = cursor_of(connection)
+    parameters = (
+        "[" + ",".join(closings) + "]",
+        "[" + ",".join(deliveries) + "]",
+        json.dumps(list(allowed_prefixes)),
+        repr(catch_up_window.total_seconds()),
+    )
+    cursor = _raw_cursor(connection)
     driver = cursor.connection
     driver.autocommit = True
     try:
@@ -236,30 +250,34 @@ def run_batch(
         fetched = cursor.fetchall()
     finally:
         driver.autocommit = False
-    rows = [AdmittedRow._make(_in_utc(row)) for row in fetched]
-    return {row.n: row for row in rows}
+    return {row[0]: AdmittedRow._make(row) for row in fetched}
 
 
-def _delivery_json(item: Delivery) -> dict[str, Any]:
-    return {name: _json(getattr(item, name)) for name in Delivery.__slots__}
+def admitted_row(row: AdmittedRow) -> AdmittedRow:
+    """``row`` with its JSON columns parsed and its instants in UTC (psycopg answers in the
+    session's time zone)."""
+    return row._replace(
+        run_at=row.run_at.astimezone(UTC),
+        next_run_at=row.next_run_at and row.next_run_at.astimezone(UTC),
+        args=_parsed(row.args),
+        kwargs=_parsed(row.kwargs),
+        cached_schedule=_parsed(row.cached_schedule),
+    )
 
 
-def _closing_json(item: Closing) -> dict[str, Any]:
-    return {
-        **{name: _json(value) for name, value in item.changes.items()},
-        "history_id": item.history_id,
-        "key": item.key,
-        "fire_time": item.fire_time.isoformat(),
-        "attempt": item.attempt,
-        "final_status": item.final_status,
-        "delayed_id": item.delayed_id,
-        "delayed_status": item.delayed_status,
-    }
+def _parsed(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
 
 
-def _in_utc(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The row with its instants in UTC (psycopg answers in the session's time zone)."""
-    return tuple(value.astimezone(UTC) if isinstance(value, datetime) else value for value in row)
+def _raw_cursor(connection: Connection) -> RawCursor[Any]:
+    """The cursor kept on the psycopg connection behind ``connection`` (made once per
+    connection). A raw cursor takes PostgreSQL's own ``$n`` placeholders, so psycopg does not
+    parse the statement on every call (it caches that only for statements under 4 KiB)."""
+    cursor = connection.info.get(_CURSOR)
+    if cursor is None or cursor.closed:
+        driver = connection.connection.driver_connection
+        cursor = connection.info[_CURSOR] = RawCursor(driver)  # type: ignore[arg-type]
+    return cast(RawCursor[Any], cursor)
 
 
 def _json(value: Any) -> Any:

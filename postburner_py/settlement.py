@@ -50,6 +50,10 @@ class Settlement:
     results: Any = None
     error: BaseException | None = None
     retry: bool = False
+    #: Filled by :meth:`Settler.prepare` on the asking thread: the terminal entry this
+    #: settlement answers, and its JSON form for the PostgreSQL fast path.
+    entry: HistoryEntry | None = None
+    wire: str | None = None
 
     @property
     def closes_occurrence(self) -> bool:
@@ -93,17 +97,16 @@ class Settler:
             connection.execute(_CLOSE_DELAYED, one_offs)
         return entries
 
-    def fast_requests(
-        self, settlements: Sequence[Settlement]
-    ) -> tuple[list[pg_batch.Closing], list[HistoryEntry]]:
-        """The settlements as :func:`pg_batch.run_batch` takes them, with the terminal entry
-        each answers once the statement committed."""
-        finished = [(item.started, _changes(item)) for item in settlements]
-        closings = [
-            _closing(item, changes)
-            for item, (_, changes) in zip(settlements, finished, strict=True)
-        ]
-        return closings, [replace(started, **changes) for started, changes in finished]
+    def prepare(self, settlement: Settlement) -> Settlement:
+        """``settlement`` with its terminal entry and its fast-path JSON."""
+        if settlement.wire is not None:
+            return settlement
+        changes = _changes(settlement)
+        return replace(
+            settlement,
+            entry=replace(settlement.started, **changes),
+            wire=_closing(settlement, changes).wire(),
+        )
 
 
 def _changes(item: Settlement) -> dict[str, Any]:

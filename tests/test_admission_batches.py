@@ -90,10 +90,12 @@ def _one_batch(world: World, admissions: Sequence[Any], settlements: Sequence[An
         futures = [ledger.submit(settler, item) for item in settlements]
         futures += [ledger.submit(admitter, item) for item in admissions]
         queued.set()
-        return [future.result(timeout=30) for future in futures]
+        answers = [future.result(timeout=30) for future in futures]
     finally:
         world.fast_answers.append(ledger.fast_answers)
         ledger.close()
+    settled = answers[: len(settlements)]
+    return settled + [admitter.answer(answer) for answer in answers[len(settlements) :]]
 
 
 def _admit(world: World, requests: Sequence[AdmitRequest]) -> list[Admission]:
