@@ -32,11 +32,22 @@ from postburner_py.settlement import Settler
 SESSION_SETUP = ("SET enable_seqscan = off",)
 
 
+#: Seconds a batch of outcomes waits for an admission to share its commit: a worker thread
+#: hands in its outcome, reserves its next job and asks for its admission within about a
+#: millisecond.
+LINGER = 0.002
+
+
 def worker_ledger(engine: Engine, admitter: Admitter, settler: Settler) -> Ledger:
     """The worker's ledger for ``admitter`` and ``settler``: on PostgreSQL with the fast path."""
     if engine.dialect.name != "postgresql":
-        return Ledger(engine)
-    return Ledger(engine, fast_path=PgFastPath(admitter, settler), session_setup=SESSION_SETUP)
+        return Ledger(engine, linger=LINGER)
+    return Ledger(
+        engine,
+        fast_path=PgFastPath(admitter, settler),
+        session_setup=SESSION_SETUP,
+        linger=LINGER,
+    )
 
 
 class PgFastPath:

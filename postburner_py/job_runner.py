@@ -23,12 +23,12 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from postburner_py.admission import Admission, AdmitRequest, Admitter, Occurrence, Outcome
+from postburner_py.answer import Answer
 from postburner_py.beanstalk import QueuedJob
 from postburner_py.chainer import Chainer
 from postburner_py.context import ExecutionContext, PartialSuccess, running
@@ -385,7 +385,7 @@ class _Unsettled:
 
     run: _Run
     outcome: Outcome
-    future: Future[Any]
+    future: Answer
 
 
 @dataclass

@@ -20,19 +20,19 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from postburner_py.answer import Answer
+
 log = logging.getLogger("postburner_py.worker")
 
-Item = TypeVar("Item")
-Answer = TypeVar("Answer")
 
 #: A batch handler: runs a list of requests of one kind inside the open transaction and
 #: answers each, in order. It must only write to the database (a failed batch is replayed).
@@ -56,10 +56,12 @@ DEFAULT_MAX_BATCH = 64
 
 
 @dataclass
-class _Request(Generic[Item, Answer]):
+class _Request:
     handler: BatchHandler
-    item: Item
-    future: Future[Answer] = field(default_factory=Future)
+    item: Any
+    #: Somebody waits for the answer right away (:meth:`Ledger.call`).
+    waited: bool = False
+    future: Answer = field(default_factory=Answer)
 
 
 class LedgerClosedError(RuntimeError):
@@ -77,15 +79,19 @@ class Ledger:
         name: str = "ledger",
         fast_path: FastPath | None = None,
         session_setup: Sequence[str] = (),
+        linger: float = 0.0,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch: must be >= 1, got {max_batch!r}")
+        if linger < 0:
+            raise ValueError(f"linger: must be >= 0 seconds, got {linger!r}")
+        self._linger = linger
         self._engine = engine
         self._max_batch = max_batch
         self._fast_path = fast_path
         self._session_setup = tuple(session_setup)
         self.fast_answers = 0
-        self._requests: queue.SimpleQueue[_Request[Any, Any] | None] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._connection: Connection | None = None
         self._closed = False
         self._lock = threading.Lock()
@@ -99,9 +105,13 @@ class Ledger:
         """Whether batches go through a fast path first (what its requests may prepare for)."""
         return self._fast_path is not None
 
-    def submit(self, handler: BatchHandler, item: Any) -> Future[Any]:
-        """Queue ``item`` for ``handler``; the future resolves once its batch committed."""
-        request: _Request[Any, Any] = _Request(handler, item)
+    def submit(self, handler: BatchHandler, item: Any, *, waited: bool = False) -> Answer:
+        """Queue ``item`` for ``handler``; the future resolves once its batch committed.
+
+        A batch of requests nobody waits for yet (``waited`` False) is held back up to the
+        ledger's ``linger`` seconds for one somebody waits for, so both share a commit.
+        """
+        request: _Request = _Request(handler, item, waited)
         with self._lock:
             if self._closed:
                 raise LedgerClosedError("the worker's ledger is closed")
@@ -110,7 +120,7 @@ class Ledger:
 
     def call(self, handler: BatchHandler, item: Any) -> Any:
         """:meth:`submit` and wait for the committed answer (or the exception)."""
-        return self.submit(handler, item).result()
+        return self.submit(handler, item, waited=True).result()
 
     def close(self) -> None:
         """Commit what is queued, stop the thread, close the connection."""
@@ -151,27 +161,53 @@ class Ledger:
             if request is not None and not request.future.done():
                 request.future.set_exception(failure)
 
-    def _next_batch(self) -> tuple[list[_Request[Any, Any]], bool]:
+    def _next_batch(self) -> tuple[list[_Request], bool]:
         first = self._requests.get()
         if first is None:
             return [], True
         batch = [first]
+        stop = self._take_waiting(batch)
+        if not stop and self._linger and not any(request.waited for request in batch):
+            stop = self._linger_for_waited(batch)
+        return batch, stop
+
+    def _take_waiting(self, batch: list[_Request]) -> bool:
+        """Add the requests already queued (up to ``max_batch``); True when told to stop."""
         while len(batch) < self._max_batch:
             try:
                 request = self._requests.get_nowait()
             except queue.Empty:
-                break
+                return False
             if request is None:
-                return batch, True
+                return True
             batch.append(request)
-        return batch, False
+        return False
 
-    def _process(self, batch: list[_Request[Any, Any]]) -> None:
+    def _linger_for_waited(self, batch: list[_Request]) -> bool:
+        """Hold a batch nobody waits for until a waited request joins it, at most ``linger``
+        seconds: a worker thread's outcome and its next admission then share one commit."""
+        deadline = time.monotonic() + self._linger
+        while len(batch) < self._max_batch:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                request = self._requests.get(timeout=remaining)
+            except queue.Empty:
+                return False
+            if request is None:
+                return True
+            batch.append(request)
+            if request.waited:
+                return self._take_waiting(batch)
+        return False
+
+    def _process(self, batch: list[_Request]) -> None:
         rest = self._fast(batch) if self._fast_path is not None else batch
         if rest:
             self._process_in_transaction(rest)
 
-    def _fast(self, batch: list[_Request[Any, Any]]) -> list[_Request[Any, Any]]:
+    def _fast(self, batch: list[_Request]) -> list[_Request]:
         """Run the fast path; answer what it decided, return what it left (all, if it failed)."""
         assert self._fast_path is not None
         try:
@@ -199,7 +235,7 @@ class Ledger:
             self.requests += len(batch) - len(rest)
         return rest
 
-    def _process_in_transaction(self, batch: list[_Request[Any, Any]]) -> None:
+    def _process_in_transaction(self, batch: list[_Request]) -> None:
         try:
             answers = self._commit(batch)
         except Exception as exc:
@@ -219,7 +255,7 @@ class Ledger:
         for request, answer in zip(batch, answers, strict=True):
             request.future.set_result(answer)
 
-    def _commit(self, batch: list[_Request[Any, Any]]) -> list[Any]:
+    def _commit(self, batch: list[_Request]) -> list[Any]:
         """Run the batch grouped by handler, in the order each handler first appears."""
         groups: dict[BatchHandler, list[int]] = {}
         for position, request in enumerate(batch):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
 from typing import Any
 
 import psycopg
@@ -14,6 +13,7 @@ from sqlalchemy import Column, Connection, MetaData, String, Table, func, insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from postburner_py import Postburner
+from postburner_py.answer import Answer
 from postburner_py.ledger import UNDECIDED, Ledger, LedgerClosedError
 
 MakePostburner = Callable[..., Postburner]
@@ -127,7 +127,7 @@ def names_in(pb: Postburner) -> set[str]:
         return set(connection.scalars(select(PROBES.c.name)))
 
 
-def hold(ledger: Ledger) -> tuple[Gate, Future[Any]]:
+def hold(ledger: Ledger) -> tuple[Gate, Answer]:
     """Keep the ledger busy in a transaction, so requests submitted now wait together."""
     gate = Gate()
     future = ledger.submit(gate, "gate")
@@ -135,7 +135,7 @@ def hold(ledger: Ledger) -> tuple[Gate, Future[Any]]:
     return gate, future
 
 
-def results(futures: Sequence[Future[Any]]) -> list[Any]:
+def results(futures: Sequence[Answer]) -> list[Any]:
     return [future.result(WAIT) for future in futures]
 
 
@@ -150,7 +150,7 @@ def test_an_answer_arrives_only_once_its_write_is_visible_to_other_connections(
     seen_at_answer: list[set[str]] = []
     answered = threading.Event()
 
-    def look(_: Future[Any]) -> None:  # runs on the ledger's thread as the answer is set
+    def look(_: Answer) -> None:  # runs on the ledger's thread as the answer is set
         seen_at_answer.append(names_in(pb))
         answered.set()
 
@@ -246,9 +246,9 @@ def test_a_constraint_violation_fails_its_request_and_the_connection_serves_the_
     assert names_in(pb) == {"taken", "gate", "a", "c", "after"}
 
 
-def _submit_until_refused(ledger: Ledger, store: Store) -> list[Future[Any]]:
+def _submit_until_refused(ledger: Ledger, store: Store) -> list[Answer]:
     """Submit requests until the ledger refuses one; the ones it accepted."""
-    accepted: list[Future[Any]] = []
+    accepted: list[Answer] = []
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
         try:
@@ -347,3 +347,32 @@ def test_session_setup_runs_on_every_connection_the_ledger_opens(
         ledger.call(backend_pid, None)
     assert ledger.call(application_name, None) == "postburner-ledger"
     assert ledger.call(backend_pid, None) != pid
+
+
+def test_a_request_nobody_waits_for_lingers_for_one_somebody_waits_for(
+    pb: Postburner, make_ledger: Callable[..., Ledger]
+) -> None:
+    ledger = make_ledger(linger=2.0)
+    store = Store()
+    began = time.monotonic()
+    outcome = ledger.submit(store, "outcome")
+    assert ledger.call(store, "admission") == "stored admission"
+    assert outcome.result(WAIT) == "stored outcome"
+    assert store.calls == [["outcome", "admission"]]
+    assert time.monotonic() - began < 1.5, "the waited request ended the linger"
+
+
+def test_a_lingering_request_commits_after_the_linger_alone(
+    pb: Postburner, make_ledger: Callable[..., Ledger]
+) -> None:
+    ledger = make_ledger(linger=0.05)
+    store = Store()
+    began = time.monotonic()
+    assert ledger.submit(store, "alone").result(WAIT) == "stored alone"
+    assert time.monotonic() - began >= 0.045
+    assert store.calls == [["alone"]]
+
+
+def test_a_negative_linger_is_refused(pb: Postburner) -> None:
+    with pytest.raises(ValueError, match="linger"):
+        Ledger(pb.writer_engine, linger=-1)
