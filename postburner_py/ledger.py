@@ -214,7 +214,9 @@ class Ledger:
             connection = self._connect()
             answers = self._fast_path(connection, [(r.handler, r.item) for r in batch])
         except Exception as exc:
-            self._drop_if_invalidated(exc)
+            # The fast path may work below SQLAlchemy (on the raw driver connection), where a
+            # lost connection goes unnoticed: the handlers start over on a fresh one.
+            self._discard_connection()
             log.warning(
                 "the fast path failed on %d writes (%s); taking each handler", len(batch), exc
             )
@@ -281,7 +283,12 @@ class Ledger:
         return self._connection
 
     def _drop_if_invalidated(self, exc: BaseException) -> None:
-        if isinstance(exc, DBAPIError) and exc.connection_invalidated and self._connection:
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            self._discard_connection()
+
+    def _discard_connection(self) -> None:
+        if self._connection is not None:
+            self._connection.invalidate()
             self._connection.close()
             self._connection = None
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 from sqlalchemy import select
 
 from postburner_py import Postburner, Schedule
@@ -25,6 +26,7 @@ from postburner_py.history import HistoryRecord, HistoryStatus, HistoryStore
 from postburner_py.settlement import Settlement, Settler
 from postburner_py.signing import JobBody
 from tests.factories import ManualClock, at, create_schedule
+from tests.test_ledger import backend_pid
 
 MakePostburner = Callable[..., Postburner]
 
@@ -372,3 +374,22 @@ def test_a_duplicate_delivery_in_the_batch_that_settles_its_occurrence_does_not_
     assert answer == Admission(Outcome.FENCED)  # its one-off row is no longer pending
     assert _delayed_statuses(world.pb)["ok"] == "completed"
     assert _history(world.pb)[("job:ok", 1)]["status"] == "completed"
+
+
+def test_a_lost_ledger_connection_is_replaced_and_the_batch_still_admits(
+    make_postburner: MakePostburner, postgres_url: str, pg_server: Any
+) -> None:
+    world = _world(make_postburner, postgres_url)
+    admitter, settler = _handlers(world)
+    ledger = worker_ledger(world.strict.writer_engine, admitter, settler)
+    try:
+        pid = ledger.call(backend_pid, None)
+        with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        request = AdmitRequest(world.bodies["ok"], NOW, "w-1")
+        answer = admitter.answer(ledger.call(admitter, request))
+        assert answer.started is not None and answer.started.id is not None
+        assert ledger.call(backend_pid, None) != pid
+    finally:
+        ledger.close()
+    assert _dispatches(world.pb)["job:ok"]["status"] == "dispatched"
