@@ -237,11 +237,43 @@ class _Connection:
             if status == b"INSERTED":
                 ids.append(int(value))
 
-    def _reply(self, expected: bytes) -> bytes:
+    def delete_then_reserve(self, job_ids: Sequence[int], seconds: int) -> QueuedJob | None:
+        """Delete ``job_ids`` (gone already is no error) and reserve, in one round trip.
+
+        Any failure leaves unread replies behind, so the connection is closed.
+        """
+        wire = b"".join(b"delete %d\r\n" % job_id for job_id in job_ids)
+        try:
+            self.sock.sendall(wire + b"reserve-with-timeout %d\r\n" % seconds)
+            for _ in job_ids:
+                status, _, value = self._line().partition(b" ")
+                if status not in (b"DELETED", b"NOT_FOUND"):
+                    raise _refusal(status, value.decode(errors="replace"))
+            return self._reserved_job()
+        except BaseException:
+            self.close()
+            raise
+
+    def _reserved_job(self) -> QueuedJob | None:
+        status, _, value = self._line().partition(b" ")
+        if status in (b"TIMED_OUT", b"DEADLINE_SOON"):
+            return None
+        if status != b"RESERVED":
+            raise _refusal(status, value.decode(errors="replace"))
+        job_id, size = (int(part) for part in value.split())
+        data = self.replies.read(size + 2)
+        if len(data) != size + 2 or not data.endswith(b"\r\n"):
+            raise ConnectionError("Beanstalkd closed the connection mid-job")
+        return QueuedJob(job_id, data[:-2])
+
+    def _line(self) -> bytes:
         line = self.replies.readline()
         if not line.endswith(b"\r\n"):
             raise ConnectionError("Beanstalkd closed the connection")
-        status, _, value = line[:-2].partition(b" ")
+        return line[:-2]
+
+    def _reply(self, expected: bytes) -> bytes:
+        status, _, value = self._line().partition(b" ")
         if status != expected:
             raise _refusal(status, value.decode(errors="replace"))
         return value
@@ -418,11 +450,16 @@ class BeanstalkQueue:
 
     # -- consuming (bound to the reserving connection: never retried) ------------------
 
-    def reserve(self, queues: Sequence[str], timeout: float) -> QueuedJob | None:
+    def reserve(
+        self, queues: Sequence[str], timeout: float, *, delete_first: Sequence[int] = ()
+    ) -> QueuedJob | None:
         """Reserve the next ready job from ``queues``' tubes, or None after ``timeout`` seconds.
 
         Beanstalkd counts whole seconds, so ``timeout`` is rounded up (0 polls once).
         ``DEADLINE_SOON`` (a job this thread holds is about to time out) also returns None.
+        ``delete_first``: jobs this thread reserved, deleted in the same round trip (one that
+        is gone already is no error); after a lost connection, which of them were deleted is
+        unknown.
         """
         tubes = self._watched_tubes(tuple(queues))
         seconds = max(0, math.ceil(timeout))
@@ -430,6 +467,8 @@ class BeanstalkQueue:
         def op(conn: _Connection) -> QueuedJob | None:
             conn.watch(tubes)
             conn.allow_wait(seconds)
+            if delete_first:
+                return conn.delete_then_reserve(delete_first, seconds)
             try:
                 job = conn.client.reserve(seconds)
             except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):

@@ -126,10 +126,15 @@ class JobRunner:
         self.sleep = sleep
         self.backoff = backoff
         self._unsettled: deque[_Unsettled] = deque()
+        self._deletes: list[int] = []
+        self._defer_deletes = False
 
     def close(self) -> list[Outcome]:
-        """Act on the outcomes still pending (waiting for their commit)."""
-        return self.flush(wait=True)
+        """Act on the outcomes still pending (waiting for their commit), deletes included."""
+        outcomes = self.flush(wait=True)
+        for job_id in self.take_deletes():
+            self.pb.queue.delete(job_id)
+        return outcomes
 
     def handle(self, job: QueuedJob) -> Outcome | None:
         """Process one reserved job; the job is deleted, released or buried, at once or (for
@@ -330,10 +335,15 @@ class JobRunner:
         """Finished attempts whose outcome is not committed and acted on yet."""
         return len(self._unsettled)
 
-    def flush(self, *, wait: bool) -> list[Outcome]:
+    def flush(self, *, wait: bool, defer_deletes: bool = False) -> list[Outcome]:
         """Act on the outcomes that committed (all of them, waiting, when ``wait``): delete,
         release for retry, or bury each job. An outcome that could not be recorded leaves
-        its job reserved: it returns after its TTR and the dispatch log decides again."""
+        its job reserved: it returns after its TTR and the dispatch log decides again.
+
+        ``defer_deletes``: the jobs to delete are kept for :meth:`take_deletes` instead, so
+        the worker deletes them in the round trip of its next reserve.
+        """
+        self._defer_deletes = defer_deletes
         done: list[Outcome] = []
         while self._unsettled and (wait or self._unsettled[0].future.done()):
             item = self._unsettled.popleft()
@@ -353,6 +363,11 @@ class JobRunner:
                     "job %s outcome recorded, queue action failed: %s", item.run.job.id, exc
                 )
         return done
+
+    def take_deletes(self) -> list[int]:
+        """The jobs :meth:`flush` left to delete (their outcomes committed)."""
+        deletes, self._deletes = self._deletes, []
+        return deletes
 
     def _act(self, run: _Run, outcome: Outcome, entry: HistoryEntry) -> None:
         occurrence, job_id = run.occurrence, run.job.id
@@ -376,7 +391,10 @@ class JobRunner:
             )
             self.pb.queue.bury(job_id, priority=occurrence.priority)
         else:
-            self.pb.queue.delete(job_id)
+            if self._defer_deletes:
+                self._deletes.append(job_id)
+            else:
+                self.pb.queue.delete(job_id)
 
 
 @dataclass(frozen=True)

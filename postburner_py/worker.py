@@ -127,13 +127,17 @@ class Worker:
     def _loop(self, runner: JobRunner) -> None:
         backoff = 0.0
         while not self._stopping.is_set():
-            self._count_all(runner.flush(wait=False))
+            self._count_all(runner.flush(wait=False, defer_deletes=True))
             # While outcomes are being committed, only take a job that is ready now: with
             # none ready, act on those outcomes first rather than hold them through a wait.
             timeout = 0.0 if runner.unsettled else self.reserve_timeout
+            deletes = runner.take_deletes()
             try:
-                job = self.pb.queue.reserve(self.queues, timeout)
+                job = self.pb.queue.reserve(self.queues, timeout, delete_first=deletes)
             except QueueUnavailableError as exc:
+                if deletes:
+                    # Their outcomes are recorded: back after the TTR, the log turns them away.
+                    log.warning("jobs %s may not be deleted: %s", deletes, exc)
                 backoff = self._back_off(backoff, exc)
                 continue
             backoff = 0.0

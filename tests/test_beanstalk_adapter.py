@@ -347,6 +347,21 @@ def test_reserve_returns_none_when_nothing_is_ready(queue):
     assert queue.reserve(["default"], timeout=0) is None
 
 
+def test_reserve_deletes_the_jobs_named_first_in_the_same_round_trip(queue):
+    first = put(queue, body=b"first", delay=0)
+    assert queue.reserve(["default"], timeout=0) == QueuedJob(first, b"first")
+    second = put(queue, body=b"second", delay=0)
+    gone = put(queue, body=b"gone", delay=HOUR)
+    assert queue.delete(gone)
+    # A job already gone is no error; the reply to reserve still comes through.
+    assert queue.reserve(["default"], timeout=0, delete_first=[first, gone]) == QueuedJob(
+        second, b"second"
+    )
+    assert queue.peek(first) is None
+    assert queue.reserve(["default"], timeout=0, delete_first=[second]) is None
+    assert queue.peek(second) is None
+
+
 def test_reserve_watches_only_the_namespaced_tubes(queue, beanstalkd_server, namespace):
     address = parse_beanstalkd_url(beanstalkd_server.url)
     with greenstalk.Client(address, encoding=None, use=namespace) as raw:
