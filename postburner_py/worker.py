@@ -75,8 +75,9 @@ class Worker:
         self.reserve_timeout = 0.0 if burst else reserve_timeout
         self.history = history or HistoryStore(pb.session_factory, clock=self.clock)
         self.backoff = backoff
-        self.outcomes: Counter[Outcome] = Counter()
-        self._outcomes_lock = threading.Lock()
+        # One counter per thread, written only by its thread (no lock on the hot path).
+        self._counts: list[Counter[Outcome]] = []
+        self._counts_lock = threading.Lock()
         self._stopping = threading.Event()
 
     def run(self) -> None:
@@ -104,6 +105,16 @@ class Worker:
         self._stopping.set()
 
     @property
+    def outcomes(self) -> Counter[Outcome]:
+        """How many deliveries came to each :class:`Outcome` so far, over all threads."""
+        with self._counts_lock:
+            counts = list(self._counts)
+        total: Counter[Outcome] = Counter()
+        for count in counts:
+            total.update(dict(count))  # dict() copies in one step, safe while it grows
+        return total
+
+    @property
     def stopping(self) -> bool:
         """True once :meth:`stop` was called."""
         return self._stopping.is_set()
@@ -119,15 +130,18 @@ class Worker:
             sleep=self.sleep,
             backoff=self.backoff,
         )
+        counts: Counter[Outcome] = Counter()
+        with self._counts_lock:
+            self._counts.append(counts)
         try:
-            self._loop(runner)
+            self._loop(runner, counts)
         finally:
-            self._count_all(runner.close())
+            counts.update(runner.close())
 
-    def _loop(self, runner: JobRunner) -> None:
+    def _loop(self, runner: JobRunner, counts: Counter[Outcome]) -> None:
         backoff = 0.0
         while not self._stopping.is_set():
-            self._count_all(runner.flush(wait=False, defer_deletes=True))
+            counts.update(runner.flush(wait=False, defer_deletes=True))
             # While outcomes are being committed, only take a job that is ready now: with
             # none ready, act on those outcomes first rather than hold them through a wait.
             timeout = 0.0 if runner.unsettled else self.reserve_timeout
@@ -143,11 +157,13 @@ class Worker:
             backoff = 0.0
             if job is None:
                 if runner.unsettled:
-                    self._count_all(runner.flush(wait=True))
+                    counts.update(runner.flush(wait=True))
                 elif self.burst:
                     return
                 continue
-            self._count(self._handle(runner, job))
+            outcome = self._handle(runner, job)
+            if outcome is not None:
+                counts[outcome] += 1
 
     def _handle(self, runner: JobRunner, job: QueuedJob) -> Outcome | None:
         try:
@@ -164,15 +180,6 @@ class Worker:
         delay = min(MAX_BACKOFF, max(0.1, previous * 2))
         self._stopping.wait(delay)
         return delay
-
-    def _count_all(self, outcomes: list[Outcome]) -> None:
-        for outcome in outcomes:
-            self._count(outcome)
-
-    def _count(self, outcome: Outcome | None) -> None:
-        if outcome is not None:
-            with self._outcomes_lock:
-                self.outcomes[outcome] += 1
 
 
 def run_worker(
