@@ -97,7 +97,7 @@ class Occurrence:
     catch_up: bool
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class AdmitRequest:
     """One delivery to admit: its verified body, the instant it is admitted, who asks.
 
@@ -178,11 +178,13 @@ class Admitter:
         ]
 
     def prepare(self, request: AdmitRequest) -> AdmitRequest:
-        """``request`` with its start record and its fast-path JSON (see :class:`AdmitRequest`)."""
+        """``request``, given its start record and its fast-path JSON (filled in place, on the
+        asking thread; see :class:`AdmitRequest`)."""
         if request.wire is not None:
             return request
-        start = self._start_entry_of(request)
-        return replace(request, start=start, wire=_delivery(request, start).wire())
+        request.start = self._start_entry_of(request)
+        request.wire = _delivery(request, request.start).wire()
+        return request
 
     def fast_answer(self, request: AdmitRequest, row: pg_batch.AdmittedRow | None) -> Any:
         """What the fast path decided for ``request`` (a :class:`FastAdmission`), or

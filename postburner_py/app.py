@@ -116,6 +116,8 @@ class Postburner:
     def secret(self) -> bytes:
         """The HMAC key that signs job bodies: ``secret=``/``POSTBURNER_SECRET``, else a
         random key generated once and stored in the database for every process to share."""
+        if self._secret is not None:  # every job asks: no lock once it is known
+            return self._secret
         with self._secret_lock:
             if self._secret is None:
                 from postburner_py.signing import load_or_create_secret

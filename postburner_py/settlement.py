@@ -31,7 +31,7 @@ from postburner_py.dispatch_log import (
 from postburner_py.history import HistoryEntry, HistoryStatus, HistoryStore, terminal_changes
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Settlement:
     """One finished attempt: what ran, when it really began, how it ended.
 
@@ -98,15 +98,14 @@ class Settler:
         return entries
 
     def prepare(self, settlement: Settlement) -> Settlement:
-        """``settlement`` with its terminal entry and its fast-path JSON."""
+        """``settlement``, given its terminal entry and its fast-path JSON (filled in place,
+        on the thread that settles)."""
         if settlement.wire is not None:
             return settlement
         changes = _changes(settlement)
-        return replace(
-            settlement,
-            entry=replace(settlement.started, **changes),
-            wire=_closing(settlement, changes).wire(),
-        )
+        settlement.entry = replace(settlement.started, **changes)
+        settlement.wire = _closing(settlement, changes).wire()
+        return settlement
 
 
 def _changes(item: Settlement) -> dict[str, Any]:

@@ -74,7 +74,7 @@ def decode_body(data: bytes, secret: bytes) -> JobBody:
     )
     if body.kind not in KINDS:
         raise SignatureError(f"unknown body kind {body.kind!r}")
-    expected = hmac.new(secret, body._message(), hashlib.sha256).hexdigest()
+    expected = hmac.digest(secret, body._message(), "sha256").hex()
     if not hmac.compare_digest(expected, _field(payload, "sig", str)):
         raise SignatureError(f"signature of {body.kind} {body.id} does not verify")
     return body
