@@ -47,6 +47,7 @@ def worker_ledger(engine: Engine, admitter: Admitter, settler: Settler) -> Ledge
         fast_path=PgFastPath(admitter, settler),
         session_setup=SESSION_SETUP,
         linger=LINGER,
+        before_transaction=pg_batch.end_autocommit,
     )
 
 

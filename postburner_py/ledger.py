@@ -80,12 +80,16 @@ class Ledger:
         fast_path: FastPath | None = None,
         session_setup: Sequence[str] = (),
         linger: float = 0.0,
+        before_transaction: Callable[[Connection], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch: must be >= 1, got {max_batch!r}")
         if linger < 0:
             raise ValueError(f"linger: must be >= 0 seconds, got {linger!r}")
         self._linger = linger
+        # Runs before every transaction and before the connection goes back to the pool:
+        # undoes connection state the fast path leaves behind.
+        self._before_transaction = before_transaction
         self._engine = engine
         self._max_batch = max_batch
         self._fast_path = fast_path
@@ -144,8 +148,7 @@ class Ledger:
             raise
         finally:
             if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+                self._release_connection()
 
     def _fail_waiting(self, exc: BaseException) -> None:
         """The thread is dying: refuse new requests and answer every waiting one."""
@@ -286,6 +289,17 @@ class Ledger:
         if isinstance(exc, DBAPIError) and exc.connection_invalidated:
             self._discard_connection()
 
+    def _release_connection(self) -> None:
+        """Give the connection back to the pool as the pool gave it."""
+        assert self._connection is not None
+        try:
+            if self._before_transaction is not None and not self._connection.invalidated:
+                self._before_transaction(self._connection)
+        except Exception:
+            self._connection.invalidate()
+        self._connection.close()
+        self._connection = None
+
     def _discard_connection(self) -> None:
         if self._connection is not None:
             self._connection.invalidate()
@@ -297,6 +311,8 @@ class Ledger:
         """One transaction on the ledger's connection; a dropped connection is replaced."""
         connection = self._connect()
         try:
+            if self._before_transaction is not None:
+                self._before_transaction(connection)
             with connection.begin():
                 yield connection
         except DBAPIError as exc:

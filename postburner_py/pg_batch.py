@@ -234,8 +234,9 @@ def run_batch(
 ) -> dict[int, AdmittedRow]:
     """Close ``closings`` and admit ``deliveries`` (their :meth:`~Closing.wire` and
     :meth:`~Delivery.wire` forms) in one autocommitted statement, outside any transaction
-    (the connection must be idle): the row each delivery names, by position (absent when
-    there is none), with ``history_id`` when the statement claimed it."""
+    (the connection must be idle, and is left in autocommit: see :func:`end_autocommit`).
+    Answers the row each delivery names, by position (absent when there is none), with
+    ``history_id`` when the statement claimed it."""
     parameters = (
         "[" + ",".join(closings) + "]",
         "[" + ",".join(deliveries) + "]",
@@ -244,13 +245,22 @@ def run_batch(
     )
     cursor = _raw_cursor(connection)
     driver = cursor.connection
-    driver.autocommit = True
-    try:
-        cursor.execute(_BATCH, parameters, prepare=True)
-        fetched = cursor.fetchall()
-    finally:
-        driver.autocommit = False
+    if not driver.autocommit:
+        # Left on for the next batch: switching costs more than the statement's own work.
+        # end_autocommit switches it off before a transaction or the pool sees it.
+        driver.autocommit = True
+    cursor.execute(_BATCH, parameters, prepare=True)
+    fetched = cursor.fetchall()
     return {row[0]: AdmittedRow._make(row) for row in fetched}
+
+
+def end_autocommit(connection: Connection) -> None:
+    """Undo what :func:`run_batch` leaves on, before a transaction or before the connection
+    goes back to the pool (where an autocommit connection would commit its users' work
+    statement by statement)."""
+    driver = connection.connection.driver_connection
+    if getattr(driver, "autocommit", False):
+        driver.autocommit = False  # type: ignore[union-attr]
 
 
 def admitted_row(row: AdmittedRow) -> AdmittedRow:

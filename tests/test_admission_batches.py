@@ -393,3 +393,23 @@ def test_a_lost_ledger_connection_is_replaced_and_the_batch_still_admits(
     finally:
         ledger.close()
     assert _dispatches(world.pb)["job:ok"]["status"] == "dispatched"
+
+
+def _autocommit(connection: Any, items: Sequence[Any]) -> list[bool]:
+    driver = connection.connection.driver_connection
+    return [bool(driver.autocommit) for _ in items]
+
+
+def test_a_transaction_after_a_fast_batch_is_a_real_transaction(
+    make_postburner: MakePostburner, postgres_url: str
+) -> None:
+    world = _world(make_postburner, postgres_url)
+    admitter, settler = _handlers(world)
+    ledger = worker_ledger(world.strict.writer_engine, admitter, settler)
+    try:
+        request = AdmitRequest(world.bodies["ok"], NOW, "w-1")
+        assert admitter.answer(ledger.call(admitter, request)).started is not None
+        assert world.fast_answers == [] and ledger.fast_answers == 1
+        assert ledger.call(_autocommit, None) is False
+    finally:
+        ledger.close()

@@ -376,3 +376,16 @@ def test_a_lingering_request_commits_after_the_linger_alone(
 def test_a_negative_linger_is_refused(pb: Postburner) -> None:
     with pytest.raises(ValueError, match="linger"):
         Ledger(pb.writer_engine, linger=-1)
+
+
+def test_before_transaction_runs_before_each_transaction_and_before_the_pool_gets_it_back(
+    pb: Postburner,
+) -> None:
+    seen: list[str] = []
+    ledger = Ledger(pb.writer_engine, before_transaction=lambda _c: seen.append("reset"))
+    try:
+        assert ledger.call(Store(), "a") == "stored a"
+        assert seen == ["reset"]
+    finally:
+        ledger.close()
+    assert seen == ["reset", "reset"]
