@@ -127,7 +127,6 @@ class JobRunner:
         self.backoff = backoff
         self._unsettled: deque[_Unsettled] = deque()
         self._deletes: list[int] = []
-        self._defer_deletes = False
 
     def close(self) -> list[Outcome]:
         """Act on the outcomes still pending (waiting for their commit), deletes included."""
@@ -335,15 +334,12 @@ class JobRunner:
         """Finished attempts whose outcome is not committed and acted on yet."""
         return len(self._unsettled)
 
-    def flush(self, *, wait: bool, defer_deletes: bool = False) -> list[Outcome]:
-        """Act on the outcomes that committed (all of them, waiting, when ``wait``): delete,
-        release for retry, or bury each job. An outcome that could not be recorded leaves
-        its job reserved: it returns after its TTR and the dispatch log decides again.
-
-        ``defer_deletes``: the jobs to delete are kept for :meth:`take_deletes` instead, so
-        the worker deletes them in the round trip of its next reserve.
+    def flush(self, *, wait: bool) -> list[Outcome]:
+        """Act on the outcomes that committed (all of them, waiting, when ``wait``): release
+        for retry or bury each job, or keep it for :meth:`take_deletes` (the worker deletes
+        it in the round trip of its next reserve). An outcome that could not be recorded
+        leaves its job reserved: it returns after its TTR and the dispatch log decides again.
         """
-        self._defer_deletes = defer_deletes
         done: list[Outcome] = []
         while self._unsettled and (wait or self._unsettled[0].future.done()):
             item = self._unsettled.popleft()
@@ -391,10 +387,7 @@ class JobRunner:
             )
             self.pb.queue.bury(job_id, priority=occurrence.priority)
         else:
-            if self._defer_deletes:
-                self._deletes.append(job_id)
-            else:
-                self.pb.queue.delete(job_id)
+            self._deletes.append(job_id)
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,7 @@ class Worker:
     def _loop(self, runner: JobRunner, counts: Counter[Outcome]) -> None:
         backoff = 0.0
         while not self._stopping.is_set():
-            counts.update(runner.flush(wait=False, defer_deletes=True))
+            counts.update(runner.flush(wait=False))
             # While outcomes are being committed, only take a job that is ready now: with
             # none ready, act on those outcomes first rather than hold them through a wait.
             timeout = 0.0 if runner.unsettled else self.reserve_timeout
