@@ -20,3 +20,20 @@ def memory_mb() -> dict[str, float]:
         "rss_mb": proc_status_kb("VmRSS") / 1024,
         "peak_rss_mb": proc_status_kb("VmHWM") / 1024,
     }
+
+
+def cpu_jiffies() -> tuple[int, int]:
+    """The machine's CPU time so far from ``/proc/stat``: (all, stolen), in clock ticks.
+
+    Stolen time is time the hypervisor gave this virtual machine's CPUs to another guest; on a
+    shared host it is what makes the same code run at half speed from one run to the next.
+    """
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ticks = [int(value) for value in fields[:8]]
+    return sum(ticks), ticks[7]
+
+
+def steal_percent(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of CPU time stolen between two :func:`cpu_jiffies` readings, in percent."""
+    total = after[0] - before[0]
+    return 100.0 * (after[1] - before[1]) / total if total > 0 else 0.0

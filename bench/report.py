@@ -19,6 +19,7 @@ import greenstalk
 import psycopg
 
 from bench.common import ROOT, beanstalkd_address
+from bench.procfs import cpu_jiffies, steal_percent
 
 if TYPE_CHECKING:
     from bench.common import Servers
@@ -33,6 +34,7 @@ class Report:
 
     def __init__(self, *, sizes: Sizes, smoke: bool) -> None:
         self._started = time.monotonic()
+        self._cpu_before = cpu_jiffies()
         self.data: dict[str, Any] = {
             "complete": False,
             "mode": "smoke" if smoke else "full",
@@ -86,6 +88,7 @@ class Report:
         self.data.update(
             complete=complete,
             load_after=load(),
+            steal_pct=round(steal_percent(self._cpu_before, cpu_jiffies()), 1),
             duration_s=round(time.monotonic() - self._started, 1),
         )
         (out / "results.json").write_text(json.dumps(self.data, indent=2, sort_keys=False) + "\n")
@@ -149,7 +152,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"{data['runs']} run(s)**, with [min, max] when they differ. Ratios are ours ÷ the floor "
         "or peer measured in the same run. How each scenario is measured: "
         "[README.md](README.md). Figure names end in their unit: `_s` seconds, `_ms` "
-        "milliseconds, `_mb` MiB, `_per_s` per second; `ratio*` is ours ÷ theirs.",
+        "milliseconds, `_mb` MiB, `_per_s` per second, `_pct` percent; `ratio*` is ours ÷ "
+        "theirs.",
         "",
     ]
     if not data["complete"]:
@@ -161,7 +165,10 @@ def markdown(data: dict[str, Any]) -> str:
         f"- OS: {machine_['os']}; Python {machine_['python']}",
         f"- Load before (`uptime`): {data['load_before']}",
         f"- Load after: {data.get('load_after', '?')}",
-        "- Shared machine: other engineers' test runs may have competed for the two cores.",
+        f"- CPU time stolen by other guests of the host during the run: "
+        f"{data.get('steal_pct', '?')}% (`machine_steal_pct` per run, `c1_steal_pct` and "
+        "`c4_steal_pct` per drain). The host is shared: runs with much stolen time are "
+        "slower and not comparable with quiet ones.",
         "",
         "## Versions",
         "",

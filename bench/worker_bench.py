@@ -47,6 +47,7 @@ from bench.common import (
     run_child,
     spread,
 )
+from bench.procfs import cpu_jiffies, steal_percent
 from postburner_py import Postburner
 from postburner_py.beanstalk import PutRequest, delay_seconds
 from postburner_py.delayed_jobs import PENDING, DelayedJob, delayed_body
@@ -102,6 +103,7 @@ def _drain(ctx: Context, name: str, count: int, concurrency: int) -> tuple[dict[
     started = time.perf_counter()
     bulk_enqueue(pb, [datetime.now(UTC)] * count, prefix="t")
     enqueued = time.perf_counter() - started
+    cpu_before = cpu_jiffies()
     child = run_child(
         "worker",
         {
@@ -113,6 +115,7 @@ def _drain(ctx: Context, name: str, count: int, concurrency: int) -> tuple[dict[
         },
         timeout=ctx.sizes.child_timeout,
     )
+    stolen = steal_percent(cpu_before, cpu_jiffies())
     completed = _completed(pb)
     pb.dispose()
     ctx.servers.drop_database(name)
@@ -124,6 +127,7 @@ def _drain(ctx: Context, name: str, count: int, concurrency: int) -> tuple[dict[
         f"{prefix}_s": child["seconds"],
         f"{prefix}_worker_rss_mb": child["rss_mb"],
         f"{prefix}_worker_peak_rss_mb": child["peak_rss_mb"],
+        f"{prefix}_steal_pct": stolen,
     }
     return drained, enqueued
 
