@@ -9,7 +9,8 @@ Facts it is built on (DESIGN section 5):
   twice, which the dispatch gate makes harmless). Commands on a *reserved* job are bound to
   the connection that reserved it: after a reconnect that reservation is gone, so those raise
   :class:`~postburner_py.errors.QueueUnavailableError` instead of retrying.
-* ``delay`` is whole seconds: :func:`delay_seconds` floors, and the worker waits out the rest.
+* ``delay`` is whole seconds, counted from when the put reaches the server:
+  :func:`delay_seconds` floors, less :data:`PUT_LEAD`, and the worker waits out the rest.
 * Tubes are namespaced, ``<namespace>.<queue>``: one tube per queue, never one per schedule.
 """
 
@@ -97,16 +98,25 @@ def parse_beanstalkd_url(url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
-def delay_seconds(run_at: datetime, now: datetime) -> int:
-    """Whole seconds from ``now`` until ``run_at``, floored and never negative.
+#: How long after ``now`` a put may reach Beanstalkd and still make its job ready by
+#: ``run_at``. Beanstalkd counts a delay from when the put arrives, and a caller's ``now`` is
+#: read before it: a pass reads it once for thousands of pipelined puts, ``enqueue_at`` before
+#: a commit. Without the lead, a ``now`` read just before a whole second away from ``run_at``
+#: made every job of that pass ready tens of milliseconds late.
+PUT_LEAD = timedelta(milliseconds=100)
 
-    Flooring makes the job ready up to one second early; the worker waits out the rest,
-    which is far more precise than Beanstalkd's one-second tick.
+
+def delay_seconds(run_at: datetime, now: datetime) -> int:
+    """Whole seconds of delay for a job due at ``run_at``, put at ``now``: ``run_at - now``
+    less :data:`PUT_LEAD`, floored and never negative.
+
+    Flooring makes the job ready up to a second (plus the lead) early; the worker waits out
+    the rest, which is far more precise than Beanstalkd's one-second tick.
     """
     for field, value in (("run_at", run_at), ("now", now)):
         if value.tzinfo is None or value.utcoffset() is None:
             raise ScheduleValidationError(field, f"{value.isoformat()} is naive; pass aware")
-    return max(0, (run_at - now) // timedelta(seconds=1))
+    return max(0, (run_at - now - PUT_LEAD) // timedelta(seconds=1))
 
 
 def _tube_problem(name: str) -> str | None:

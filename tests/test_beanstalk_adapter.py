@@ -15,6 +15,7 @@ import pytest
 from postburner_py import beanstalk
 from postburner_py.beanstalk import (
     MAX_JOB_SIZE,
+    PUT_LEAD,
     BeanstalkQueue,
     PutRequest,
     QueuedJob,
@@ -83,21 +84,29 @@ def put(queue: BeanstalkQueue, body: bytes = b"job", name: str = "default", dela
 @pytest.mark.parametrize(
     ("offset", "expected"),
     [
-        (timedelta(seconds=10), 10),
+        (timedelta(seconds=10, milliseconds=100), 10),
         (timedelta(seconds=10, milliseconds=999), 10),
         (timedelta(milliseconds=1), 0),
         (timedelta(0), 0),
         (timedelta(seconds=-5), 0),
-        (timedelta(days=2, seconds=1, microseconds=1), 2 * 86400 + 1),
+        (timedelta(days=2, seconds=1, milliseconds=101), 2 * 86400 + 1),
     ],
 )
 def test_delay_seconds_floors_and_is_never_negative(offset, expected):
     assert delay_seconds(NOW + offset, NOW) == expected
 
 
+@pytest.mark.parametrize("fraction_ms", [0, 1, 50, 99])
+def test_delay_seconds_leaves_the_put_its_lead_near_a_whole_second(fraction_ms):
+    # now read just before a whole second away from run_at: a put arriving up to PUT_LEAD
+    # after now must still make the job ready by run_at, so the delay is one second less.
+    assert timedelta(milliseconds=100) == PUT_LEAD
+    assert delay_seconds(NOW + timedelta(seconds=10, milliseconds=fraction_ms), NOW) == 9
+
+
 def test_delay_seconds_compares_instants_across_timezones():
     tokyo = NOW.astimezone(ZoneInfo("Asia/Tokyo"))
-    assert delay_seconds(tokyo + timedelta(seconds=90), NOW) == 90
+    assert delay_seconds(tokyo + timedelta(seconds=90, milliseconds=500), NOW) == 90
 
 
 def test_delay_seconds_refuses_naive_datetimes():
@@ -185,6 +194,19 @@ def test_put_at_lands_delayed_in_the_namespaced_tube(queue, namespace):
     )
     assert stats["delay"] == 30
     assert 29 <= stats["time-left"] <= 30
+
+
+def test_a_put_arriving_after_its_now_still_makes_the_job_ready_by_run_at(queue):
+    # A pass reads now once, then puts: here the put lands 60 ms after that reading, and
+    # run_at is 1.01 s after it. A one-second delay would make the job ready 50 ms late.
+    put_now = datetime.now(UTC) - timedelta(milliseconds=60)
+    run_at = put_now + timedelta(seconds=1, milliseconds=10)
+    job_id = queue.put_at(b"x", queue="default", priority=1, run_at=run_at, now=put_now, ttr=5)
+
+    reserved = queue.reserve(["default"], timeout=1)
+
+    assert reserved is not None and reserved.id == job_id
+    assert datetime.now(UTC) < run_at
 
 
 def test_the_longest_valid_queue_name_is_accepted_by_beanstalkd(queue, namespace):
