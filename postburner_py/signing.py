@@ -41,7 +41,11 @@ class JobBody:
         return self.run_at.astimezone(UTC).isoformat(timespec="microseconds")
 
     def _message(self) -> bytes:
-        return f"v{BODY_VERSION}|{self.kind}|{self.id}|{self.key}|{self.run_at_text}".encode()
+        return _message(self.kind, self.id, self.key, self.run_at_text)
+
+
+def _message(kind: str, id_: int, key: str, run_at_text: str) -> bytes:
+    return f"v{BODY_VERSION}|{kind}|{id_}|{key}|{run_at_text}".encode()
 
 
 def encode_body(body: JobBody, secret: bytes) -> bytes:
@@ -64,20 +68,23 @@ def encode_body(body: JobBody, secret: bytes) -> bytes:
 
 
 def decode_body(data: bytes, secret: bytes) -> JobBody:
-    """Parse and verify a body; raises :class:`SignatureError` for anything not ours."""
+    """Parse and verify a body; raises :class:`SignatureError` for anything not ours.
+
+    The signature covers ``run_at`` exactly as it travels (the text :func:`encode_body`
+    wrote), so it is checked before the instant is parsed; any other spelling of the same
+    instant does not verify.
+    """
     payload = _parse(data)
-    body = JobBody(
-        kind=_field(payload, "kind", str),
-        id=_field(payload, "id", int),
-        key=_field(payload, "key", str),
-        run_at=_parse_instant(_field(payload, "run_at", str)),
-    )
-    if body.kind not in KINDS:
-        raise SignatureError(f"unknown body kind {body.kind!r}")
-    expected = hmac.digest(secret, body._message(), "sha256").hex()
+    kind = _field(payload, "kind", str)
+    id_ = _field(payload, "id", int)
+    key = _field(payload, "key", str)
+    run_at_text = _field(payload, "run_at", str)
+    if kind not in KINDS:
+        raise SignatureError(f"unknown body kind {kind!r}")
+    expected = hmac.digest(secret, _message(kind, id_, key, run_at_text), "sha256").hex()
     if not hmac.compare_digest(expected, _field(payload, "sig", str)):
-        raise SignatureError(f"signature of {body.kind} {body.id} does not verify")
-    return body
+        raise SignatureError(f"signature of {kind} {id_} does not verify")
+    return JobBody(kind=kind, id=id_, key=key, run_at=_parse_instant(run_at_text))
 
 
 def _parse(data: bytes) -> dict[str, Any]:
