@@ -114,12 +114,12 @@ class AdmitRequest:
 
 @dataclass(frozen=True)
 class FastAdmission:
-    """The fast path's answer to one request: the row it names (None: no such row), claimed
-    when ``row.history_id`` is set. :meth:`Admitter.answer` turns it into an
-    :class:`Admission` on the asking thread."""
+    """The fast path's answer to one request: the row it names (None: no such row), still
+    unparsed, claimed when its ``history_id`` is set. :meth:`Admitter.answer` turns it into
+    an :class:`Admission` on the asking thread."""
 
     request: AdmitRequest
-    row: pg_batch.AdmittedRow | None
+    row: pg_batch.BatchRow | None
 
 
 @dataclass(frozen=True)
@@ -186,13 +186,12 @@ class Admitter:
         request.wire = _delivery(request, request.start).wire()
         return request
 
-    def fast_answer(self, request: AdmitRequest, row: pg_batch.AdmittedRow | None) -> Any:
+    def fast_answer(self, request: AdmitRequest, row: pg_batch.BatchRow | None) -> Any:
         """What the fast path decided for ``request`` (a :class:`FastAdmission`), or
         :data:`~postburner_py.ledger.UNDECIDED` when this handler's transaction must decide: a
         live occurrence the statement did not claim (claimed before, named twice, refused by
         the allow-list, late)."""
-        live = row is not None and row.live and row.run_at == request.body.run_at
-        if live and row is not None and row.history_id is None:
+        if row is not None and row.undecided:
             return UNDECIDED
         return FastAdmission(request, row)
 
@@ -202,10 +201,12 @@ class Admitter:
         recorded), or the transaction's own."""
         if isinstance(answer, Admission):
             return answer
-        request, row = answer.request, answer.row
-        if row is None or not row.live or row.run_at != request.body.run_at:
+        request = answer.request
+        if answer.row is None:
             return Admission(Outcome.FENCED)
-        row = pg_batch.admitted_row(row)
+        row = pg_batch.admitted_row(answer.row.data)
+        if not row.live or row.run_at != request.body.run_at:
+            return Admission(Outcome.FENCED)
         occurrence = _admitted_occurrence(request.body.kind, row)
         assert request.start is not None, "a fast-path request is prepared"
         entry = replace(

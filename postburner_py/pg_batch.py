@@ -6,8 +6,9 @@ of them is one statement (data-modifying CTEs), sent in autocommit: one round tr
 and no COMMIT, all or nothing. It closes the history rows, dispatch rows and one-off job rows
 of the finished attempts, and locks the rows the new deliveries name, claims the fresh
 occurrences and records their starts. Each half travels as one JSON parameter
-(``jsonb_to_recordset``): the SQL text never changes, so psycopg prepares it once, and one
-string is far cheaper to send than a typed parameter per column.
+(``jsonb_to_recordset``): the SQL text never changes, so it is prepared once per connection
+and run on libpq directly, and one string is far cheaper to send than a typed parameter per
+column.
 
 The statement only claims what it can decide for good: a live occurrence, never claimed
 before, named once in the batch, whose job class the allow-list accepts and that is not too
@@ -24,10 +25,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from psycopg import RawCursor
+import psycopg
+from psycopg.pq import ConnStatus, ExecStatus
+from psycopg.pq.abc import PGconn, PGresult
 from sqlalchemy import Connection
-
-_CURSOR = "postburner_batch_cursor"
 
 # Admission: lock the rows the bodies name (in id order, reached by primary key: see _CLOSE_CTES),
 # keep those still live for the body's key and run_at, and claim each (first of a batch only)
@@ -102,21 +103,32 @@ input AS (
     RETURNING id, schedule_name, run_at
 )
 """
+# One row per delivery whose row exists: its number, whether only the admission's transaction
+# can decide it (live for the body's run_at but not claimed here), and the row as one JSON
+# array (instants as epoch microseconds), parsed by admitted_row on the worker thread that
+# asked: the ledger's thread, the one everybody waits for, only reads three text values.
 _ADMIT_ANSWER = """
-SELECT f.n, f.id, f.key, f.job_id, f.run_at, f.status = f.live_status AS live,
-       f.job_class, f.args::text, f.kwargs::text, f.priority, f.ttr, f.max_attempts,
-       f.schedule_id, f.next_run_at, f.cached_schedule::text, s.id AS history_id
+SELECT f.n,
+       f.status = f.live_status AND f.run_at = i.run_at AND s.id IS NULL AS undecided,
+       json_build_array(
+           f.id, f.key, f.job_id, (extract(epoch FROM f.run_at) * 1000000)::bigint,
+           f.status = f.live_status, f.job_class, f.args, f.kwargs, f.priority, f.ttr,
+           f.max_attempts, f.schedule_id,
+           (extract(epoch FROM f.next_run_at) * 1000000)::bigint, f.cached_schedule, s.id)
 FROM found AS f
+JOIN input AS i ON i.n = f.n
 LEFT JOIN fresh AS x ON x.n = f.n
 LEFT JOIN started AS s ON s.schedule_name = x.key AND s.run_at = x.run_at
 """
-#: A row of the answer; its JSON columns come as text, parsed by :func:`admitted_row` on
-#: the worker thread that asked (the ledger's thread is the one everybody waits for).
+#: A row of the answer, parsed (:func:`admitted_row`).
 AdmittedRow = namedtuple(
     "AdmittedRow",
-    "n id key job_id run_at live job_class args kwargs priority ttr max_attempts "
+    "id key job_id run_at live job_class args kwargs priority ttr max_attempts "
     "schedule_id next_run_at cached_schedule history_id",
 )
+#: A row of the answer as the ledger's thread reads it: ``undecided`` (see above) and the
+#: unparsed JSON of the row.
+BatchRow = namedtuple("BatchRow", "undecided data")
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +201,10 @@ closed_history AS (
 # catch-up window in seconds; all text, the cheapest parameters for psycopg to send.
 # Data-modifying CTEs run to completion whether or not the answer reads them.
 _BATCH = "WITH " + _CLOSE_CTES.strip() + ",\n" + _ADMIT_CTES.strip() + _ADMIT_ANSWER
+#: The name the batch statement is prepared under, once per connection.
+_STATEMENT = b"postburner_batch"
+_PREPARED = "postburner_batch_prepared"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,27 +247,48 @@ def run_batch(
     *,
     allowed_prefixes: Sequence[str],
     catch_up_window: timedelta,
-) -> dict[int, AdmittedRow]:
+) -> dict[int, BatchRow]:
     """Close ``closings`` and admit ``deliveries`` (their :meth:`~Closing.wire` and
     :meth:`~Delivery.wire` forms) in one autocommitted statement, outside any transaction
     (the connection must be idle, and is left in autocommit: see :func:`end_autocommit`).
-    Answers the row each delivery names, by position (absent when there is none), with
-    ``history_id`` when the statement claimed it."""
-    parameters = (
-        "[" + ",".join(closings) + "]",
-        "[" + ",".join(deliveries) + "]",
-        json.dumps(list(allowed_prefixes)),
-        repr(catch_up_window.total_seconds()),
-    )
-    cursor = _raw_cursor(connection)
-    driver = cursor.connection
+    Answers the row each delivery names, by position (absent when there is none).
+
+    The statement is prepared once per connection and run on libpq directly, which waits
+    for the server without the GIL; psycopg's cursor machinery (query conversion, the
+    prepared-statement cache, row loaders) cost the ledger's thread more than the rest of
+    the batch's Python work."""
+    parameters = [
+        ("[" + ",".join(closings) + "]").encode(),
+        ("[" + ",".join(deliveries) + "]").encode(),
+        json.dumps(list(allowed_prefixes)).encode(),
+        repr(catch_up_window.total_seconds()).encode(),
+    ]
+    driver = cast(psycopg.Connection[Any], connection.connection.driver_connection)
     if not driver.autocommit:
         # Left on for the next batch: switching costs more than the statement's own work.
         # end_autocommit switches it off before a transaction or the pool sees it.
         driver.autocommit = True
-    cursor.execute(_BATCH, parameters, prepare=True)
-    fetched = cursor.fetchall()
-    return {row[0]: AdmittedRow._make(row) for row in fetched}
+    pgconn = driver.pgconn
+    if connection.info.get(_PREPARED) is not pgconn:
+        _checked(pgconn, pgconn.prepare(_STATEMENT, _BATCH.encode()), ExecStatus.COMMAND_OK)
+        connection.info[_PREPARED] = pgconn
+    result = _checked(pgconn, pgconn.exec_prepared(_STATEMENT, parameters), ExecStatus.TUPLES_OK)
+    value = result.get_value
+    return {
+        int(value(row, 0) or b""): BatchRow(value(row, 1) == b"t", value(row, 2))
+        for row in range(result.ntuples)
+    }
+
+
+def _checked(pgconn: PGconn, result: PGresult, expected: ExecStatus) -> PGresult:
+    """``result``, or its error raised (psycopg's class for its SQLSTATE)."""
+    if result.status != expected:
+        if pgconn.status != ConnStatus.OK:
+            raise psycopg.OperationalError(
+                f"the ledger's connection is lost: {pgconn.error_message.decode(errors='replace')}"
+            )
+        raise psycopg.errors.error_from_result(result, encoding="utf-8")
+    return result
 
 
 def end_autocommit(connection: Connection) -> None:
@@ -263,31 +300,18 @@ def end_autocommit(connection: Connection) -> None:
         driver.autocommit = False  # type: ignore[union-attr]
 
 
-def admitted_row(row: AdmittedRow) -> AdmittedRow:
-    """``row`` with its JSON columns parsed and its instants in UTC (psycopg answers in the
-    session's time zone)."""
+def admitted_row(data: bytes) -> AdmittedRow:
+    """A :class:`BatchRow`'s ``data`` parsed: JSON columns as Python values, instants as UTC
+    datetimes."""
+    row = AdmittedRow._make(json.loads(data.decode()))
     return row._replace(
-        run_at=row.run_at.astimezone(UTC),
-        next_run_at=row.next_run_at and row.next_run_at.astimezone(UTC),
-        args=_parsed(row.args),
-        kwargs=_parsed(row.kwargs),
-        cached_schedule=_parsed(row.cached_schedule),
+        run_at=_instant(row.run_at),
+        next_run_at=None if row.next_run_at is None else _instant(row.next_run_at),
     )
 
 
-def _parsed(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def _raw_cursor(connection: Connection) -> RawCursor[Any]:
-    """The cursor kept on the psycopg connection behind ``connection`` (made once per
-    connection). A raw cursor takes PostgreSQL's own ``$n`` placeholders, so psycopg does not
-    parse the statement on every call (it caches that only for statements under 4 KiB)."""
-    cursor = connection.info.get(_CURSOR)
-    if cursor is None or cursor.closed:
-        driver = connection.connection.driver_connection
-        cursor = connection.info[_CURSOR] = RawCursor(driver)  # type: ignore[arg-type]
-    return cast(RawCursor[Any], cursor)
+def _instant(epoch_us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=epoch_us)
 
 
 def _json(value: Any) -> Any:
