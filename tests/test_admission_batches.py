@@ -413,3 +413,40 @@ def test_a_transaction_after_a_fast_batch_is_a_real_transaction(
         assert ledger.call(_autocommit, None) is False
     finally:
         ledger.close()
+
+
+def _forget_the_batch_statement(connection: Any, items: Sequence[Any]) -> list[None]:
+    connection.exec_driver_sql("DEALLOCATE postburner_batch")
+    return [None for _ in items]
+
+
+def test_a_batch_the_server_refuses_is_decided_in_a_transaction_then_runs_fast_again(
+    make_postburner: MakePostburner, postgres_url: str, caplog: Any
+) -> None:
+    world = _world(make_postburner, postgres_url)
+    admitter, settler = _handlers(world)
+    ledger = worker_ledger(world.strict.writer_engine, admitter, settler)
+    try:
+        first = admitter.answer(ledger.call(admitter, AdmitRequest(world.bodies["ok"], NOW, "w")))
+        pid = ledger.call(backend_pid, None)
+        ledger.call(_forget_the_batch_statement, None)
+
+        second = AdmitRequest(world.bodies["partial"], NOW, "w")
+        refused = admitter.answer(ledger.call(admitter, second))
+        third = AdmitRequest(world.bodies["retry"], NOW, "w")
+        fast_again = admitter.answer(ledger.call(admitter, third))
+
+        assert first.started is not None and first.started.id is not None
+        assert refused.started is not None and refused.started.id is not None
+        assert fast_again.started is not None and fast_again.started.id is not None
+        assert ledger.fast_answers == 2  # the first and the third; the second in a transaction
+        assert ledger.call(backend_pid, None) != pid  # the refusing connection was dropped
+    finally:
+        ledger.close()
+    assert "prepared statement" in caplog.text
+    assert {name: row["status"] for name, row in _dispatches(world.pb).items()} == {
+        "job:ok": "dispatched",
+        "partial": "dispatched",
+        "retry": "dispatched",
+        "done": "completed",
+    }
