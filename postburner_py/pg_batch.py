@@ -198,7 +198,7 @@ closed_history AS (
 )
 """
 # $1: the closings, $2: the deliveries, $3: the allowed job prefixes (JSON arrays), $4: the
-# catch-up window in seconds; all text, the cheapest parameters for psycopg to send.
+# catch-up window in seconds; all text, sent as they are.
 # Data-modifying CTEs run to completion whether or not the answer reads them.
 _BATCH = "WITH " + _CLOSE_CTES.strip() + ",\n" + _ADMIT_CTES.strip() + _ADMIT_ANSWER
 #: The name the batch statement is prepared under, once per connection.

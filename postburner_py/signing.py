@@ -7,7 +7,6 @@ signature before it loads anything, so a forged body never reaches an import.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import secrets
@@ -48,9 +47,13 @@ def _message(kind: str, id_: int, key: str, run_at_text: str) -> bytes:
     return f"v{BODY_VERSION}|{kind}|{id_}|{key}|{run_at_text}".encode()
 
 
+def _signature(secret: bytes, message: bytes) -> str:
+    return hmac.digest(secret, message, "sha256").hex()
+
+
 def encode_body(body: JobBody, secret: bytes) -> bytes:
     """Serialise and sign ``body``; refuse it if it would not fit in a Beanstalkd job."""
-    signature = hmac.new(secret, body._message(), hashlib.sha256).hexdigest()
+    signature = _signature(secret, body._message())
     payload = {
         "v": BODY_VERSION,
         "kind": body.kind,
@@ -81,7 +84,7 @@ def decode_body(data: bytes, secret: bytes) -> JobBody:
     run_at_text = _field(payload, "run_at", str)
     if kind not in KINDS:
         raise SignatureError(f"unknown body kind {kind!r}")
-    expected = hmac.digest(secret, _message(kind, id_, key, run_at_text), "sha256").hex()
+    expected = _signature(secret, _message(kind, id_, key, run_at_text))
     if not hmac.compare_digest(expected, _field(payload, "sig", str)):
         raise SignatureError(f"signature of {kind} {id_} does not verify")
     return JobBody(kind=kind, id=id_, key=key, run_at=_parse_instant(run_at_text))

@@ -5,7 +5,8 @@ SQLite (SQLAlchemy Core)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -23,6 +24,7 @@ from postburner_py.dispatch_log import (
 )
 from postburner_py.fast_path import worker_ledger
 from postburner_py.history import HistoryRecord, HistoryStatus, HistoryStore
+from postburner_py.ledger import Ledger
 from postburner_py.settlement import Settlement, Settler
 from postburner_py.signing import JobBody
 from tests.factories import ManualClock, at, create_schedule
@@ -79,6 +81,17 @@ def _handlers(world: World) -> tuple[Admitter, Settler]:
     pb = world.strict
     history = HistoryStore(pb.session_factory)
     return Admitter(pb, SqlDispatchRegistry(pb.session_factory), history), Settler(history)
+
+
+@contextmanager
+def _fast_ledger(world: World) -> Iterator[tuple[Admitter, Ledger]]:
+    """A worker's ledger (PostgreSQL: with the fast path) and its admitter, closed after."""
+    admitter, settler = _handlers(world)
+    ledger = worker_ledger(world.strict.writer_engine, admitter, settler)
+    try:
+        yield admitter, ledger
+    finally:
+        ledger.close()
 
 
 def _one_batch(world: World, admissions: Sequence[Any], settlements: Sequence[Any]) -> list[Any]:
@@ -380,9 +393,7 @@ def test_a_lost_ledger_connection_is_replaced_and_the_batch_still_admits(
     make_postburner: MakePostburner, postgres_url: str, pg_server: Any
 ) -> None:
     world = _world(make_postburner, postgres_url)
-    admitter, settler = _handlers(world)
-    ledger = worker_ledger(world.strict.writer_engine, admitter, settler)
-    try:
+    with _fast_ledger(world) as (admitter, ledger):
         pid = ledger.call(backend_pid, None)
         with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
@@ -390,8 +401,6 @@ def test_a_lost_ledger_connection_is_replaced_and_the_batch_still_admits(
         answer = admitter.answer(ledger.call(admitter, request))
         assert answer.started is not None and answer.started.id is not None
         assert ledger.call(backend_pid, None) != pid
-    finally:
-        ledger.close()
     assert _dispatches(world.pb)["job:ok"]["status"] == "dispatched"
 
 
@@ -404,15 +413,11 @@ def test_a_transaction_after_a_fast_batch_is_a_real_transaction(
     make_postburner: MakePostburner, postgres_url: str
 ) -> None:
     world = _world(make_postburner, postgres_url)
-    admitter, settler = _handlers(world)
-    ledger = worker_ledger(world.strict.writer_engine, admitter, settler)
-    try:
+    with _fast_ledger(world) as (admitter, ledger):
         request = AdmitRequest(world.bodies["ok"], NOW, "w-1")
         assert admitter.answer(ledger.call(admitter, request)).started is not None
         assert world.fast_answers == [] and ledger.fast_answers == 1
         assert ledger.call(_autocommit, None) is False
-    finally:
-        ledger.close()
 
 
 def _forget_the_batch_statement(connection: Any, items: Sequence[Any]) -> list[None]:
@@ -424,9 +429,7 @@ def test_a_batch_the_server_refuses_is_decided_in_a_transaction_then_runs_fast_a
     make_postburner: MakePostburner, postgres_url: str, caplog: Any
 ) -> None:
     world = _world(make_postburner, postgres_url)
-    admitter, settler = _handlers(world)
-    ledger = worker_ledger(world.strict.writer_engine, admitter, settler)
-    try:
+    with _fast_ledger(world) as (admitter, ledger):
         first = admitter.answer(ledger.call(admitter, AdmitRequest(world.bodies["ok"], NOW, "w")))
         pid = ledger.call(backend_pid, None)
         ledger.call(_forget_the_batch_statement, None)
@@ -441,8 +444,6 @@ def test_a_batch_the_server_refuses_is_decided_in_a_transaction_then_runs_fast_a
         assert fast_again.started is not None and fast_again.started.id is not None
         assert ledger.fast_answers == 2  # the first and the third; the second in a transaction
         assert ledger.call(backend_pid, None) != pid  # the refusing connection was dropped
-    finally:
-        ledger.close()
     assert "prepared statement" in caplog.text
     assert {name: row["status"] for name, row in _dispatches(world.pb).items()} == {
         "job:ok": "dispatched",
