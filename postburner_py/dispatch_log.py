@@ -240,11 +240,15 @@ class DispatchRegistry(ABC):
         """Extend the lease to ``now + lease_seconds`` if ``attempt`` still owns the row.
 
         Owning means the row is ``dispatched`` with this attempt number: a lease that already
-        expired is renewed too as long as nobody took it over. Returns whether it was renewed.
+        expired is renewed too as long as nobody took it over (a worker that could not reach
+        the database for longer than its lease renews it once the database is back). A lease
+        given up by :meth:`release_for_retry` is never renewed: a renewal racing the release
+        of its own attempt must not hold the retry off. Returns whether it was renewed.
         """
         now = _aware("now", now)
         changes = {"lease_expires_at": now + _lease(lease_seconds), "updated_at": now}
-        return self._update_owned(key, _aware("fire_time", fire_time), attempt, changes)
+        fire_time = _aware("fire_time", fire_time)
+        return self._update_owned(key, fire_time, attempt, changes, unreleased=True)
 
     def complete(self, key: str, fire_time: datetime, *, attempt: int, now: datetime) -> bool:
         """Mark the occurrence completed if ``attempt`` still owns it; returns whether it did."""
@@ -346,9 +350,16 @@ class DispatchRegistry(ABC):
 
     @abstractmethod
     def _update_owned(
-        self, key: str, fire_time: datetime, attempt: int, changes: dict[str, Any]
+        self,
+        key: str,
+        fire_time: datetime,
+        attempt: int,
+        changes: dict[str, Any],
+        *,
+        unreleased: bool = False,
     ) -> bool:
-        """Apply ``changes`` if the row is ``dispatched`` as ``attempt``; whether it was."""
+        """Apply ``changes`` if the row is ``dispatched`` as ``attempt`` (and, with
+        ``unreleased``, its lease was not given up for a retry); whether it was."""
 
     @abstractmethod
     def _find(self, criteria: _Filter) -> list[DispatchEntry]:
@@ -430,11 +441,19 @@ class MemoryDispatchRegistry(DispatchRegistry):
             return len(self._rows)
 
     def _update_owned(
-        self, key: str, fire_time: datetime, attempt: int, changes: dict[str, Any]
+        self,
+        key: str,
+        fire_time: datetime,
+        attempt: int,
+        changes: dict[str, Any],
+        *,
+        unreleased: bool = False,
     ) -> bool:
         with self._lock:
             current = self._rows.get((key, fire_time))
             if current is None or not _owned_by(current, attempt):
+                return False
+            if unreleased and _released(current):
                 return False
             self._rows[(key, fire_time)] = replace(current, **changes)
             return True
@@ -604,9 +623,17 @@ class SqlDispatchRegistry(DispatchRegistry):
         return result.rowcount == 1
 
     def _update_owned(
-        self, key: str, fire_time: datetime, attempt: int, changes: dict[str, Any]
+        self,
+        key: str,
+        fire_time: datetime,
+        attempt: int,
+        changes: dict[str, Any],
+        *,
+        unreleased: bool = False,
     ) -> bool:
         statement = _owned_update(key, fire_time, attempt).values(**changes)
+        if unreleased:
+            statement = statement.where(_not_released())
         with self._session_factory() as session, session.begin():
             return session.connection().execute(statement).rowcount == 1
 
@@ -784,6 +811,20 @@ def _final_changes(status: DispatchStatus, now: datetime) -> dict[str, Any]:
 
 def _owned_by(entry: DispatchEntry, attempt: int) -> bool:
     return entry.status is DispatchStatus.DISPATCHED and entry.attempt == attempt
+
+
+# A claim and a renewal set the lease past updated_at; release_for_retry sets both to one
+# instant. So a released lease (the attempt failed, a retry may take over) is told apart
+# from one that merely expired (its holder could not reach the database for a while).
+def _released(entry: DispatchEntry) -> bool:
+    return entry.lease_expires_at is not None and entry.lease_expires_at <= entry.updated_at
+
+
+def _not_released() -> ColumnElement[bool]:
+    return or_(
+        DispatchRecord.lease_expires_at.is_(None),
+        DispatchRecord.lease_expires_at > DispatchRecord.updated_at,
+    )
 
 
 # --- SQL helpers --------------------------------------------------------------------------

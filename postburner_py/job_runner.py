@@ -18,6 +18,7 @@ The order is what makes a delivery safe to repeat (see ``docs/worker.md``):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -26,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from postburner_py.admission import Admission, AdmitRequest, Admitter, Occurrence, Outcome
 from postburner_py.answer import Answer
@@ -59,6 +62,10 @@ Sleep = Callable[[float], None]
 CHAIN_LINGER = 0.1
 #: Longest a finished job's bookkeeping waits for due jobs to start (see postburner_py.slots).
 YIELD_TO_STARTS = 0.02
+#: Seconds before an outcome the database could not take is tried again: doubling from the
+#: first, never longer than the last, for as long as the database is away.
+OUTCOME_RETRY_FIRST = 0.1
+OUTCOME_RETRY_MAX = 2.0
 
 
 @dataclass(frozen=True)
@@ -91,9 +98,10 @@ class RunnerServices:
             slots=RunSlots(concurrency),
         )
 
-    def close(self) -> None:
-        """Commit what is queued and chain what was asked for, then stop the threads."""
-        self.ledger.close()
+    def close(self, *, until: float | None = None) -> None:
+        """Commit what is queued and chain what was asked for, then stop the threads (the
+        ledger's waits at most until the monotonic instant ``until``)."""
+        self.ledger.close(until=until)
         self.chainer.close()
         self.keeper.close()
 
@@ -127,13 +135,42 @@ class JobRunner:
         self.backoff = backoff
         self._unsettled: deque[_Unsettled] = deque()
         self._deletes: list[int] = []
+        #: The reserved jobs of attempts under way or whose outcome is not committed yet, by
+        #: Beanstalkd job id: kept alive (touched, lease renewed) until the outcome commits.
+        self._held: dict[int, _Held] = {}
 
-    def close(self) -> list[Outcome]:
-        """Act on the outcomes still pending (waiting for their commit), deletes included."""
-        outcomes = self.flush(wait=True)
+    def close(self, *, until: float | None = None) -> list[Outcome]:
+        """Act on the outcomes still pending (waiting for their commit, retried while the
+        database is away, at most until the monotonic instant ``until``), deletes included."""
+        outcomes = self.flush(wait=True, until=until)
+        if self._unsettled:
+            log.error(
+                "stopping with %d finished attempt(s) not recorded (%s): the database is "
+                "away; each is run again as its next attempt after its TTR",
+                len(self._unsettled),
+                ", ".join(item.run.occurrence.key for item in self._unsettled),
+            )
         for job_id in self.take_deletes():
             self.pb.queue.delete(job_id)
         return outcomes
+
+    def keep_alive(self) -> None:
+        """Touch the held jobs and renew their leases where a renewal is due, and hand the
+        ledger again the outcomes whose retry is due. Called by this runner's thread between
+        its own uses of its connection, and by the lease keeper while the thread runs a job
+        (never both at once: see :mod:`postburner_py.lease_keeper`)."""
+        now = time.monotonic()
+        for held in self._held.values():
+            if held.due <= now:
+                held.renew()
+        for item in self._unsettled:
+            self._retry_if_due(item, now)
+
+    @property
+    def waiting_for_database(self) -> bool:
+        """True while an outcome could not be recorded and waits for its retry: the thread
+        then takes no new job (its admission would fail too) and keeps its held jobs alive."""
+        return any(item.failures for item in self._unsettled)
 
     def handle(self, job: QueuedJob) -> Outcome | None:
         """Process one reserved job; the job is deleted, released or buried, at once or (for
@@ -192,16 +229,31 @@ class JobRunner:
     def _attempt(
         self, job: QueuedJob, occurrence: Occurrence, attempt: int, started: HistoryEntry
     ) -> None:
-        slots = self.services.slots
-        held = _Held(self._renewal(job, occurrence, attempt), occurrence)
-        announced = slots.starting(self._until(occurrence.run_at))
+        self._hold(job, occurrence, attempt)
         try:
-            self._wait_until(occurrence.run_at, held)
-            self._take_slot(held)
+            run = self._run(job, occurrence, attempt, started)
+        except BaseException:
+            # Nothing was handed to the ledger: the job returns after its TTR.
+            self._held.pop(job.id, None)
+            raise
+        self.services.slots.yield_to_starts(YIELD_TO_STARTS)
+        if run.error is not None:
+            self._failed(run, run.error)
+        else:
+            self._succeeded(run, run.result)
+
+    def _run(
+        self, job: QueuedJob, occurrence: Occurrence, attempt: int, started: HistoryEntry
+    ) -> _Run:
+        slots = self.services.slots
+        announced = slots.starting(self._until(occurrence.run_at))
+        interval = _renew_interval(occurrence)
+        try:
+            self._wait_until(occurrence.run_at, interval)
+            self._take_slot(interval)
             began_at = self.clock()
         finally:
             slots.started(announced)
-        error: Exception | None = None
         try:
             context = self._context(occurrence, attempt, started)
             run = _Run(job, occurrence, attempt, started, began_at=began_at)
@@ -210,38 +262,49 @@ class JobRunner:
             # thread, so chaining never delays a start.
             self._chain(occurrence)
             began = time.perf_counter()
-            try:
-                with self.services.keeper.keeping(held.renewal, held.interval):
-                    result = self._invoke(occurrence, context)
-            except Exception as exc:
-                error = exc
+            with self.services.keeper.keeping(self.keep_alive, self._keeper_interval()):
+                try:
+                    run.result = self._invoke(occurrence, context)
+                except BaseException as exc:  # whatever a job raises fails its attempt only
+                    run.error = exc
             run.elapsed_ms = (time.perf_counter() - began) * 1000
         finally:
             slots.release()
-        slots.yield_to_starts(YIELD_TO_STARTS)
-        if error is not None:
-            self._failed(run, error)
-        else:
-            self._succeeded(run, result)
+        return run
 
-    def _take_slot(self, held: _Held) -> None:
+    def _hold(self, job: QueuedJob, occurrence: Occurrence, attempt: int) -> None:
+        self._held[job.id] = _Held(
+            job.id,
+            occurrence.key,
+            _renew_interval(occurrence),
+            touch=self._toucher(job),
+            renew_lease=self._lease_renewal(occurrence, attempt),
+        )
+
+    def _keeper_interval(self) -> float:
+        """How often the keeper calls :meth:`keep_alive` while this thread runs a job: as
+        often as the most frequent renewal, and often enough to retry outcomes."""
+        interval = min(held.interval for held in self._held.values())
+        return min(interval, OUTCOME_RETRY_MAX) if self._unsettled else interval
+
+    def _take_slot(self, interval: float) -> None:
         """Wait for one of the worker's ``concurrency`` slots, keeping the job and its lease
         alive meanwhile (a prefetched job waits here while the slots run others)."""
-        while not self.services.slots.acquire(timeout=held.interval):
-            held.renew()
+        while not self.services.slots.acquire(timeout=interval):
+            self.keep_alive()
 
     def _chain(self, occurrence: Occurrence) -> None:
         if occurrence.schedule_id is not None:
             self.services.chainer.request(occurrence.schedule_id, occurrence.run_at)
 
-    def _wait_until(self, run_at: datetime, held: _Held) -> None:
+    def _wait_until(self, run_at: datetime, interval: float) -> None:
         """Wait out the rest of ``run_at``; a wait longer than a third of the TTR (a job
         reserved up to a second early, a TTR of 1 or 2 s) keeps the job and lease alive."""
         remaining = self._until(run_at)
-        while remaining > held.interval:
-            self.sleep(held.interval)
-            held.renew()
-            remaining = min(remaining - held.interval, self._until(run_at))
+        while remaining > interval:
+            self.sleep(interval)
+            self.keep_alive()
+            remaining = min(remaining - interval, self._until(run_at))
         if remaining > 0:
             self.sleep(remaining)
 
@@ -268,13 +331,15 @@ class JobRunner:
         with running(context):
             return function(*args, **kwargs)
 
-    def _renewal(self, job: QueuedJob, occurrence: Occurrence, attempt: int) -> Callable[[], None]:
-        """What the lease keeper runs while the job runs: a touch on this thread's connection
-        (which reserved the job) and a renewal of the dispatch lease."""
-        touch = self.pb.queue.toucher(job.id)
+    def _toucher(self, job: QueuedJob) -> Callable[[], None]:
+        """A touch of ``job`` on this thread's connection (the one that reserved it)."""
+        return self.pb.queue.toucher(job.id)
+
+    def _lease_renewal(self, occurrence: Occurrence, attempt: int) -> Callable[[], None]:
+        """A renewal of the attempt's dispatch lease: the gate, renewed on its own (whatever
+        became of the touch) until the attempt's outcome is committed."""
 
         def renew() -> None:
-            touch()
             self.registry.renew(
                 occurrence.key,
                 occurrence.run_at,
@@ -293,7 +358,7 @@ class JobRunner:
         else:
             self._settle(run, HistoryStatus.COMPLETED, Outcome.COMPLETED)
 
-    def _failed(self, run: _Run, error: Exception) -> None:
+    def _failed(self, run: _Run, error: BaseException) -> None:
         occurrence = run.occurrence
         retry = run.attempt < occurrence.max_attempts and not isinstance(error, JobNotAllowedError)
         outcome = Outcome.RETRYING if retry else Outcome.FAILED
@@ -306,7 +371,7 @@ class JobRunner:
         outcome: Outcome,
         *,
         results: Any = None,
-        error: Exception | None = None,
+        error: BaseException | None = None,
         retry: bool = False,
     ) -> None:
         """Hand the outcome to the ledger; the job is deleted, released or buried by
@@ -326,28 +391,66 @@ class JobRunner:
         )
         if self.services.ledger.has_fast_path:
             settlement = self.services.settler.prepare(settlement)
-        future = self.services.ledger.submit(self.services.settler, settlement)
-        self._unsettled.append(_Unsettled(run, outcome, future))
+        item = _Unsettled(run, outcome, settlement)
+        self._submit(item)
+        self._unsettled.append(item)
+
+    def _submit(self, item: _Unsettled) -> None:
+        # A settlement may be handed in again: every statement it makes only closes what is
+        # still open for its attempt, so one that did commit (its answer lost) changes nothing.
+        item.future = self.services.ledger.submit(self.services.settler, item.settlement)
 
     @property
     def unsettled(self) -> int:
         """Finished attempts whose outcome is not committed and acted on yet."""
         return len(self._unsettled)
 
-    def flush(self, *, wait: bool) -> list[Outcome]:
-        """Act on the outcomes that committed (all of them, waiting, when ``wait``): release
-        for retry or bury each job, or keep it for :meth:`take_deletes` (the worker deletes
-        it in the round trip of its next reserve). An outcome that could not be recorded
-        leaves its job reserved: it returns after its TTR and the dispatch log decides again.
+    def flush(self, *, wait: bool, until: float | None = None) -> list[Outcome]:
+        """Act on the outcomes that committed (all of them, waiting, when ``wait``; at most
+        until the monotonic instant ``until``): release for retry or bury each job, or keep it
+        for :meth:`take_deletes` (the worker deletes it in the round trip of its next reserve).
+
+        An outcome the database could not take (it is away) is handed in again with backoff
+        (:data:`OUTCOME_RETRY_FIRST` doubling to :data:`OUTCOME_RETRY_MAX` seconds) for as
+        long as it takes, its job touched and its lease renewed meanwhile: a finished attempt
+        never looks like a dead worker's. Only another error (a bug, not an outage) drops an
+        outcome, leaving its job to come back after its TTR for the dispatch log to decide.
         """
         done: list[Outcome] = []
-        while self._unsettled and (wait or self._unsettled[0].future.done()):
-            item = self._unsettled.popleft()
+        while True:
+            self.keep_alive()
+            self._act_on_committed(done)
+            if not wait or not self._unsettled:
+                return done
+            timeout = self._next_wake()
+            if until is not None:
+                timeout = min(timeout, until - time.monotonic())
+                if timeout <= 0:
+                    return done
+            self._wait_for_answer(timeout)
+
+    def _act_on_committed(self, done: list[Outcome]) -> None:
+        waiting: deque[_Unsettled] = deque()
+        for item in self._unsettled:
+            if item.future is None or not item.future.done():
+                waiting.append(item)
+                continue
             try:
                 entry: HistoryEntry = item.future.result()
-            except Exception:
-                log.exception("could not record the outcome of job %s", item.run.job.id)
+            except Exception as exc:
+                if self._will_retry(item, exc):
+                    waiting.append(item)
+                else:
+                    self._held.pop(item.run.job.id, None)
                 continue
+            self._held.pop(item.run.job.id, None)
+            if item.failures:
+                log.warning(
+                    "outcome of %s attempt %d recorded after %d failed tries",
+                    item.run.occurrence.key,
+                    item.run.attempt,
+                    item.failures,
+                )
             self.history.observe(entry)
             done.append(item.outcome)
             try:
@@ -358,7 +461,53 @@ class JobRunner:
                 log.warning(
                     "job %s outcome recorded, queue action failed: %s", item.run.job.id, exc
                 )
-        return done
+        self._unsettled = waiting
+
+    def _will_retry(self, item: _Unsettled, exc: Exception) -> bool:
+        """Plan the next try of an outcome the database did not take; False to drop it."""
+        if not _database_away(exc):
+            log.error(
+                "could not record the outcome of job %s (%s attempt %d); it returns after its TTR",
+                item.run.job.id,
+                item.run.occurrence.key,
+                item.run.attempt,
+                exc_info=exc,
+            )
+            return False
+        if not item.failures:
+            log.warning(
+                "could not record the outcome of %s attempt %d (%s): retrying while the "
+                "database is away, its job and lease kept alive",
+                item.run.occurrence.key,
+                item.run.attempt,
+                exc,
+            )
+        item.failures += 1
+        item.delay = min(OUTCOME_RETRY_MAX, item.delay * 2 or OUTCOME_RETRY_FIRST)
+        item.retry_at = time.monotonic() + item.delay
+        item.future = None
+        return True
+
+    def _retry_if_due(self, item: _Unsettled, now: float) -> None:
+        if item.future is None and item.retry_at <= now:
+            self._submit(item)
+
+    def _next_wake(self) -> float:
+        """Seconds until a held job's renewal or an outcome's retry is due (at least 1 ms)."""
+        now = time.monotonic()
+        instants = [held.due for held in self._held.values()]
+        instants += [item.retry_at for item in self._unsettled if item.future is None]
+        return max(0.001, min(instants, default=now + OUTCOME_RETRY_MAX) - now)
+
+    def _wait_for_answer(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the first outcome in flight to be answered."""
+        pending = next((item.future for item in self._unsettled if item.future is not None), None)
+        if pending is None:
+            self.sleep(timeout)
+            return
+        # An error is acted on (and a retry planned) by the next round.
+        with contextlib.suppress(Exception):
+            pending.result(timeout=timeout)
 
     def take_deletes(self) -> list[int]:
         """The jobs :meth:`flush` left to delete (their outcomes committed)."""
@@ -390,13 +539,18 @@ class JobRunner:
             self._deletes.append(job_id)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Unsettled:
-    """An outcome handed to the ledger, waiting for its commit."""
+    """An outcome handed to the ledger, waiting for its commit (``future`` None while it
+    waits for its next try, at the monotonic instant ``retry_at``)."""
 
     run: _Run
     outcome: Outcome
-    future: Answer
+    settlement: Settlement
+    future: Answer | None = None
+    failures: int = 0
+    delay: float = 0.0
+    retry_at: float = 0.0
 
 
 @dataclass
@@ -409,6 +563,8 @@ class _Run:
     started: HistoryEntry
     began_at: datetime
     elapsed_ms: float = 0.0
+    result: Any = None
+    error: BaseException | None = None
 
 
 def _renew_interval(occurrence: Occurrence) -> float:
@@ -417,18 +573,49 @@ def _renew_interval(occurrence: Occurrence) -> float:
 
 
 class _Held:
-    """A reserved job this thread keeps alive while it waits (for its instant or a slot)."""
+    """A reserved job kept alive from its admission until its outcome is committed: touched
+    (so Beanstalkd does not hand it out again) and its dispatch lease renewed (so no other
+    delivery takes the occurrence over), each whatever became of the other."""
 
-    def __init__(self, renewal: Callable[[], None], occurrence: Occurrence) -> None:
-        self.renewal = renewal
-        self.key = occurrence.key
-        self.interval = _renew_interval(occurrence)
+    def __init__(
+        self,
+        job_id: int,
+        key: str,
+        interval: float,
+        *,
+        touch: Callable[[], None],
+        renew_lease: Callable[[], None],
+    ) -> None:
+        self.job_id = job_id
+        self.key = key
+        self.interval = interval
+        self.due = time.monotonic() + interval
+        self._touch = touch
+        self._renew_lease = renew_lease
+        self._failing: set[str] = set()
 
     def renew(self) -> None:
+        self._try("touch the job", self._touch)
+        self._try("renew the lease", self._renew_lease)
+        self.due = time.monotonic() + self.interval
+
+    def _try(self, what: str, action: Callable[[], None]) -> None:
         try:
-            self.renewal()
-        except Exception:
-            log.exception("could not renew the lease of %s", self.key)
+            action()
+        except Exception as exc:
+            if what not in self._failing:  # once per outage, not every renewal
+                self._failing.add(what)
+                log.warning("could not %s of %s (job %s): %s", what, self.key, self.job_id, exc)
+        else:
+            self._failing.discard(what)
+
+
+def _database_away(exc: BaseException) -> bool:
+    """True for errors of a database that cannot be reached or is restarting (worth trying
+    again); False for errors a retry would repeat."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def _priority_of(pb: Postburner, job: QueuedJob) -> int:

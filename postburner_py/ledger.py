@@ -126,14 +126,16 @@ class Ledger:
         """:meth:`submit` and wait for the committed answer (or the exception)."""
         return self.submit(handler, item, waited=True).result()
 
-    def close(self) -> None:
-        """Commit what is queued, stop the thread, close the connection."""
+    def close(self, *, until: float | None = None) -> None:
+        """Commit what is queued, stop the thread, close the connection. With ``until`` (a
+        monotonic instant) wait no longer than that for the thread (it is a daemon: a
+        database that does not answer cannot hold a stopping worker)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             self._requests.put(None)
-        self._thread.join()
+        self._thread.join(None if until is None else max(0.0, until - time.monotonic()))
 
     def _run(self) -> None:
         try:

@@ -2,8 +2,9 @@
 
 Each thread owns its Beanstalkd connection (the adapter keeps one per thread) and its own
 database sessions; a connection loss is logged once, backed off and reconnected. SIGTERM or
-SIGINT stops reserving and lets running jobs finish (bounded by their TTR); a second signal
-exits at once.
+SIGINT stops reserving and lets running jobs finish and their outcomes commit, for at most
+the shutdown grace (then the worker exits non-zero, leaving what is unfinished to the TTR
+take-over); a second signal exits at once.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ log = logging.getLogger("postburner_py.worker")
 
 RESERVE_TIMEOUT = 1.0
 MAX_BACKOFF = 5.0
+#: Seconds a stopping worker waits for running attempts and their outcome commits.
+DEFAULT_SHUTDOWN_GRACE = 30.0
+#: Longest a thread waits for outcomes in one go before it looks at its jobs again.
+OUTCOME_WAIT = 0.5
 
 
 class Worker:
@@ -45,6 +50,12 @@ class Worker:
     With ``burst=True`` each thread exits once no job is ready (for scripts and tests).
     ``clock`` and ``sleep`` are injectable; ``history`` defaults to a database-backed store;
     ``backoff(attempt)`` gives the seconds before a failed attempt is retried.
+
+    After :meth:`stop`, :meth:`run` waits at most ``shutdown_grace`` seconds for the running
+    attempts and the commits of their outcomes (retried while the database is away), then
+    returns; :attr:`unfinished` then counts the attempts left behind (still running, or
+    finished and not recorded), which Beanstalkd hands out again after their TTR and the
+    dispatch log gives to the next attempt.
     """
 
     def __init__(
@@ -60,7 +71,10 @@ class Worker:
         sleep: Callable[[float], None] = time.sleep,
         reserve_timeout: float = RESERVE_TIMEOUT,
         backoff: Callable[[int], int] = default_backoff,
+        shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
     ) -> None:
+        if not shutdown_grace >= 0:
+            raise ValueError(f"shutdown_grace: must be >= 0 seconds, got {shutdown_grace!r}")
         if concurrency < 1:
             raise ValueError("concurrency: must be >= 1")
         if prefetch is not None and prefetch < 0:
@@ -79,30 +93,63 @@ class Worker:
         self._counts: list[Counter[Outcome]] = []
         self._counts_lock = threading.Lock()
         self._stopping = threading.Event()
+        self.shutdown_grace = shutdown_grace
+        self._deadline: float | None = None
+        self._unrecorded = 0
+        self._threads: list[threading.Thread] = []
 
     def run(self) -> None:
         """Run until :meth:`stop` (or, with ``burst``, until nothing is ready)."""
         services = RunnerServices.start(
             self.pb, self.history, self.clock, concurrency=self.concurrency
         )
-        threads = [
+        self._threads = [
+            # Daemon threads: one stuck in a job that never returns cannot keep the process
+            # alive past the shutdown grace.
             threading.Thread(
-                target=self._thread_main, args=(index, services), name=f"worker-{index}"
+                target=self._thread_main,
+                args=(index, services),
+                name=f"worker-{index}",
+                daemon=True,
             )
             for index in range(self.concurrency + self.prefetch)
         ]
         try:
-            for thread in threads:
+            for thread in self._threads:
                 thread.start()
-            for thread in threads:
-                thread.join()
+            self._join_threads()
         finally:
-            services.close()
+            services.close(until=self._deadline)
+        if self.unfinished:
+            log.error(
+                "worker stopped after its %.0f s shutdown grace with %d attempt(s) unfinished "
+                "or unrecorded: Beanstalkd hands them out again after their TTR and the next "
+                "attempt takes over",
+                self.shutdown_grace,
+                self.unfinished,
+            )
         log.info("worker stopped: %s", dict(self.outcomes))
 
     def stop(self) -> None:
-        """Stop reserving; jobs already running finish first."""
+        """Stop reserving; running attempts get ``shutdown_grace`` seconds to finish and be
+        recorded."""
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.shutdown_grace
         self._stopping.set()
+
+    @property
+    def unfinished(self) -> int:
+        """Attempts a stopped worker left behind: threads still in a job past the grace,
+        and finished attempts whose outcome could not be recorded."""
+        return sum(thread.is_alive() for thread in self._threads) + self._unrecorded
+
+    def _join_threads(self) -> None:
+        for thread in self._threads:
+            while thread.is_alive():
+                deadline = self._deadline
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+                thread.join(timeout=OUTCOME_WAIT)
 
     @property
     def outcomes(self) -> Counter[Outcome]:
@@ -136,12 +183,20 @@ class Worker:
         try:
             self._loop(runner, counts)
         finally:
-            counts.update(runner.close())
+            until = self._deadline or time.monotonic() + self.shutdown_grace
+            counts.update(runner.close(until=until))
+            with self._counts_lock:
+                self._unrecorded += runner.unsettled
 
     def _loop(self, runner: JobRunner, counts: Counter[Outcome]) -> None:
         backoff = 0.0
         while not self._stopping.is_set():
             counts.update(runner.flush(wait=False))
+            if runner.waiting_for_database:
+                # Take no new job while an outcome waits for the database (its admission
+                # would fail too): retry the outcome, keeping its job and lease alive.
+                counts.update(runner.flush(wait=True, until=time.monotonic() + OUTCOME_WAIT))
+                continue
             # While outcomes are being committed, only take a job that is ready now: with
             # none ready, act on those outcomes first rather than hold them through a wait.
             timeout = 0.0 if runner.unsettled else self.reserve_timeout
@@ -157,7 +212,7 @@ class Worker:
             backoff = 0.0
             if job is None:
                 if runner.unsettled:
-                    counts.update(runner.flush(wait=True))
+                    counts.update(runner.flush(wait=True, until=time.monotonic() + OUTCOME_WAIT))
                 elif self.burst:
                     return
                 continue
@@ -189,9 +244,18 @@ def run_worker(
     concurrency: int = 1,
     prefetch: int | None = None,
     burst: bool = False,
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
 ) -> int:
-    """Run a worker in the foreground with signal handling; returns the exit code."""
-    worker = Worker(pb, queues=queues, concurrency=concurrency, prefetch=prefetch, burst=burst)
+    """Run a worker in the foreground with signal handling; returns the exit code: 0, or 1
+    when the shutdown grace ran out with attempts unfinished or unrecorded."""
+    worker = Worker(
+        pb,
+        queues=queues,
+        concurrency=concurrency,
+        prefetch=prefetch,
+        burst=burst,
+        shutdown_grace=shutdown_grace,
+    )
     if threading.current_thread() is threading.main_thread():
         _install_signal_handlers(worker)
     log.info(
@@ -203,7 +267,7 @@ def run_worker(
         ", burst" if burst else "",
     )
     worker.run()
-    return 0
+    return 1 if worker.unfinished else 0
 
 
 def _install_signal_handlers(worker: Worker) -> None:
@@ -211,7 +275,11 @@ def _install_signal_handlers(worker: Worker) -> None:
         if worker.stopping:
             log.warning("second signal: exiting now")
             os._exit(1)
-        log.info("signal %d: finishing running jobs, then stopping", signum)
+        log.info(
+            "signal %d: finishing running jobs (at most %.0f s), then stopping",
+            signum,
+            worker.shutdown_grace,
+        )
         worker.stop()
 
     signal.signal(signal.SIGTERM, handle)

@@ -193,6 +193,20 @@ def test_release_for_retry_lets_the_next_delivery_take_over_at_once(
     assert (result.outcome, result.attempt) == (ClaimOutcome.TAKEN_OVER, 2)
 
 
+def test_a_lease_that_expired_is_renewed_but_one_released_for_a_retry_is_not(
+    registry: DispatchRegistry,
+) -> None:
+    claim(registry)
+    # Expired (its holder could not reach the database): still its own, renewed.
+    assert registry.renew(KEY, T0, attempt=1, lease_seconds=LEASE, now=later(LEASE + 5)) is True
+    assert registry.release_for_retry(KEY, T0, attempt=1, now=later(LEASE + 6)) is True
+
+    # A renewal racing its own attempt's release must not hold the retry off.
+    assert registry.renew(KEY, T0, attempt=1, lease_seconds=LEASE, now=later(LEASE + 7)) is False
+    result = claim(registry, now=later(LEASE + 8))
+    assert (result.outcome, result.attempt) == (ClaimOutcome.TAKEN_OVER, 2)
+
+
 def test_release_for_retry_of_the_last_attempt_marks_the_row_failed(
     registry: DispatchRegistry,
 ) -> None:
