@@ -29,9 +29,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, select
+from sqlalchemy import Connection, Table, bindparam, select, update
 
 from postburner_py import pg_batch
+from postburner_py.delayed_jobs import FAILED as DELAYED_FAILED
 from postburner_py.delayed_jobs import GATE_PREFIX, DelayedJob
 from postburner_py.delayed_jobs import PENDING as DELAYED_PENDING
 from postburner_py.dispatch_log import (
@@ -45,7 +46,7 @@ from postburner_py.dispatch_log import (
     insert_missed,
 )
 from postburner_py.errors import JobNotAllowedError
-from postburner_py.history import HistoryEntry, HistoryStore
+from postburner_py.history import HistoryEntry, HistoryStore, LostAttempt
 from postburner_py.ledger import UNDECIDED
 from postburner_py.models import DEFAULT_MAX_ATTEMPTS, SCHEDULED, Schedule, ScheduleExecution
 from postburner_py.signing import JobBody
@@ -166,6 +167,7 @@ class Admitter:
         claims = self.registry.claim_many_in(
             connection, [_claim_request(request, occurrence) for _, request, occurrence in runnable]
         )
+        self._close_lost(connection, runnable, claims)
         starts = [
             self._start_entry(request, occurrence, claim.attempt)
             for (_, request, occurrence), claim in zip(runnable, claims, strict=True)
@@ -176,6 +178,46 @@ class Admitter:
             Admission(None, occurrence, claim, next(stored) if claim.should_run else None)
             for (_, _, occurrence), claim in zip(runnable, claims, strict=True)
         ]
+
+    def _close_lost(
+        self, connection: Connection, runnable: list[_Runnable], claims: list[Claim]
+    ) -> None:
+        """In the transaction of the take-overs: close the lost attempts' history rows, and
+        fail the one-off jobs whose attempts are all spent (so their job_id is free again)."""
+        lost, spent = [], []
+        for (_, request, occurrence), claim in zip(runnable, claims, strict=True):
+            if claim.previous is None:
+                continue
+            lost.append(self._lost_attempt(request, occurrence, claim))
+            if claim.outcome is ClaimOutcome.EXHAUSTED and occurrence.kind == "delayed":
+                spent.append({"b_id": occurrence.row_id, "b_updated_at": request.now})
+        self.history.close_lost(connection, lost)
+        if spent:
+            connection.execute(_FAIL_DELAYED, spent)
+
+    def _lost_attempt(
+        self, request: AdmitRequest, occurrence: Occurrence, claim: Claim
+    ) -> LostAttempt:
+        previous = claim.previous
+        assert previous is not None
+        expired = previous.lease_expires_at
+        what = (
+            f"worker lost: attempt {previous.attempt} on {previous.node_id} stopped renewing "
+            f"its lease (expired {expired.isoformat() if expired else 'never set'})"
+        )
+        if claim.outcome is ClaimOutcome.TAKEN_OVER:
+            what += f"; taken over by {request.worker_id} as attempt {claim.attempt}"
+        else:
+            what += f"; no attempt left of {occurrence.max_attempts}: the occurrence failed"
+        log.warning("%s at %s: %s", occurrence.key, occurrence.run_at.isoformat(), what)
+        return LostAttempt(
+            correlation_id=idempotency_key(
+                self.pb.settings.namespace, occurrence.key, occurrence.run_at
+            ),
+            attempt=previous.attempt,
+            finished_at=request.now,
+            error_message=what,
+        )
 
     def prepare(self, request: AdmitRequest) -> AdmitRequest:
         """``request``, given its start record and its fast-path JSON (filled in place, on the
@@ -388,6 +430,13 @@ _DELAYED = (
     .where(_DELAYED_T.c.id.in_(bindparam("ids", expanding=True)))
     .order_by(_DELAYED_T.c.id)
     .with_for_update()
+)
+
+
+_FAIL_DELAYED = (
+    update(_DELAYED_T)
+    .where(_DELAYED_T.c.id == bindparam("b_id"), _DELAYED_T.c.status == DELAYED_PENDING)
+    .values(status=DELAYED_FAILED, updated_at=bindparam("b_updated_at"))
 )
 
 

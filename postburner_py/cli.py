@@ -568,9 +568,16 @@ def _add_cancel(commands: Any) -> None:
 
 
 def _run_cancel(args: argparse.Namespace) -> int:
+    from postburner_py.delayed_jobs import job_state
+
     with _postburner(args) as pb:
         cancelled = pb.cancel(args.job_id)
-    print(f"{args.job_id}: {'cancelled' if cancelled else 'not pending (or already started)'}")
+        state = None if cancelled else job_state(pb, args.job_id)
+    if cancelled:
+        print(f"{args.job_id}: cancelled")
+    else:
+        told = {None: "no such job", "pending": "already started"}.get(state, f"already {state}")
+        print(f"{args.job_id}: not pending ({told})")
     return EXIT_OK if cancelled else EXIT_FAILURE
 
 

@@ -195,7 +195,9 @@ def put_delayed(pb: Postburner, row: DelayedJob, *, now: datetime) -> None:
 
 
 def cancel(pb: Postburner, job_id: str) -> bool:
-    """Cancel a pending one-off job; False when none is pending or it has already started."""
+    """Cancel a pending one-off job; False when none is pending or it has already started
+    (:func:`job_state` then says what became of it: ``completed``, ``failed`` (its attempts
+    are spent, a worker lost included), ``cancelled``, or ``pending`` while it runs)."""
     from postburner_py.lifecycle import occurrence_claimed
 
     with pb.work_session() as session:
@@ -209,6 +211,19 @@ def cancel(pb: Postburner, job_id: str) -> bool:
             row.beanstalk_job_id = None
             session.commit()
     return True
+
+
+def job_state(pb: Postburner, job_id: str) -> str | None:
+    """The status of the newest one-off job with ``job_id`` (None: there is none). Once it
+    is ``completed``, ``failed`` or ``cancelled`` the job_id may be enqueued again."""
+    statement = (
+        select(DelayedJob.status)
+        .where(DelayedJob.job_id == job_id)
+        .order_by(DelayedJob.id.desc())
+        .limit(1)
+    )
+    with pb.work_session() as session:
+        return session.scalar(statement)
 
 
 def _pending(session: Session, job_id: str) -> DelayedJob | None:

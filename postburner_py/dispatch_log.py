@@ -145,6 +145,9 @@ class Claim:
 
     outcome: ClaimOutcome
     entry: DispatchEntry
+    #: The row as it was before this claim changed it: the lost attempt of a ``taken_over``
+    #: or ``exhausted`` claim (None for the other outcomes).
+    previous: DispatchEntry | None = None
 
     @property
     def attempt(self) -> int:
@@ -402,9 +405,10 @@ class MemoryDispatchRegistry(DispatchRegistry):
                 return Claim(ClaimOutcome.ACQUIRED, entry)
             outcome = _decide(current, now=now, max_attempts=max_attempts)
             changes = _claim_changes(outcome, current, self.node_id, now, lease_until)
-            if changes is not None:
-                current = self._rows[ident] = replace(current, **changes)
-            return Claim(outcome, current)
+            if changes is None:
+                return Claim(outcome, current)
+            self._rows[ident] = replace(current, **changes)
+            return Claim(outcome, self._rows[ident], previous=current)
 
     def record_missed(self, key: str, fire_times: Sequence[datetime], *, now: datetime) -> int:
         rows = _missed_rows(key, fire_times, self.node_id, _aware("now", now))
@@ -603,7 +607,7 @@ class SqlDispatchRegistry(DispatchRegistry):
         if changes is None:
             return Claim(outcome, current)
         if _compare_and_set(session, current, now, changes):
-            return Claim(outcome, replace(current, **changes))
+            return Claim(outcome, replace(current, **changes), previous=current)
         return None
 
     def finish_in(

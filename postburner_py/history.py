@@ -159,6 +159,32 @@ _FINISH_STARTED = (
 )
 
 
+_CLOSE_LOST = (
+    update(_HISTORY_T)
+    .where(
+        _HISTORY_T.c.correlation_id == bindparam("b_correlation_id"),
+        _HISTORY_T.c.attempt <= bindparam("b_attempt"),
+        _HISTORY_T.c.status == HistoryStatus.STARTED,
+    )
+    .values(
+        status=HistoryStatus.FAILED,
+        finished_at=bindparam("b_finished_at"),
+        error_message=bindparam("b_error_message"),
+    )
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LostAttempt:
+    """Attempts of one occurrence whose worker was lost (its lease expired and a delivery
+    took over): every ``started`` row of ``correlation_id`` up to ``attempt`` is closed."""
+
+    correlation_id: str
+    attempt: int
+    finished_at: datetime
+    error_message: str
+
+
 class HistoryStore:
     """Job history in the database plus a thread-safe ring buffer of recent terminal entries.
 
@@ -283,6 +309,23 @@ class HistoryStore:
         params = [{"b_id": _record_id(entry), **changes} for entry, changes in finished]
         connection_of(session).execute(_FINISH_STARTED, params)
         return [replace(entry, **changes) for entry, changes in finished]
+
+    def close_lost(self, session: Executor, lost: list[LostAttempt]) -> None:
+        """Close the attempts of lost workers as ``failed`` with their explanation, in the
+        caller's transaction (the one that takes their occurrences over), with one
+        executemany UPDATE; rows already closed are left alone."""
+        if not lost:
+            return
+        params = [
+            {
+                "b_correlation_id": item.correlation_id,
+                "b_attempt": item.attempt,
+                "b_finished_at": _aware("finished_at", item.finished_at),
+                "b_error_message": item.error_message,
+            }
+            for item in lost
+        ]
+        connection_of(session).execute(_CLOSE_LOST, params)
 
     def record_completion(
         self,

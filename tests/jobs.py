@@ -66,3 +66,27 @@ def hold_for(marker: str, seconds: float) -> None:
     with _lock:
         RUNNING[marker] -= 1
         RUNS.append(((marker,), {}))
+
+
+def append_line_then_exit(path: str) -> None:
+    """Append the attempt number to ``path``, then end the whole process at once, as a job
+    calling ``os._exit`` (or one the OOM killer takes) does."""
+    import os
+
+    with Path(path).open("a") as handle:
+        handle.write(f"{current_execution().attempt}\n")
+    os._exit(3)
+
+
+class _Escape(BaseException):
+    """A BaseException of the job's own, outside Exception."""
+
+
+def raise_base_exception(kind: str) -> None:
+    """Raise what ``kind`` names: exceptions that are not ``Exception`` subclasses."""
+    raise {
+        "SystemExit": SystemExit(2),
+        "KeyboardInterrupt": KeyboardInterrupt(),
+        "GeneratorExit": GeneratorExit(),
+        "BaseException": _Escape("escaped"),
+    }[kind]

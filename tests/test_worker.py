@@ -264,7 +264,7 @@ def test_a_worker_killed_mid_job_hands_the_occurrence_to_attempt_two_after_the_t
         process.kill()
     _run_until(pb, lambda: attempts.read_text() == "1\n2\n", timeout=30)
     records = sorted(_history(pb, execution), key=lambda r: r.attempt)
-    assert [(r.attempt, r.status) for r in records] == [(1, "started"), (2, "completed")]
+    assert [(r.attempt, r.status) for r in records] == [(1, "failed"), (2, "completed")]
     assert records[1].started_at - records[0].started_at >= timedelta(seconds=2)
     assert records[1].started_at > killed_at
 

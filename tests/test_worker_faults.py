@@ -6,19 +6,26 @@ the history the worker keeps: a duplicate start is what the promise is about.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
-from postburner_py import Postburner
+from postburner_py import Postburner, delayed_jobs
+from postburner_py.delayed_jobs import DelayedJob
 from postburner_py.dispatch_log import SqlDispatchRegistry
+from postburner_py.history import HistoryStore
 from postburner_py.worker import Worker
-from tests.test_worker import _due_soon, _history, _wait_for
+from tests import jobs
+from tests.test_worker import _due_soon, _history, _wait_for, _worker_process
 
 MakePostburner = Callable[..., Postburner]
 
@@ -95,3 +102,109 @@ def test_a_beanstalkd_restart_mid_job_never_lets_its_restored_copy_start_a_secon
         time.sleep(1.0)
     assert _starts(starts) == ["1"]
     assert [(r.attempt, r.status) for r in _history(pb, execution)] == [(1, "completed")]
+
+
+def test_a_taken_over_attempt_is_closed_in_history_as_failed_by_a_lost_worker(
+    make_postburner: MakePostburner, database_url: str, tmp_path: Path
+) -> None:
+    pb = make_postburner()
+    starts = tmp_path / "starts.txt"
+    execution = _due_soon(
+        pb, job_class="tests.jobs:append_line_then_sleep", args=[str(starts), 60], ttr=2
+    )
+    process = _worker_process(pb)
+    try:
+        _wait_for(lambda: _starts(starts) == ["1"], timeout=20)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    finally:
+        process.kill()
+    with running_worker(pb, concurrency=1):
+        _wait_for(lambda: _starts(starts) == ["1", "2"], timeout=30)
+        _wait_for(lambda: _history(pb, execution)[0].status == "completed", timeout=20)
+    lost, second = sorted(_history(pb, execution), key=lambda r: r.attempt)
+    assert (lost.attempt, lost.status, second.attempt) == (1, "failed", 2)
+    assert lost.error_message is not None
+    assert lost.error_message.startswith("worker lost: attempt 1 on ")
+    assert lost.worker_id in lost.error_message and "as attempt 2" in lost.error_message
+    # Closed at the take-over, which is when attempt 2 was admitted.
+    assert lost.finished_at is not None
+    assert abs((second.started_at - lost.finished_at).total_seconds()) < 1.5
+
+
+def test_a_one_off_job_that_kills_its_worker_fails_once_its_attempts_are_spent(
+    make_postburner: MakePostburner, database_url: str, tmp_path: Path
+) -> None:
+    pb = make_postburner()
+    starts = tmp_path / "starts.txt"
+    job_id = "exits:1"
+    at = datetime.now(UTC) + timedelta(seconds=1)
+    pb.enqueue_at(
+        at,
+        "tests.jobs:append_line_then_exit",
+        [str(starts)],
+        job_id=job_id,
+        ttr=1,
+        max_attempts=2,
+    )
+    for _ in range(2):  # each attempt takes its worker process with it
+        process = _worker_process(pb)
+        try:
+            assert process.wait(timeout=30) == 3
+        finally:
+            process.kill()
+    assert _starts(starts) == ["1", "2"]
+    # The next delivery finds the lease of attempt 2 expired and no attempt left.
+    with running_worker(pb, concurrency=1):
+        _wait_for(lambda: _delayed_status(pb, job_id) == ["failed"], timeout=30)
+    records = sorted(
+        HistoryStore(pb.session_factory).get_by_job_id(job_id), key=lambda r: r.attempt
+    )
+    assert [(r.attempt, r.status) for r in records] == [(1, "failed"), (2, "failed")]
+    assert records[0].error_message is not None and "as attempt 2" in records[0].error_message
+    assert (
+        records[1].error_message is not None and "no attempt left of 2" in records[1].error_message
+    )
+    assert pb.cancel(job_id) is False
+    assert delayed_jobs.job_state(pb, job_id) == "failed"
+    # The job_id is free again.
+    again = pb.enqueue_at(at + timedelta(hours=1), "tests.jobs:record_run", job_id=job_id)
+    assert _delayed_status(pb, job_id) == ["failed", "pending"] and again.id is not None
+
+
+def _delayed_status(pb: Postburner, job_id: str) -> list[str]:
+    with pb.session() as session:
+        rows = session.scalars(
+            select(DelayedJob.status).where(DelayedJob.job_id == job_id).order_by(DelayedJob.id)
+        )
+        return list(rows)
+
+
+KINDS = ["SystemExit", "KeyboardInterrupt", "GeneratorExit", "BaseException"]
+
+
+def test_a_job_raising_a_base_exception_fails_its_attempt_and_the_thread_keeps_serving(
+    make_postburner: MakePostburner, database_url: str
+) -> None:
+    pb = make_postburner()
+    at = datetime.now(UTC) + timedelta(seconds=1)
+    for n, kind in enumerate(KINDS):
+        pb.enqueue_at(
+            at + timedelta(milliseconds=n),
+            "tests.jobs:raise_base_exception",
+            [kind],
+            job_id=f"base:{kind}",
+            max_attempts=1,
+        )
+    marker = f"after-{uuid.uuid4().hex}"
+    pb.enqueue_at(at + timedelta(seconds=1), "tests.jobs:record_run", [marker], job_id=marker)
+    history = HistoryStore(pb.session_factory)
+    # One thread only: the job after them runs on the thread each of them ran on.
+    with running_worker(pb, concurrency=1, prefetch=0):
+        _wait_for(lambda: jobs.runs_with(marker) == 1, timeout=30)
+        _wait_for(lambda: all(_delayed_status(pb, f"base:{k}") == ["failed"] for k in KINDS))
+    for kind in KINDS:
+        [record] = history.get_by_job_id(f"base:{kind}")
+        assert record.status == "failed" and record.attempt == 1
+        assert record.error_message is not None
+        assert record.error_message.split(":")[0] in (kind, "_Escape")
