@@ -96,6 +96,10 @@ class Occurrence:
     ttr: int
     max_attempts: int
     catch_up: bool
+    #: Seconds the attempt may run (None: no limit).
+    timeout: float | None = None
+    #: Exception class names that fail the occurrence at once.
+    no_retry_on: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -419,6 +423,8 @@ _EXECUTIONS = (
         _EXECUTION_T.c.status,
         _EXECUTION_T.c.cached_schedule,
         _SCHEDULE_T.c.max_attempts,
+        _SCHEDULE_T.c.timeout,
+        _SCHEDULE_T.c.no_retry_on,
     )
     .outerjoin(_SCHEDULE_T, _SCHEDULE_T.c.id == _EXECUTION_T.c.schedule_id)
     .where(_EXECUTION_T.c.id.in_(bindparam("ids", expanding=True)))
@@ -484,6 +490,8 @@ def _occurrence(row: Any) -> Occurrence:
         ttr=int(snapshot.get("ttr", 300)),
         max_attempts=row.max_attempts or DEFAULT_MAX_ATTEMPTS,
         catch_up=bool(snapshot.get("catch_up", False)),
+        timeout=row.timeout,
+        no_retry_on=tuple(row.no_retry_on or ()),
     )
 
 
@@ -503,4 +511,6 @@ def _delayed_occurrence(row: Any) -> Occurrence:
         ttr=row.ttr,
         max_attempts=row.max_attempts,
         catch_up=True,
+        timeout=row.timeout,
+        no_retry_on=tuple(row.no_retry_on or ()),
     )

@@ -608,7 +608,27 @@ def _add_worker(commands: Any) -> None:
     command.add_argument(
         "--burst", action="store_true", help="exit once no job is ready (scripts, tests)"
     )
+    command.add_argument(
+        "--shutdown-grace",
+        type=_grace,
+        default=None,
+        metavar="SECONDS",
+        help="after SIGTERM, wait at most this long for running jobs and their outcomes, then "
+        "exit 1 (default 30); env POSTBURNER_SHUTDOWN_GRACE",
+    )
     command.set_defaults(handler=_run_worker)
+
+
+def _grace(text: str) -> float:
+    from postburner_py.config import parse_shutdown_grace
+
+    try:
+        seconds = parse_shutdown_grace(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds is None:
+        raise argparse.ArgumentTypeError("shutdown_grace: give a number of seconds >= 0")
+    return seconds
 
 
 def _run_worker(args: argparse.Namespace) -> int:
@@ -622,6 +642,7 @@ def _run_worker(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             prefetch=_prefetch(args.prefetch),
             burst=args.burst,
+            shutdown_grace=args.shutdown_grace,
         )
 
 

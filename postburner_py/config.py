@@ -13,6 +13,7 @@ DEFAULT_DATABASE_URL = "sqlite:///postburner.sqlite3"
 DEFAULT_BEANSTALKD_URL = "beanstalk://127.0.0.1:11300"
 DEFAULT_NAMESPACE = "postburner"
 DEFAULT_CATCH_UP_WINDOW = timedelta(hours=1)
+DEFAULT_SHUTDOWN_GRACE = 30.0
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class Settings:
     allowed_job_prefixes: tuple[str, ...] = ()
     secret: str | None = None
     catch_up_window: timedelta = DEFAULT_CATCH_UP_WINDOW
+    #: Seconds a stopping worker waits for running attempts and their outcome commits.
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     node_id: str = field(default_factory=lambda: f"{os.uname().nodename}:{os.getpid()}")
 
 
@@ -50,6 +53,22 @@ def _parse_window(raw: str | float | timedelta | None) -> timedelta | None:
     return timedelta(seconds=seconds)
 
 
+def parse_shutdown_grace(raw: str | float | None) -> float | None:
+    """Seconds >= 0 (finite), from an argument or ``POSTBURNER_SHUTDOWN_GRACE``."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise ConfigurationError(
+            f"shutdown_grace: {raw!r} is not a number of seconds >= 0; "
+            "set POSTBURNER_SHUTDOWN_GRACE=30 for half a minute"
+        )
+    return seconds
+
+
 def _validate_namespace(namespace: str) -> str:
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
     if not namespace or not set(namespace) <= allowed or namespace[0] == "-":
@@ -69,6 +88,7 @@ def resolve_settings(
     secret: str | None = None,
     catch_up_window: str | float | timedelta | None = None,
     node_id: str | None = None,
+    shutdown_grace: str | float | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Build :class:`Settings` from arguments, falling back to ``POSTBURNER_*`` variables."""
@@ -80,7 +100,11 @@ def resolve_settings(
     window = _parse_window(catch_up_window)
     if window is None:
         window = _parse_window(env.get("POSTBURNER_CATCH_UP_WINDOW")) or defaults.catch_up_window
+    grace = parse_shutdown_grace(shutdown_grace)
+    if grace is None:
+        grace = parse_shutdown_grace(env.get("POSTBURNER_SHUTDOWN_GRACE"))
     return Settings(
+        shutdown_grace=defaults.shutdown_grace if grace is None else grace,
         database_url=database_url or env.get("POSTBURNER_DATABASE_URL") or defaults.database_url,
         beanstalkd_url=(
             beanstalkd_url or env.get("POSTBURNER_BEANSTALKD_URL") or defaults.beanstalkd_url

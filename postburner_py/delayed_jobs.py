@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BigInteger, Index, Integer, String, select, text, update
+from sqlalchemy import BigInteger, Float, Index, Integer, String, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -51,6 +51,8 @@ class DelayedJob(Base):
     priority: Mapped[int] = mapped_column(BigInteger)
     ttr: Mapped[int] = mapped_column(Integer)
     max_attempts: Mapped[int] = mapped_column(Integer)
+    timeout: Mapped[float | None] = mapped_column(Float)
+    no_retry_on: Mapped[list[str] | None] = mapped_column(JSONType)
     run_at: Mapped[datetime] = mapped_column(UTCDateTime)
     status: Mapped[str] = mapped_column(String(16))
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -92,8 +94,13 @@ def enqueue_at(
     priority: int = validation.DEFAULT_PRIORITY,
     ttr: int = 300,
     max_attempts: int = 3,
+    timeout: float | None = None,
+    no_retry_on: Sequence[str] | None = None,
 ) -> DelayedJob:
     """Store a one-off job and put it into Beanstalkd, delayed until ``at``.
+
+    ``timeout`` (seconds, None: no limit) and ``no_retry_on`` (exception class names that
+    are never retried) are as on :class:`~postburner_py.models.Schedule`.
 
     Raises :class:`ScheduleValidationError` for bad input (nothing written) and
     :class:`DuplicateJobError` when ``job_id`` is already pending. If Beanstalkd is
@@ -102,6 +109,8 @@ def enqueue_at(
     row = _validated_row(
         pb, at, job_class, args, kwargs, queue, job_id, priority, ttr, max_attempts
     )
+    row.timeout = validation.validate_timeout(timeout)
+    row.no_retry_on = validation.validate_no_retry_on(no_retry_on)
     with pb.work_session() as session:
         session.add(row)
         try:

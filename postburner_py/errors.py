@@ -58,3 +58,12 @@ class ScheduleFileError(PostburnerError, ValueError):
     The message names the file, the entry and the field, e.g.
     ``schedules.yml: defaults.jobs[3] (key 'reports:daily'): cron: ...``.
     """
+
+
+class JobImportError(PostburnerError, ImportError):
+    """A worker cannot import (or find the callable of) a job's ``job_class``: the
+    occurrence fails at once, it is not retried."""
+
+
+class JobTimeoutError(PostburnerError, TimeoutError):
+    """An attempt ran longer than its ``timeout``: it is failed and its thread abandoned."""

@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -36,7 +36,12 @@ from postburner_py.beanstalk import QueuedJob
 from postburner_py.chainer import Chainer
 from postburner_py.context import ExecutionContext, PartialSuccess, running
 from postburner_py.dispatch_log import Claim, ClaimOutcome, SqlDispatchRegistry, idempotency_key
-from postburner_py.errors import JobNotAllowedError, SignatureError
+from postburner_py.errors import (
+    JobImportError,
+    JobNotAllowedError,
+    JobTimeoutError,
+    SignatureError,
+)
 from postburner_py.fast_path import worker_ledger
 from postburner_py.history import HistoryEntry, HistoryStatus, HistoryStore
 from postburner_py.job_loader import resolve_job
@@ -124,9 +129,16 @@ class JobRunner:
         clock: Clock,
         sleep: Sleep = time.sleep,
         backoff: Callable[[int], int] = default_backoff,
+        on_abandoned: Callable[[], None] | None = None,
     ) -> None:
         self.pb = pb
         self.worker_id = worker_id
+        #: Called (from the lease keeper's thread) when this runner's thread is abandoned in
+        #: a job past its timeout: the worker starts a thread to replace it.
+        self.on_abandoned = on_abandoned
+        #: True once this runner's thread was abandoned: it ends when its job returns.
+        self.abandoned = False
+        self._running: _Run | None = None
         self.history = history
         self.services = services
         self.registry = SqlDispatchRegistry(pb.session_factory, node_id=worker_id, clock=clock)
@@ -160,11 +172,14 @@ class JobRunner:
         its own uses of its connection, and by the lease keeper while the thread runs a job
         (never both at once: see :mod:`postburner_py.lease_keeper`)."""
         now = time.monotonic()
-        for held in self._held.values():
+        self._abandon_if_overdue(now)
+        for held in list(self._held.values()):
             if held.due <= now:
                 held.renew()
         for item in self._unsettled:
             self._retry_if_due(item, now)
+        if self.abandoned:
+            self._act_on_committed([])  # nobody else will (the thread is in its job)
 
     @property
     def waiting_for_database(self) -> bool:
@@ -236,6 +251,13 @@ class JobRunner:
             # Nothing was handed to the ledger: the job returns after its TTR.
             self._held.pop(job.id, None)
             raise
+        if self.abandoned:
+            log.warning(
+                "%s attempt %d returned after its timeout: its result is ignored",
+                occurrence.key,
+                attempt,
+            )
+            return
         self.services.slots.yield_to_starts(YIELD_TO_STARTS)
         if run.error is not None:
             self._failed(run, run.error)
@@ -262,15 +284,49 @@ class JobRunner:
             # thread, so chaining never delays a start.
             self._chain(occurrence)
             began = time.perf_counter()
+            self._running = run
+            if occurrence.timeout is not None:
+                run.deadline = time.monotonic() + occurrence.timeout
             with self.services.keeper.keeping(self.keep_alive, self._keeper_interval()):
                 try:
                     run.result = self._invoke(occurrence, context)
                 except BaseException as exc:  # whatever a job raises fails its attempt only
                     run.error = exc
+            self._running = None
             run.elapsed_ms = (time.perf_counter() - began) * 1000
         finally:
-            slots.release()
+            if not self.abandoned:  # an abandoned attempt's slot went back when it was
+                slots.release()
         return run
+
+    def _abandon_if_overdue(self, now: float) -> None:
+        """Fail the running attempt once it ran past its ``timeout``: the keeper records the
+        failure, gives its slot back and asks for a thread to replace this one, which stays
+        in the job (Python cannot stop it) and ends when the job returns, its result
+        ignored. The job is no longer touched: it comes back after its TTR, and the dispatch
+        log then runs the next attempt or, with none left, turns it away."""
+        run = self._running
+        if run is None or run.deadline is None or now < run.deadline or self.abandoned:
+            return
+        self.abandoned = True
+        self._held.pop(run.job.id, None)
+        run.elapsed_ms = (run.occurrence.timeout or 0.0) * 1000
+        log.error(
+            "%s attempt %d ran past its %s s timeout: failed, its thread abandoned",
+            run.occurrence.key,
+            run.attempt,
+            run.occurrence.timeout,
+        )
+        self._failed(
+            run,
+            JobTimeoutError(
+                f"ran longer than its timeout of {run.occurrence.timeout} s; the attempt "
+                "was failed and its worker thread abandoned"
+            ),
+        )
+        self.services.slots.release()
+        if self.on_abandoned is not None:
+            self.on_abandoned()
 
     def _hold(self, job: QueuedJob, occurrence: Occurrence, attempt: int) -> None:
         self._held[job.id] = _Held(
@@ -285,6 +341,9 @@ class JobRunner:
         """How often the keeper calls :meth:`keep_alive` while this thread runs a job: as
         often as the most frequent renewal, and often enough to retry outcomes."""
         interval = min(held.interval for held in self._held.values())
+        run = self._running
+        if run is not None and run.occurrence.timeout is not None:
+            interval = min(interval, max(0.05, run.occurrence.timeout))
         return min(interval, OUTCOME_RETRY_MAX) if self._unsettled else interval
 
     def _take_slot(self, interval: float) -> None:
@@ -326,7 +385,7 @@ class JobRunner:
         )
 
     def _invoke(self, occurrence: Occurrence, context: ExecutionContext) -> Any:
-        function = resolve_job(occurrence.job_class, self.pb.settings.allowed_job_prefixes)
+        function = _import_job(occurrence.job_class, self.pb.settings.allowed_job_prefixes)
         args, kwargs = render_arguments(occurrence, context)
         with running(context):
             return function(*args, **kwargs)
@@ -360,7 +419,7 @@ class JobRunner:
 
     def _failed(self, run: _Run, error: BaseException) -> None:
         occurrence = run.occurrence
-        retry = run.attempt < occurrence.max_attempts and not isinstance(error, JobNotAllowedError)
+        retry = run.attempt < occurrence.max_attempts and not _never_retried(error, occurrence)
         outcome = Outcome.RETRYING if retry else Outcome.FAILED
         self._settle(run, HistoryStatus.FAILED, outcome, error=error, retry=retry)
 
@@ -453,6 +512,10 @@ class JobRunner:
                 )
             self.history.observe(entry)
             done.append(item.outcome)
+            if self.abandoned:
+                # Another thread may not use this one's connection: the job comes back after
+                # its TTR and the dispatch log decides as recorded.
+                continue
             try:
                 self._act(item.run, item.outcome, entry)
             except Exception as exc:
@@ -565,6 +628,8 @@ class _Run:
     elapsed_ms: float = 0.0
     result: Any = None
     error: BaseException | None = None
+    #: The monotonic instant its ``timeout`` runs out (None: no limit).
+    deadline: float | None = None
 
 
 def _renew_interval(occurrence: Occurrence) -> float:
@@ -608,6 +673,36 @@ class _Held:
                 log.warning("could not %s of %s (job %s): %s", what, self.key, self.job_id, exc)
         else:
             self._failing.discard(what)
+
+
+def _import_job(job_class: str, allowed_prefixes: Sequence[str]) -> Callable[..., Any]:
+    """:func:`resolve_job`, an import failure told as what it is and how to fix it."""
+    try:
+        return resolve_job(job_class, allowed_prefixes)
+    except JobNotAllowedError:
+        raise
+    except (ImportError, AttributeError, TypeError) as exc:
+        raise JobImportError(
+            f"{job_class}: this worker cannot import it ({type(exc).__name__}: {exc}); run "
+            "the worker where the application imports: from the application's directory "
+            "(the working directory is on sys.path), with PYTHONPATH naming it, or with the "
+            "application installed in the worker's environment (pip install -e .)"
+        ) from exc
+
+
+def _never_retried(error: BaseException, occurrence: Occurrence) -> bool:
+    """Refused, not importable, or an instance of a class ``no_retry_on`` names (matched
+    against the exception's classes as ``module.QualName``, built-ins also as ``QualName``)."""
+    if isinstance(error, JobNotAllowedError | JobImportError):
+        return True
+    if not occurrence.no_retry_on:
+        return False
+    names = set()
+    for cls in type(error).__mro__:
+        names.add(f"{cls.__module__}.{cls.__qualname__}")
+        if cls.__module__ == "builtins":
+            names.add(cls.__qualname__)
+    return not names.isdisjoint(occurrence.no_retry_on)
 
 
 def _database_away(exc: BaseException) -> bool:

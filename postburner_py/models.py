@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -122,6 +123,11 @@ class Schedule(Base):
     priority: Mapped[int] = mapped_column(BigInteger)
     ttr: Mapped[int] = mapped_column(Integer)
     max_attempts: Mapped[int] = mapped_column(Integer)
+    #: Seconds an attempt may run before it is failed and its thread abandoned (None: no
+    #: limit). Read by the worker at each delivery, not part of the queued snapshot.
+    timeout: Mapped[float | None] = mapped_column(Float)
+    #: Dotted exception class names that fail the occurrence at once, never retried.
+    no_retry_on: Mapped[list[str] | None] = mapped_column(JSONType)
     timezone: Mapped[str] = mapped_column(String(64))
     cron: Mapped[str | None] = mapped_column(String(255))
     anchor: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -188,6 +194,14 @@ class Schedule(Base):
     @validates("max_attempts")
     def _check_max_attempts(self, _key: str, value: Any) -> int:
         return validation.validate_positive_int("max_attempts", value, "1 means no retry")
+
+    @validates("timeout")
+    def _check_timeout(self, _key: str, value: Any) -> float | None:
+        return validation.validate_timeout(value)
+
+    @validates("no_retry_on")
+    def _check_no_retry_on(self, _key: str, value: Any) -> list[str] | None:
+        return validation.validate_no_retry_on(value)
 
     @validates("timezone")
     def _check_timezone(self, _key: str, value: Any) -> str:

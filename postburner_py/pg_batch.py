@@ -48,7 +48,7 @@ input AS (
 ), one_offs AS (
     SELECT i.n, j.id, 'job:' || j.job_id AS key, j.job_id AS job_id, j.run_at,
            j.status, 'pending' AS live_status, j.job_class, j.args, j.kwargs, j.priority,
-           j.ttr, j.max_attempts,
+           j.ttr, j.max_attempts, j.timeout, j.no_retry_on,
            NULL::bigint AS schedule_id, NULL::timestamptz AS next_run_at,
            NULL::jsonb AS cached_schedule
     FROM postburner_delayed_jobs AS j
@@ -61,7 +61,8 @@ input AS (
            e.run_at, e.status, 'scheduled' AS live_status,
            e.cached_schedule ->> 'job_class' AS job_class,
            NULL::jsonb AS args, NULL::jsonb AS kwargs, NULL::bigint AS priority,
-           NULL::int AS ttr, s.max_attempts, e.schedule_id, e.next_run_at, e.cached_schedule
+           NULL::int AS ttr, s.max_attempts, s.timeout, s.no_retry_on, e.schedule_id,
+           e.next_run_at, e.cached_schedule
     FROM postburner_schedule_executions AS e
     JOIN input AS i ON i.kind = 'execution' AND e.id = i.id
     LEFT JOIN postburner_schedules AS s ON s.id = e.schedule_id
@@ -114,7 +115,8 @@ SELECT f.n,
            f.id, f.key, f.job_id, (extract(epoch FROM f.run_at) * 1000000)::bigint,
            f.status = f.live_status, f.job_class, f.args, f.kwargs, f.priority, f.ttr,
            f.max_attempts, f.schedule_id,
-           (extract(epoch FROM f.next_run_at) * 1000000)::bigint, f.cached_schedule, s.id)
+           (extract(epoch FROM f.next_run_at) * 1000000)::bigint, f.cached_schedule, s.id,
+           f.timeout, f.no_retry_on)
 FROM found AS f
 JOIN input AS i ON i.n = f.n
 LEFT JOIN fresh AS x ON x.n = f.n
@@ -124,7 +126,7 @@ LEFT JOIN started AS s ON s.schedule_name = x.key AND s.run_at = x.run_at
 AdmittedRow = namedtuple(
     "AdmittedRow",
     "id key job_id run_at live job_class args kwargs priority ttr max_attempts "
-    "schedule_id next_run_at cached_schedule history_id",
+    "schedule_id next_run_at cached_schedule history_id timeout no_retry_on",
 )
 #: A row of the answer as the ledger's thread reads it: ``undecided`` (see above) and the
 #: unparsed JSON of the row.

@@ -78,6 +78,8 @@ SCHEDULE_FIELDS = (
     "priority",
     "ttr",
     "max_attempts",
+    "timeout",
+    "no_retry_on",
     "timezone",
     "cron",
     "anchor",

@@ -103,3 +103,51 @@ def require_aware(field: str, value: datetime) -> datetime:
             "e.g. datetime(2025, 1, 31, 10, tzinfo=UTC)",
         )
     return value
+
+
+#: Longest ``timeout`` accepted, in seconds (a year): beyond it, say None (no limit).
+MAX_TIMEOUT = 366 * 86400.0
+
+
+def validate_timeout(timeout: Any) -> float | None:
+    """Seconds an attempt may run before it is failed: a positive number, or None (no limit)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise ScheduleValidationError(
+            "timeout", f"must be a number of seconds or None (no limit), got {timeout!r}"
+        )
+    if not 0 < timeout <= MAX_TIMEOUT:
+        raise ScheduleValidationError(
+            "timeout",
+            f"{timeout!r} is out of range: more than 0 and at most {MAX_TIMEOUT:.0f} seconds "
+            "(None: no limit)",
+        )
+    return float(timeout)
+
+
+def validate_no_retry_on(names: Any) -> list[str] | None:
+    """Exception classes that fail an occurrence at once: a list of dotted names
+    ``module.QualName`` (``ValueError`` alone for a built-in), or None/empty (none)."""
+    if names is None:
+        return None
+    if isinstance(names, str | bytes) or not isinstance(names, Sequence):
+        raise ScheduleValidationError(
+            "no_retry_on",
+            f"must be a list of exception class names, e.g. ['myapp.errors.Permanent'], "
+            f"got {type(names).__name__}",
+        )
+    checked = []
+    for name in names:
+        if (
+            not isinstance(name, str)
+            or len(name) > 255
+            or not all(part.isidentifier() for part in name.split("."))
+        ):
+            raise ScheduleValidationError(
+                "no_retry_on",
+                f"{name!r} is not a dotted class name such as 'myapp.errors.Permanent' "
+                "or 'ValueError'",
+            )
+        checked.append(name)
+    return checked or None

@@ -32,8 +32,6 @@ log = logging.getLogger("postburner_py.worker")
 
 RESERVE_TIMEOUT = 1.0
 MAX_BACKOFF = 5.0
-#: Seconds a stopping worker waits for running attempts and their outcome commits.
-DEFAULT_SHUTDOWN_GRACE = 30.0
 #: Longest a thread waits for outcomes in one go before it looks at its jobs again.
 OUTCOME_WAIT = 0.5
 
@@ -51,7 +49,8 @@ class Worker:
     ``clock`` and ``sleep`` are injectable; ``history`` defaults to a database-backed store;
     ``backoff(attempt)`` gives the seconds before a failed attempt is retried.
 
-    After :meth:`stop`, :meth:`run` waits at most ``shutdown_grace`` seconds for the running
+    After :meth:`stop`, :meth:`run` waits at most ``shutdown_grace`` seconds (default:
+    ``POSTBURNER_SHUTDOWN_GRACE``, 30) for the running
     attempts and the commits of their outcomes (retried while the database is away), then
     returns; :attr:`unfinished` then counts the attempts left behind (still running, or
     finished and not recorded), which Beanstalkd hands out again after their TTR and the
@@ -71,9 +70,11 @@ class Worker:
         sleep: Callable[[float], None] = time.sleep,
         reserve_timeout: float = RESERVE_TIMEOUT,
         backoff: Callable[[int], int] = default_backoff,
-        shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+        shutdown_grace: float | None = None,
     ) -> None:
-        if not shutdown_grace >= 0:
+        if shutdown_grace is None:
+            shutdown_grace = pb.settings.shutdown_grace
+        if not 0 <= shutdown_grace < float("inf"):
             raise ValueError(f"shutdown_grace: must be >= 0 seconds, got {shutdown_grace!r}")
         if concurrency < 1:
             raise ValueError("concurrency: must be >= 1")
@@ -97,26 +98,17 @@ class Worker:
         self._deadline: float | None = None
         self._unrecorded = 0
         self._threads: list[threading.Thread] = []
+        self._abandoned: set[threading.Thread] = set()
 
     def run(self) -> None:
         """Run until :meth:`stop` (or, with ``burst``, until nothing is ready)."""
         services = RunnerServices.start(
             self.pb, self.history, self.clock, concurrency=self.concurrency
         )
-        self._threads = [
-            # Daemon threads: one stuck in a job that never returns cannot keep the process
-            # alive past the shutdown grace.
-            threading.Thread(
-                target=self._thread_main,
-                args=(index, services),
-                name=f"worker-{index}",
-                daemon=True,
-            )
-            for index in range(self.concurrency + self.prefetch)
-        ]
+        self._threads, self._abandoned = [], set()
         try:
-            for thread in self._threads:
-                thread.start()
+            for index in range(self.concurrency + self.prefetch):
+                self._start_thread(index, services)
             self._join_threads()
         finally:
             services.close(until=self._deadline)
@@ -141,15 +133,51 @@ class Worker:
     def unfinished(self) -> int:
         """Attempts a stopped worker left behind: threads still in a job past the grace,
         and finished attempts whose outcome could not be recorded."""
-        return sum(thread.is_alive() for thread in self._threads) + self._unrecorded
+        with self._counts_lock:
+            serving = [t for t in self._threads if t not in self._abandoned]
+        return sum(thread.is_alive() for thread in serving) + self._unrecorded
+
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads left in a job that ran past its ``timeout`` (replaced by new ones)."""
+        with self._counts_lock:
+            return len(self._abandoned)
+
+    def _start_thread(self, index: int, services: RunnerServices) -> None:
+        # Daemon threads: one stuck in a job that never returns cannot keep the process
+        # alive past the shutdown grace.
+        thread = threading.Thread(
+            target=self._thread_main, args=(index, services), name=f"worker-{index}", daemon=True
+        )
+        with self._counts_lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def _replace_thread(self, thread: threading.Thread, services: RunnerServices) -> None:
+        """``thread`` was abandoned in a job past its timeout: start one in its place."""
+        with self._counts_lock:
+            self._abandoned.add(thread)
+            index = len(self._threads)
+        if not self._stopping.is_set():
+            self._start_thread(index, services)
 
     def _join_threads(self) -> None:
-        for thread in self._threads:
-            while thread.is_alive():
-                deadline = self._deadline
-                if deadline is not None and time.monotonic() >= deadline:
+        """Wait for the serving threads (threads started meanwhile included), at most until
+        the shutdown deadline once :meth:`stop` was called."""
+        joined = 0
+        while True:
+            with self._counts_lock:
+                if joined >= len(self._threads):
                     return
-                thread.join(timeout=OUTCOME_WAIT)
+                thread = self._threads[joined]
+                abandoned = thread in self._abandoned
+            deadline = self._deadline
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            if abandoned or not thread.is_alive():
+                joined += 1
+                continue
+            thread.join(timeout=OUTCOME_WAIT)
 
     @property
     def outcomes(self) -> Counter[Outcome]:
@@ -176,7 +204,9 @@ class Worker:
             clock=self.clock,
             sleep=self.sleep,
             backoff=self.backoff,
+            on_abandoned=lambda: self._replace_thread(this_thread, services),
         )
+        this_thread = threading.current_thread()
         counts: Counter[Outcome] = Counter()
         with self._counts_lock:
             self._counts.append(counts)
@@ -219,6 +249,8 @@ class Worker:
             outcome = self._handle(runner, job)
             if outcome is not None:
                 counts[outcome] += 1
+            if runner.abandoned:
+                return  # its job ran past its timeout; another thread serves in its place
 
     def _handle(self, runner: JobRunner, job: QueuedJob) -> Outcome | None:
         try:
@@ -244,7 +276,7 @@ def run_worker(
     concurrency: int = 1,
     prefetch: int | None = None,
     burst: bool = False,
-    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+    shutdown_grace: float | None = None,
 ) -> int:
     """Run a worker in the foreground with signal handling; returns the exit code: 0, or 1
     when the shutdown grace ran out with attempts unfinished or unrecorded."""
