@@ -173,7 +173,7 @@ class JobRunner:
         (never both at once: see :mod:`postburner_py.lease_keeper`)."""
         now = time.monotonic()
         self._abandon_if_overdue(now)
-        for held in list(self._held.values()):
+        for held in self._held.values():
             if held.due <= now:
                 held.renew()
         for item in self._unsettled:

@@ -173,8 +173,10 @@ def test_an_attempt_past_its_timeout_is_failed_and_another_thread_serves_meanwhi
 # --- shutdown ---------------------------------------------------------------------------------
 
 
-def _cli_worker(pb: Postburner, *arguments: str, **popen: Any) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
+def _cli_worker(
+    pb: Postburner, *arguments: str, environ: dict[str, str] | None = None, **popen: Any
+) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, **(environ or {}))
     env.update(
         POSTBURNER_DATABASE_URL=pb.engine.url.render_as_string(hide_password=False),
         POSTBURNER_BEANSTALKD_URL=pb.settings.beanstalkd_url,
@@ -194,7 +196,7 @@ def test_sigterm_with_a_job_that_never_returns_exits_non_zero_after_the_grace(
     execution = _due_soon(
         pb, job_class="tests.jobs:append_line_then_sleep", args=[str(starts), 3600], ttr=3
     )
-    process = _cli_worker(pb, "--shutdown-grace", "1")
+    process = _cli_worker(pb, environ={"POSTBURNER_SHUTDOWN_GRACE": "1"})
     try:
         _wait_for(lambda: _starts(starts) == ["1"], timeout=30)
         process.send_signal(signal.SIGTERM)

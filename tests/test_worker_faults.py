@@ -208,3 +208,38 @@ def test_a_job_raising_a_base_exception_fails_its_attempt_and_the_thread_keeps_s
         assert record.status == "failed" and record.attempt == 1
         assert record.error_message is not None
         assert record.error_message.split(":")[0] in (kind, "_Escape")
+
+
+def test_sigterm_while_the_database_is_away_exits_non_zero_after_the_grace_and_attempt_two_runs(
+    make_postburner: MakePostburner, postgres_url: str, pg_server: Any, tmp_path: Path
+) -> None:
+    from tests.test_job_failures import _cli_worker
+
+    pb = make_postburner(database_url=postgres_url)
+    starts = tmp_path / "starts.txt"
+    execution = _due_soon(
+        pb, job_class="tests.jobs:append_line_then_sleep", args=[str(starts), 1.0], ttr=3
+    )
+    process = _cli_worker(pb, environ={"POSTBURNER_SHUTDOWN_GRACE": "1"})
+    try:
+        _wait_for(lambda: _starts(starts) == ["1"], timeout=30)
+        began = time.monotonic()
+        time.sleep(0.2)
+        pg_server.stop()
+        time.sleep(max(0.0, began + 1.5 - time.monotonic()))  # the job returned meanwhile
+        process.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        # Its outcome is retried for the grace, then given up: not a clean exit.
+        assert process.wait(timeout=20) == 1
+        assert time.monotonic() - stopped < 10
+    finally:
+        process.kill()
+        pg_server.start()
+    # The documented window: nothing recorded that attempt 1 finished, so after the TTR the
+    # occurrence runs again as attempt 2 (jobs use idempotency_key for this).
+    with running_worker(pb, concurrency=1):
+        _wait_for(lambda: _starts(starts) == ["1", "2"], timeout=30)
+        _wait_for(lambda: _history(pb, execution)[0].status == "completed", timeout=20)
+    lost, second = sorted(_history(pb, execution), key=lambda r: r.attempt)
+    assert (lost.status, second.status) == ("failed", "completed")
+    assert lost.error_message is not None and lost.error_message.startswith("worker lost")
