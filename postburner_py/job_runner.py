@@ -11,9 +11,16 @@ The order is what makes a delivery safe to repeat (see ``docs/worker.md``):
    occurrence that is not caught up is recorded ``missed`` instead);
 4. wait out the sub-second rest of ``run_at``;
 5. ask the chainer for the next execution, then run the job on this thread while the lease
-   keeper (:mod:`postburner_py.lease_keeper`) touches the Beanstalkd job and renews the lease;
-6. record the outcome (:mod:`postburner_py.settlement`, batched the same way), then, once it
-   committed, delete, release (retry with backoff) or bury the job.
+   keeper (:mod:`postburner_py.lease_keeper`) touches the Beanstalkd job and renews the lease
+   (and fails the attempt once it runs past its ``timeout``);
+6. record the outcome (:mod:`postburner_py.settlement`, batched the same way; retried with
+   backoff while the database is away), then, once it committed, delete, release (retry
+   with backoff) or bury the job.
+
+From admission until its outcome is committed the job is *held*: touched and its lease
+renewed every third of its TTR, by this thread between its own uses of its connection and
+by the lease keeper while this thread runs a job, the touch and the renewal each whatever
+became of the other (the lease is the gate).
 """
 
 from __future__ import annotations

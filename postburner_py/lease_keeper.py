@@ -4,9 +4,10 @@ A worker thread runs its job inline (handing each job to another thread cost mor
 trivial job itself), so it cannot touch the Beanstalkd job while the job runs. Instead it
 hands the :class:`LeaseKeeper` a renewal for the duration of the job: a touch on the worker
 thread's own connection (:meth:`~postburner_py.beanstalk.BeanstalkQueue.toucher`, the only
-connection that may touch a reserved job) and a renewal of the dispatch lease. The keeper
-runs it every ``interval`` seconds (a third of the TTR) until the job returns; a job that
-returns sooner costs two dictionary operations and no wake-up.
+connection that may touch a reserved job) and a renewal of the dispatch lease, for every job
+the thread holds (the running one, and finished ones whose outcome is not committed yet).
+The keeper runs it every ``interval`` seconds (a third of the TTR) until the job returns; a
+job that returns sooner costs two dictionary operations and no wake-up.
 
 The worker thread does not use its connection while its job runs, and leaving
 :meth:`LeaseKeeper.keeping` waits for a renewal in progress: the two threads never use the
