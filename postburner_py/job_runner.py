@@ -483,6 +483,8 @@ class JobRunner:
         outcome, leaving its job to come back after its TTR for the dispatch log to decide.
         """
         done: list[Outcome] = []
+        if not self._unsettled and not self._held:
+            return done  # the common case between jobs: nothing held, nothing to do
         while True:
             self.keep_alive()
             self._act_on_committed(done)
