@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from postburner_py.dispatch_log import ONE_OFF_KEY_PREFIX
 from postburner_py.errors import ConfigurationError, JobNotAllowedError, ScheduleValidationError
 
 MAX_PRIORITY = 2**32 - 1
@@ -16,11 +17,19 @@ DEFAULT_PRIORITY = 65536
 
 
 def validate_name(name: Any) -> str:
-    """A schedule name is a non-empty string of at most 255 characters."""
+    """A schedule name is a non-empty string of at most 255 characters, not starting with
+    ``job:`` (the dispatch-log keys of one-off jobs: ``job:<job_id>``)."""
     if not isinstance(name, str) or not name.strip():
         raise ScheduleValidationError("name", "must be a non-empty string, e.g. 'reports:daily'")
     if len(name) > 255:
         raise ScheduleValidationError("name", f"is {len(name)} characters; the limit is 255")
+    if name.startswith(ONE_OFF_KEY_PREFIX):
+        raise ScheduleValidationError(
+            "name",
+            f"{_shown(name)} starts with {ONE_OFF_KEY_PREFIX!r}, which is reserved for one-off "
+            f"jobs (their dispatch key is '{ONE_OFF_KEY_PREFIX}<job_id>'); "
+            "use another prefix, e.g. 'jobs-' or 'task:'",
+        )
     return name
 
 
