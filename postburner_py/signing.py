@@ -104,7 +104,7 @@ def _verified(data: bytes, secret: bytes) -> JobBody:
         raise SignatureError("body text is not valid Unicode (a lone surrogate)") from None
     # compare_digest takes str only when both are ASCII; ours is hex.
     if not signature.isascii() or not hmac.compare_digest(_signature(secret, message), signature):
-        raise SignatureError(f"signature of {kind} {id_} does not verify")
+        raise SignatureError(f"signature of {kind} {str(id_)[:20]} does not verify")
     return JobBody(kind=kind, id=id_, key=key, run_at=_parse_instant(run_at_text))
 
 

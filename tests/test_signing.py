@@ -136,6 +136,7 @@ FORGED = {
     "NaN id": VALID.replace(b'"id":17', b'"id":NaN'),
     "float id": VALID.replace(b'"id":17', b'"id":17.0'),
     "huge id": VALID.replace(b'"id":17', b'"id":' + b"9" * 5000),
+    "long id": VALID.replace(b'"id":17', b'"id":' + b"9" * 4000),
     "bool id": VALID.replace(b'"id":17', b'"id":true'),
     "null key": VALID.replace(b'"key":"reports:daily"', b'"key":null'),
     "nested key": VALID.replace(b'"key":"reports:daily"', b'"key":{"a":[1]}'),
