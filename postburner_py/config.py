@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from postburner_py.errors import ConfigurationError
+from postburner_py.validation import allow_rule
 
 DEFAULT_DATABASE_URL = "sqlite:///postburner.sqlite3"
 DEFAULT_BEANSTALKD_URL = "beanstalk://127.0.0.1:11300"
@@ -32,10 +33,19 @@ class Settings:
 
 
 def _split_prefixes(raw: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """The configured prefixes as given (blank items dropped), each checked by
+    :func:`~postburner_py.validation.allow_rule` (:class:`ConfigurationError` for garbage)."""
     if raw is None:
         return None
     items = raw.split(",") if isinstance(raw, str) else list(raw)
-    return tuple(item.strip() for item in items if item.strip())
+    kept = [item for item in items if not _blank(item)]
+    for item in kept:
+        allow_rule(item)
+    return tuple(item.strip() for item in kept)
+
+
+def _blank(item: object) -> bool:
+    return isinstance(item, str) and not item.strip()
 
 
 def _parse_window(raw: str | float | timedelta | None) -> timedelta | None:

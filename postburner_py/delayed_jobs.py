@@ -1,8 +1,9 @@
 """One-off delayed jobs: ``enqueue_at`` stores a job and puts it into Beanstalkd at once.
 
-They go through the same signature check, dispatch-log gate (key ``job:<job_id>``) and
-history as scheduled work, and the watchdog repairs them the same way. ``job_id`` is unique
-while the job is pending and may be reused once it ran or was cancelled.
+They go through the same signature check, dispatch-log gate (key ``job:<job_id>``, a
+namespace no schedule name may enter) and history as scheduled work, and the watchdog
+repairs them the same way. ``job_id`` is unique while the job is pending and may be reused
+once it ran or was cancelled.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from postburner_py import validation
 from postburner_py.beanstalk import validate_queue_name
 from postburner_py.db import Base, BigIntPK, JSONType, UTCDateTime, utcnow
+from postburner_py.dispatch_log import ONE_OFF_KEY_PREFIX, one_off_key
 from postburner_py.errors import DuplicateJobError, QueueUnavailableError, ScheduleValidationError
 from postburner_py.queue_ops import JobRef, remove_job
 from postburner_py.signing import JobBody, encode_body
@@ -34,7 +36,8 @@ COMPLETED = "completed"
 FAILED = "failed"
 CANCELLED = "cancelled"
 DELAYED_STATUSES = (PENDING, COMPLETED, FAILED, CANCELLED)
-GATE_PREFIX = "job:"
+#: The dispatch-log key prefix of one-off jobs (schedule names may not start with it).
+GATE_PREFIX = ONE_OFF_KEY_PREFIX
 
 
 class DelayedJob(Base):
@@ -75,7 +78,7 @@ class DelayedJob(Base):
     @property
     def gate_key(self) -> str:
         """The dispatch-log key of this job's single occurrence."""
-        return GATE_PREFIX + self.job_id
+        return one_off_key(self.job_id)
 
     def __repr__(self) -> str:
         when = self.run_at.isoformat()

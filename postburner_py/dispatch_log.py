@@ -183,6 +183,17 @@ class FinishRequest:
     failed: bool = False
 
 
+#: The key namespace of one-off jobs: a one-off job's occurrence is ``job:<job_id>``; a
+#: schedule's is its name, which may not start with this (``validation.validate_name``), so
+#: the two never share a key.
+ONE_OFF_KEY_PREFIX = "job:"
+
+
+def one_off_key(job_id: str) -> str:
+    """The dispatch-log key of the one-off job ``job_id``."""
+    return ONE_OFF_KEY_PREFIX + job_id
+
+
 def idempotency_key(namespace: str, key: str, fire_time: datetime) -> str:
     """A deterministic key for one occurrence: the same on every node and every delivery.
 

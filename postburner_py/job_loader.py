@@ -7,21 +7,29 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from postburner_py.validation import check_job_allowed, validate_job_class
+from postburner_py.errors import JobNotAllowedError
+from postburner_py.validation import check_job_allowed, split_job_class
 
 
 def resolve_job(job_class: str, allowed_prefixes: Sequence[str]) -> Callable[..., Any]:
-    """The callable for ``job_class`` (``package.module:attr`` or ``package.module.attr``).
+    """The callable ``job_class`` names (``package.module:attr`` or ``package.module.attr``).
 
-    The allow-list is checked before any import, so a refused name never runs module code.
-    A class is instantiated and its ``perform`` returned; a function is returned as is.
+    The spelling rule and the allow-list are checked before any import
+    (:func:`~postburner_py.validation.check_job_allowed`), so a refused name never runs module
+    code. After the import, ``attr`` must be a function or class *defined in* that module: in
+    its namespace (not a builtin, not served by a module ``__getattr__``), not a module, and
+    with ``__module__`` naming the module (a name the module imported from elsewhere is
+    refused, as is anything reached through another module). A class is instantiated with no
+    arguments and its ``perform`` returned; a function is returned as it is.
+
+    Raises :class:`JobNotAllowedError` for a refused name, :class:`ImportError` when the module
+    cannot be imported, :class:`AttributeError` when it defines no ``attr``, :class:`TypeError`
+    when the object cannot be called.
     """
-    validate_job_class(job_class)
     check_job_allowed(job_class, allowed_prefixes)
-    module_name, attribute = _split(job_class)
-    target: Any = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        target = getattr(target, part)
+    module_name, attribute = split_job_class(job_class)
+    module = importlib.import_module(module_name)
+    target = _defined_in(module, module_name, attribute)
     if inspect.isclass(target):
         perform = getattr(target(), "perform", None)
         if not callable(perform):
@@ -32,9 +40,23 @@ def resolve_job(job_class: str, allowed_prefixes: Sequence[str]) -> Callable[...
     return target  # type: ignore[no-any-return]
 
 
-def _split(job_class: str) -> tuple[str, str]:
-    if ":" in job_class:
-        module_name, _, attribute = job_class.partition(":")
-    else:
-        module_name, _, attribute = job_class.rpartition(".")
-    return module_name, attribute
+def _defined_in(module: Any, module_name: str, attribute: str) -> Any:
+    """``attribute`` of ``module`` if the module itself defines it (see :func:`resolve_job`)."""
+    namespace = vars(module)
+    if attribute not in namespace:
+        raise AttributeError(f"module {module_name!r} defines no {attribute!r}")
+    target = namespace[attribute]
+    if inspect.ismodule(target):
+        raise JobNotAllowedError(
+            "job_class",
+            f"{module_name}:{attribute} is the module {target.__name__!r}, not a job defined "
+            f"in {module_name!r}",
+        )
+    defined_by = getattr(target, "__module__", None)
+    if defined_by != module_name:
+        raise JobNotAllowedError(
+            "job_class",
+            f"{module_name}:{attribute} is defined in {defined_by!r}, not in {module_name!r}; "
+            "name the module that defines it (and allow that module)",
+        )
+    return target

@@ -18,6 +18,7 @@ same code SQLite runs), which decides as it always did.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import namedtuple
 from collections.abc import Sequence
@@ -30,11 +31,13 @@ from psycopg.pq import ConnStatus, ExecStatus
 from psycopg.pq.abc import PGconn, PGresult
 from sqlalchemy import Connection
 
+from postburner_py.validation import JOB_CLASS_PATTERN, allow_rules
+
 # Admission: lock the rows the bodies name (in id order, reached by primary key: see _CLOSE_CTES),
 # keep those still live for the body's key and run_at, and claim each (first of a batch only)
 # with the start record of the claim, all or nothing per occurrence. Only rows whose job class
-# starts with an allowed prefix (str.startswith, as validation.check_job_allowed) and that are
-# on time are claimed: for an execution, run_at within the catch-up window and the next one
+# the allow-list admits (allowed_condition: the rule of validation.check_job_allowed) and that
+# are on time are claimed: for an execution, run_at within the catch-up window and the next one
 # not due yet, which implies Admitter._too_late is false (catch_up only ever lets more run,
 # and the admission's transaction decides those).
 _ADMIT_CTES = """
@@ -80,9 +83,7 @@ input AS (
     FROM found AS f
     JOIN input AS i ON i.n = f.n
     WHERE f.status = f.live_status AND f.key = i.key AND f.run_at = i.run_at
-      AND ($3::jsonb = '[]'
-           OR EXISTS (SELECT FROM jsonb_array_elements_text($3::jsonb) AS p
-                      WHERE starts_with(f.job_class, p)))
+      AND {allowed}
       AND (f.live_status = 'pending'
            OR (f.run_at >= i.now - make_interval(secs => $4::float8)
                AND (f.next_run_at IS NULL OR f.next_run_at > i.now)))
@@ -104,6 +105,34 @@ input AS (
     RETURNING id, schedule_name, run_at
 )
 """
+
+
+def allowed_condition(job_class: str, rules: str = "$3::jsonb") -> str:
+    """SQL that is true exactly when :func:`~postburner_py.validation.check_job_allowed` admits
+    the job class ``job_class`` (an SQL expression) under ``rules`` (an SQL expression, the
+    JSON of :func:`allow_parameter`; in the batch statement its ``$3``): the same spelling
+    pattern, then the same whole-segment test on the dotted spelling (``:`` read as ``.``).
+    A job class it refuses is not claimed here: the admission's transaction refuses it, with
+    the reason."""
+    dotted = f"translate({job_class}, ':', '.')"
+    return f"""({job_class} ~ '^({JOB_CLASS_PATTERN})$'
+           AND ({rules} = '[]'
+                OR EXISTS (SELECT FROM jsonb_to_recordset({rules}) AS p(name text, exact bool)
+                           WHERE {dotted} = p.name
+                              OR (NOT p.exact AND starts_with({dotted}, p.name || '.')))))"""
+
+
+@functools.lru_cache(maxsize=16)
+def allow_parameter(prefixes: tuple[str, ...]) -> bytes:
+    """The batch statement's ``$3``: the parsed allow-list as JSON (``[]``: admit any)."""
+    rules = allow_rules(prefixes)
+    return json.dumps([{"name": rule.name, "exact": rule.exact} for rule in rules]).encode()
+
+
+# The pattern travels inside an SQL string literal: it has no quote and no backslash to escape.
+assert "'" not in JOB_CLASS_PATTERN and "\\" not in JOB_CLASS_PATTERN
+_ADMIT_CTES = _ADMIT_CTES.replace("{allowed}", allowed_condition("f.job_class"))
+
 # One row per delivery whose row exists: its number, whether only the admission's transaction
 # can decide it (live for the body's run_at but not claimed here), and the row as one JSON
 # array (instants as epoch microseconds), parsed by admitted_row on the worker thread that
@@ -199,8 +228,8 @@ closed_history AS (
     RETURNING j.id
 )
 """
-# $1: the closings, $2: the deliveries, $3: the allowed job prefixes (JSON arrays), $4: the
-# catch-up window in seconds; all text, sent as they are.
+# $1: the closings, $2: the deliveries (JSON arrays), $3: the allow-list's rules
+# (allow_parameter), $4: the catch-up window in seconds; all text, sent as they are.
 # Data-modifying CTEs run to completion whether or not the answer reads them.
 _BATCH = "WITH " + _CLOSE_CTES.strip() + ",\n" + _ADMIT_CTES.strip() + _ADMIT_ANSWER
 #: The name the batch statement is prepared under, once per connection.
@@ -262,7 +291,7 @@ def run_batch(
     parameters = [
         ("[" + ",".join(closings) + "]").encode(),
         ("[" + ",".join(deliveries) + "]").encode(),
-        json.dumps(list(allowed_prefixes)).encode(),
+        allow_parameter(tuple(allowed_prefixes)),
         repr(catch_up_window.total_seconds()).encode(),
     ]
     driver = cast(psycopg.Connection[Any], connection.connection.driver_connection)

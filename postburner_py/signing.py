@@ -71,30 +71,50 @@ def encode_body(body: JobBody, secret: bytes) -> bytes:
 
 
 def decode_body(data: bytes, secret: bytes) -> JobBody:
-    """Parse and verify a body; raises :class:`SignatureError` for anything not ours.
+    """Parse and verify a body; raises :class:`SignatureError`, and nothing else, for any body
+    that is not ours: not JSON, nested too deep, fields missing or of the wrong type, text
+    that is not valid Unicode, a signature that is not ours.
 
     The signature covers ``run_at`` exactly as it travels (the text :func:`encode_body`
     wrote), so it is checked before the instant is parsed; any other spelling of the same
     instant does not verify.
     """
+    try:
+        return _verified(data, secret)
+    except SignatureError:
+        raise
+    except Exception as exc:
+        # Fail closed: whatever else untrusted bytes provoke means the body is not ours.
+        raise SignatureError(f"body is malformed ({type(exc).__name__})") from None
+
+
+def _verified(data: bytes, secret: bytes) -> JobBody:
+    """The body ``data`` stands for, once its signature verifies."""
     payload = _parse(data)
     kind = _field(payload, "kind", str)
     id_ = _field(payload, "id", int)
     key = _field(payload, "key", str)
     run_at_text = _field(payload, "run_at", str)
     if kind not in KINDS:
-        raise SignatureError(f"unknown body kind {kind!r}")
-    expected = _signature(secret, _message(kind, id_, key, run_at_text))
-    if not hmac.compare_digest(expected, _field(payload, "sig", str)):
-        raise SignatureError(f"signature of {kind} {id_} does not verify")
+        raise SignatureError(f"unknown body kind {_shown(kind)}")
+    signature = _field(payload, "sig", str)
+    try:
+        message = _message(kind, id_, key, run_at_text)
+    except UnicodeEncodeError:
+        raise SignatureError("body text is not valid Unicode (a lone surrogate)") from None
+    # compare_digest takes str only when both are ASCII; ours is hex.
+    if not signature.isascii() or not hmac.compare_digest(_signature(secret, message), signature):
+        raise SignatureError(f"signature of {kind} {str(id_)[:20]} does not verify")
     return JobBody(kind=kind, id=id_, key=key, run_at=_parse_instant(run_at_text))
 
 
 def _parse(data: bytes) -> dict[str, Any]:
+    if not data.startswith(b"{"):
+        raise SignatureError("body is not JSON: not an object")
     try:
         payload = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise SignatureError("body is not JSON") from None
+    except (ValueError, RecursionError):
+        raise SignatureError("body is not JSON (or nested too deep)") from None
     if not isinstance(payload, dict) or payload.get("v") != BODY_VERSION:
         raise SignatureError(f"body is not a version {BODY_VERSION} postburner body")
     return payload
@@ -107,14 +127,20 @@ def _field(payload: dict[str, Any], name: str, kind: type) -> Any:
     return value
 
 
+def _shown(text: str, limit: int = 40) -> str:
+    """``repr(text)``, cut short: a forged body's log line stays one short line."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
+
+
 def _parse_instant(text: str) -> datetime:
     try:
         instant = datetime.fromisoformat(text)
-    except ValueError:
-        raise SignatureError(f"body run_at {text!r} is not ISO-8601") from None
-    if instant.tzinfo is None:
-        raise SignatureError("body run_at has no offset")
-    return instant.astimezone(UTC)
+        if instant.tzinfo is None or instant.utcoffset() is None:
+            raise SignatureError("body run_at has no offset")
+        return instant.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise SignatureError(f"body run_at {_shown(text)} is not an ISO-8601 instant") from None
 
 
 def load_or_create_secret(engine: Engine) -> bytes:
