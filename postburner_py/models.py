@@ -110,9 +110,14 @@ class Schedule(Base):
     ``priority``, ``ttr``) and *when* (``cron``, or ``anchor`` + ``interval`` +
     ``interval_unit``, in ``timezone``).
 
-    Field checks run on assignment; the cron/interval combination is checked when the
-    session flushes. Either way a bad value raises
-    :class:`~postburner_py.errors.ScheduleValidationError` and nothing is written.
+    Field checks run on assignment; the cron/interval combination, and that the next
+    occurrence can be put into Beanstalkd, are checked when the session flushes. Either way a
+    bad value raises :class:`~postburner_py.errors.ScheduleValidationError` naming the field
+    and nothing is written. Text must fit its column without NUL characters or lone
+    surrogates, integers their column and Beanstalkd's range; ``args``/``kwargs`` are JSON
+    of at most ``MAX_ARGUMENT_DEPTH`` levels and ``MAX_ARGUMENT_BYTES`` bytes each
+    (:mod:`postburner_py.validation`). Strings in them may hold placeholders such as
+    ``{{fire_time.iso8601}}``, filled per occurrence; ``\\{{`` is a literal ``{{``.
     """
 
     __tablename__ = "postburner_schedules"
