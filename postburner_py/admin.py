@@ -182,7 +182,7 @@ STARTER_CONFIG = """\
 # POSTBURNER_NAMESPACE=postburner
 
 # Comma-separated prefixes a job_class must start with. Empty: any importable callable.
-# POSTBURNER_ALLOWED_JOB_PREFIXES=myapp.jobs.
+# POSTBURNER_ALLOWED_JOB_PREFIXES=myapp.jobs
 
 # HMAC key that signs job bodies. Unset: a random key generated once by `postburner migrate`
 # and stored in the database. Set it when processes must not read it from the database.

@@ -105,7 +105,13 @@ def enqueue_at(
     ``timeout`` (seconds, None: no limit) and ``no_retry_on`` (exception class names that
     are never retried) are as on :class:`~postburner_py.models.Schedule`.
 
-    Raises :class:`ScheduleValidationError` for bad input (nothing written) and
+    Raises :class:`ScheduleValidationError` naming the parameter for bad input, before
+    anything is written: ``args`` must be a list (or tuple) and ``kwargs`` a mapping of JSON
+    values within the limits of :func:`~postburner_py.validation.validate_json`; ``at`` may
+    be in the past (the job runs at once) but at most ``MAX_DELAY_SECONDS`` (about 136
+    years) after now; text fits its column and holds no NUL or lone surrogate; integers are
+    real ints in range. Placeholders such as ``{{fire_time.iso8601}}`` in the arguments are
+    filled when the job runs; write ``\\{{`` for a literal ``{{``. Raises
     :class:`DuplicateJobError` when ``job_id`` is already pending. If Beanstalkd is
     unreachable the job stays stored without a Beanstalkd id; the watchdog queues it later.
     """
@@ -144,24 +150,33 @@ def _validated_row(
     ttr: int,
     max_attempts: int,
 ) -> DelayedJob:
+    """Every parameter checked against the same rules and columns as a Schedule's."""
     validation.require_aware("at", at)
-    validation.validate_job_class(job_class)
+    validation.check_delay("at", at, pb.clock())
+    job_class = _fits("job_class", validation.validate_job_class(job_class))
     validation.check_job_allowed(job_class, pb.settings.allowed_job_prefixes)
     job_id = job_id if job_id is not None else uuid.uuid4().hex
     if not isinstance(job_id, str) or not job_id or len(job_id) > 200:
         raise ScheduleValidationError("job_id", "must be a non-empty string of at most 200 chars")
+    queue = validate_queue_name(queue, namespace=pb.settings.namespace)
+    ttr = validation.validate_positive_int("ttr", ttr, "seconds a worker may run the job")
+    attempts = validation.validate_positive_int("max_attempts", max_attempts, "1: no retry")
     return DelayedJob(
-        job_id=job_id,
+        job_id=_fits("job_id", job_id),
         job_class=job_class,
-        args=validation.validate_args(list(args)),
+        args=validation.validate_args(args),
         kwargs=validation.validate_kwargs(kwargs),
-        queue=validate_queue_name(queue, namespace=pb.settings.namespace),
-        priority=validation.validate_priority(priority),
-        ttr=validation.validate_positive_int("ttr", ttr, "seconds a worker may run the job"),
-        max_attempts=validation.validate_positive_int("max_attempts", max_attempts, "1: no retry"),
+        queue=_fits("queue", queue),
+        priority=_fits("priority", validation.validate_priority(priority)),
+        ttr=_fits("ttr", ttr),
+        max_attempts=_fits("max_attempts", attempts),
         run_at=at,
         status=PENDING,
     )
+
+
+def _fits(field: str, value: Any) -> Any:
+    return validation.fit_column(field, value, DelayedJob.__table__.c[field])
 
 
 def delayed_body(pb: Postburner, row: DelayedJob) -> bytes:

@@ -28,7 +28,11 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, object_session, relat
 from postburner_py import timegrid, validation
 from postburner_py.db import Base as Base
 from postburner_py.db import BigIntPK, JSONType, UTCDateTime, utcnow
-from postburner_py.errors import NextExecutionRunAtConflict, PostburnerError
+from postburner_py.errors import (
+    NextExecutionRunAtConflict,
+    PostburnerError,
+    ScheduleValidationError,
+)
 from postburner_py.timegrid import TimeGrid
 
 if TYPE_CHECKING:
@@ -107,9 +111,14 @@ class Schedule(Base):
     ``priority``, ``ttr``) and *when* (``cron``, or ``anchor`` + ``interval`` +
     ``interval_unit``, in ``timezone``).
 
-    Field checks run on assignment; the cron/interval combination is checked when the
-    session flushes. Either way a bad value raises
-    :class:`~postburner_py.errors.ScheduleValidationError` and nothing is written.
+    Field checks run on assignment; the cron/interval combination, and that the next
+    occurrence can be put into Beanstalkd, are checked when the session flushes. Either way a
+    bad value raises :class:`~postburner_py.errors.ScheduleValidationError` naming the field
+    and nothing is written. Text must fit its column without NUL characters or lone
+    surrogates, integers their column and Beanstalkd's range; ``args``/``kwargs`` are JSON
+    of at most ``MAX_ARGUMENT_DEPTH`` levels and ``MAX_ARGUMENT_BYTES`` bytes each
+    (:mod:`postburner_py.validation`). Strings in them may hold placeholders such as
+    ``{{fire_time.iso8601}}``, filled per occurrence; ``\\{{`` is a literal ``{{``.
     """
 
     __tablename__ = "postburner_schedules"
@@ -151,6 +160,10 @@ class Schedule(Base):
     )
 
     def __init__(self, **kwargs: Any) -> None:
+        fields = type(self).__mapper__.attrs.keys()
+        for key in kwargs:
+            if key not in fields:
+                raise ScheduleValidationError(key, f"is not a Schedule field; fields: {fields}")
         for key, value in _SCHEDULE_DEFAULTS.items():
             kwargs.setdefault(key, value)
         kwargs.setdefault("args", [])
@@ -161,13 +174,17 @@ class Schedule(Base):
         when = self.cron or f"every {self.interval} {self.interval_unit}"
         return f"<Schedule {self.name!r} {when} {self.timezone} enabled={self.enabled}>"
 
+    def _fits(self, key: str, value: Any) -> Any:
+        """``value`` once it is known to fit its column on every database."""
+        return validation.fit_column(key, value, type(self).__table__.c[key])
+
     @validates("name")
-    def _check_name(self, _key: str, value: Any) -> str:
-        return validation.validate_name(value)
+    def _check_name(self, key: str, value: Any) -> str:
+        return self._fits(key, validation.validate_name(value))  # type: ignore[no-any-return]
 
     @validates("job_class")
-    def _check_job_class(self, _key: str, value: Any) -> str:
-        return validation.validate_job_class(value)
+    def _check_job_class(self, key: str, value: Any) -> str:
+        return self._fits(key, validation.validate_job_class(value))  # type: ignore[no-any-return]
 
     @validates("args")
     def _check_args(self, _key: str, value: Any) -> list[Any]:
@@ -178,22 +195,24 @@ class Schedule(Base):
         return validation.validate_kwargs(value)
 
     @validates("queue")
-    def _check_queue(self, _key: str, value: Any) -> str:
+    def _check_queue(self, key: str, value: Any) -> str:
         from postburner_py.beanstalk import validate_queue_name
 
-        return validate_queue_name(value)
+        return self._fits(key, validate_queue_name(value))  # type: ignore[no-any-return]
 
     @validates("priority")
-    def _check_priority(self, _key: str, value: Any) -> int:
-        return validation.validate_priority(value)
+    def _check_priority(self, key: str, value: Any) -> int:
+        return self._fits(key, validation.validate_priority(value))  # type: ignore[no-any-return]
 
     @validates("ttr")
-    def _check_ttr(self, _key: str, value: Any) -> int:
-        return validation.validate_positive_int("ttr", value, "seconds a worker may run the job")
+    def _check_ttr(self, key: str, value: Any) -> int:
+        ttr = validation.validate_positive_int(key, value, "seconds a worker may run the job")
+        return self._fits(key, ttr)  # type: ignore[no-any-return]
 
     @validates("max_attempts")
-    def _check_max_attempts(self, _key: str, value: Any) -> int:
-        return validation.validate_positive_int("max_attempts", value, "1 means no retry")
+    def _check_max_attempts(self, key: str, value: Any) -> int:
+        attempts = validation.validate_positive_int(key, value, "1 means no retry")
+        return self._fits(key, attempts)  # type: ignore[no-any-return]
 
     @validates("timeout")
     def _check_timeout(self, _key: str, value: Any) -> float | None:
@@ -204,19 +223,42 @@ class Schedule(Base):
         return validation.validate_no_retry_on(value)
 
     @validates("timezone")
-    def _check_timezone(self, _key: str, value: Any) -> str:
+    def _check_timezone(self, key: str, value: Any) -> str:
         timegrid.validate_timezone(value)
-        return str(value)
+        return self._fits(key, str(value))  # type: ignore[no-any-return]
 
     @validates("cron")
-    def _check_cron(self, _key: str, value: Any) -> str | None:
-        return None if value is None else timegrid.validate_cron(value)
+    def _check_cron(self, key: str, value: Any) -> str | None:
+        return None if value is None else self._fits(key, timegrid.validate_cron(value))
 
     @validates("anchor")
     def _check_anchor(self, _key: str, value: Any) -> datetime | None:
         if value is None:
             return None
         return validation.require_aware("anchor", value).astimezone(UTC)
+
+    @validates("interval")
+    def _check_interval(self, key: str, value: Any) -> int | None:
+        if value is None:
+            return None
+        interval = validation.validate_positive_int(key, value, "a whole number of units")
+        return self._fits(key, interval)  # type: ignore[no-any-return]
+
+    @validates("interval_unit")
+    def _check_interval_unit(self, key: str, value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ScheduleValidationError(key, f"must be text, e.g. 'minutes', got {value!r}")
+        return self._fits(key, value)  # type: ignore[no-any-return]
+
+    @validates("catch_up", "enabled")
+    def _check_flag(self, key: str, value: Any) -> bool:
+        return validation.validate_flag(key, value)
+
+    @validates("description")
+    def _check_description(self, key: str, value: Any) -> str | None:
+        return self._fits(key, validation.validate_optional_text(key, value))  # type: ignore[no-any-return]
 
     def grid(self) -> TimeGrid:
         """The schedule's time grid; raises ScheduleValidationError when the spec is incomplete."""
@@ -228,9 +270,30 @@ class Schedule(Base):
             timezone=self.timezone,
         )
 
-    def validate(self) -> None:
-        """Check the fields that depend on each other (cron versus anchor + interval)."""
-        self.grid()
+    def validate(self, now: datetime | None = None) -> None:
+        """Check what single fields cannot: that ``name`` and ``job_class`` are given, the
+        cron/interval combination, and that the first occurrence after ``now`` (default: the
+        owning Postburner's clock) and every later step can be put into Beanstalkd.
+
+        Raises :class:`~postburner_py.errors.ScheduleValidationError` naming the field.
+        """
+        for required in ("name", "job_class"):
+            if getattr(self, required) is None:
+                raise ScheduleValidationError(required, "is required")
+        grid = self.grid()
+        if self.interval is not None and self.interval_unit is not None:
+            validation.check_interval_step(self.interval, self.interval_unit)
+        now = now or postburner_clock(self)()
+        field = "cron" if self.cron is not None else "interval"
+        try:
+            first = grid.next_after(now)
+        except ScheduleValidationError:
+            raise
+        except (ValueError, OverflowError):
+            raise ScheduleValidationError(
+                field, f"has no occurrence after {now.isoformat()} within years 1-9999"
+            ) from None
+        validation.check_delay(field, first, now)
 
     def next_run_at(self, after: datetime) -> datetime:
         """The first grid point strictly after ``after`` (aware UTC)."""

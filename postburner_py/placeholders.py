@@ -3,6 +3,10 @@
 ``{{fire_time.iso8601}}``, ``{{fire_time.unix}}``, ``{{idempotency_key}}`` and ``{{key}}``.
 A string that is exactly one placeholder takes the value's own type (``"{{fire_time.unix}}"``
 becomes an ``int``); a placeholder inside a longer string is formatted into it.
+
+A backslash escapes the braces: ``\\{{key}}`` is the literal text ``{{key}}``, and ``\\\\``
+before ``{{`` is one literal backslash (so ``\\\\{{key}}`` is a backslash and the key).
+Backslashes anywhere else are kept as they are.
 """
 
 from __future__ import annotations
@@ -13,14 +17,28 @@ from datetime import UTC, datetime
 from typing import Any
 
 PLACEHOLDER = re.compile(r"\{\{\s*([a-z_][a-z0-9_.]*)\s*\}\}")
+#: ``{{`` with the backslashes before it, and the placeholder name when one follows.
+_BRACES = re.compile(r"(\\*)\{\{(?:\s*([a-z_][a-z0-9_.]*)\s*\}\})?")
 NAMES = ("fire_time.iso8601", "fire_time.unix", "idempotency_key", "key")
 
 
 def unknown_placeholders(value: Any) -> list[str]:
-    """Placeholder names in ``value`` (nested lists/dicts) that are not in :data:`NAMES`."""
+    """Placeholder names in ``value`` (nested lists/dicts) that are not in :data:`NAMES`;
+    escaped ones (``\\{{...}}``) are text, not placeholders."""
     found: list[str] = []
-    _walk(value, lambda text: found.extend(PLACEHOLDER.findall(text)))
+    _walk(value, lambda text: found.extend(placeholder_names(text)))
     return sorted({name for name in found if name not in NAMES})
+
+
+def placeholder_names(text: str) -> list[str]:
+    """The names of the unescaped placeholders in ``text``, in order."""
+    return [m.group(2) for m in _BRACES.finditer(text) if m.group(2) and not len(m.group(1)) % 2]
+
+
+def is_escaped(text: str, start: int) -> bool:
+    """True when the ``{{`` at ``start`` follows an odd number of backslashes."""
+    run = len(text[:start]) - len(text[:start].rstrip("\\"))
+    return bool(run % 2)
 
 
 def render_arguments(
@@ -45,15 +63,26 @@ def render_arguments(
 
 def _render(value: Any, values: dict[str, Any]) -> Any:
     if isinstance(value, str):
+        if "{{" not in value:
+            return value
         whole = PLACEHOLDER.fullmatch(value)
         if whole and whole.group(1) in values:
             return values[whole.group(1)]
-        return PLACEHOLDER.sub(lambda m: str(values.get(m.group(1), m.group(0))), value)
+        return _BRACES.sub(lambda m: _fill(m, values), value)
     if isinstance(value, list):
         return [_render(item, values) for item in value]
     if isinstance(value, dict):
         return {name: _render(item, values) for name, item in value.items()}
     return value
+
+
+def _fill(match: re.Match[str], values: dict[str, Any]) -> str:
+    slashes = len(match.group(1))
+    braces = match.group(0)[slashes:]
+    name = match.group(2)
+    if slashes % 2 or name not in values:
+        return "\\" * (slashes // 2) + braces
+    return "\\" * (slashes // 2) + str(values[name])
 
 
 def _walk(value: Any, visit: Callable[[str], None]) -> None:

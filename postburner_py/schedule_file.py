@@ -48,7 +48,7 @@ from postburner_py.models import (
     Schedule,
     ScheduleExecution,
 )
-from postburner_py.placeholders import NAMES, render_arguments
+from postburner_py.placeholders import NAMES, is_escaped, render_arguments
 from postburner_py.validation import check_job_allowed
 
 if TYPE_CHECKING:
@@ -93,6 +93,12 @@ ENTRY_FIELDS = ("key", *SCHEDULE_FIELDS)
 PLACEHOLDERS = NAMES
 
 _BRACES = re.compile(r"\{\{\s*(.*?)\s*\}\}")
+#: What a file may hold and expand to. Aliases (``*name``) share structure when loaded but
+#: expand when stored, so the file's nodes are counted as if every alias were copied out.
+MAX_FILE_BYTES = 1_048_576
+MAX_YAML_DEPTH = 48
+MAX_ALIASES = 10_000
+MAX_EXPANDED_NODES = 200_000
 _REQUEUE_FIELDS = frozenset(CACHEABLE_ATTRIBUTES) | {"enabled"}
 
 Action = Literal["create", "update", "disable", "delete"]
@@ -119,7 +125,11 @@ def _unknown_placeholders(value: Any, path: str) -> list[tuple[str, str]]:
     placeholder, so a typo such as ``{{Fire_time.unix}}`` is refused instead of passed on.
     """
     if isinstance(value, str):
-        return [(path, m.group(0)) for m in _BRACES.finditer(value) if m.group(1) not in NAMES]
+        return [
+            (path, m.group(0))
+            for m in _BRACES.finditer(value)
+            if m.group(1) not in NAMES and not is_escaped(value, m.start())
+        ]
     if isinstance(value, list):
         children = [(f"{path}[{index}]", item) for index, item in enumerate(value)]
     elif isinstance(value, dict):
@@ -164,21 +174,46 @@ class ScheduleSpec:
 
 
 def load_schedule_file(
-    path: str | Path, *, env: str, allowed_job_prefixes: tuple[str, ...] = ()
+    path: str | Path,
+    *,
+    env: str,
+    allowed_job_prefixes: tuple[str, ...] = (),
+    now: datetime | None = None,
 ) -> list[ScheduleSpec]:
     """Read, merge and validate a schedule file; raises :class:`ScheduleFileError` naming the
-    file, the entry and the field of the first problem. Writes nothing."""
+    file, the entry and the field of the first problem. Writes nothing.
+
+    The checks are the ones a save runs (so ``sync --dry-run`` and ``sync`` agree), with
+    ``now`` (default: the wall clock) as the instant the first occurrence is counted from.
+    A file over :data:`MAX_FILE_BYTES` is refused before it is read.
+    """
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ScheduleFileError(
+                f"is {size} bytes; a schedule file holds at most {MAX_FILE_BYTES}"
+            )
         entries = read_entries(Path(path).read_text(encoding="utf-8"), env=env)
-        return [_build(entry, allowed_job_prefixes) for entry in entries]
+        return [_build(entry, allowed_job_prefixes, now) for entry in entries]
     except ScheduleFileError as exc:
         raise ScheduleFileError(f"{path}: {exc}") from None
     except OSError as exc:
         raise ScheduleFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ScheduleFileError(f"{path}: not UTF-8 text (byte {exc.start})") from None
 
 
 def read_entries(text: str, *, env: str) -> list[JobEntry]:
-    """The job entries of a schedule file's text for ``env``, merged, in file order."""
+    """The job entries of a schedule file's text for ``env``, merged, in file order.
+
+    Refuses, before building anything big, a text over :data:`MAX_FILE_BYTES` characters,
+    nesting deeper than :data:`MAX_YAML_DEPTH`, more than :data:`MAX_ALIASES` aliases, and
+    a document that would expand to more than :data:`MAX_EXPANDED_NODES` nodes.
+    """
+    if len(text) > MAX_FILE_BYTES:
+        raise ScheduleFileError(
+            f"is {len(text)} characters; a schedule file holds at most {MAX_FILE_BYTES}"
+        )
     sections = _sections(_parse_yaml(text), env)
     merged: dict[str, JobEntry] = {}
     for name, section in sections:
@@ -192,7 +227,53 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """A safe loader that refuses a mapping key given twice (YAML would keep the last)."""
+    """A safe loader that refuses a mapping key given twice (YAML would keep the last) and a
+    document past the bounds of :func:`read_entries`, counted while it is composed."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+        self._sizes: dict[int, int] = {}
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise _bound(event, f"more than {MAX_ALIASES} aliases")
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            raise _bound(event, f"nested deeper than {MAX_YAML_DEPTH} levels")
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        size = self._sizes.get(id(node))
+        if size is None:
+            if isinstance(event, yaml.AliasEvent):
+                raise _bound(event, f"alias *{event.anchor} refers to its own anchor")
+            size = self._expanded(node)
+            self._sizes[id(node)] = size
+        return node
+
+    def _expanded(self, node: Any) -> int:
+        """Nodes ``node`` stands for with every alias copied out (children are known)."""
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            return 1
+        size = 1 + sum(self._sizes[id(child)] for child in children)
+        if size > MAX_EXPANDED_NODES:
+            raise _bound(node, f"expands to more than {MAX_EXPANDED_NODES} values (aliases)")
+        return size
+
+
+def _bound(where: Any, problem: str) -> ScheduleFileError:
+    line = where.start_mark.line + 1 if where.start_mark is not None else "?"
+    return ScheduleFileError(f"line {line}: {problem}; a schedule file may not grow that large")
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -201,6 +282,11 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[An
         if key_node.tag == _MERGE_TAG:  # ``<<: *anchor``: its keys may be overridden here
             continue
         name = loader.construct_object(key_node)
+        if not _hashable(name):
+            raise ScheduleFileError(
+                f"line {key_node.start_mark.line + 1}: a {_kind(name)} cannot be a mapping key; "
+                "use text"
+            )
         if name in seen:
             raise ScheduleFileError(f"line {key_node.start_mark.line + 1}: {name!r} is given twice")
         seen.add(name)
@@ -211,14 +297,28 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[An
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
 def _parse_yaml(text: str) -> Any:
     try:
         return yaml.load(text, Loader=_StrictLoader)
+    except ScheduleFileError:
+        raise
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ScheduleFileError(f"{where}not valid YAML: {problem}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # A scalar YAML types but cannot build (2025-13-45), or a key merged in by ``<<``
+        # that cannot be hashed: the file is wrong, not the program.
+        raise ScheduleFileError(f"not a valid schedule file: {exc}") from None
 
 
 def _sections(document: Any, env: str) -> list[tuple[str, dict[str, Any]]]:
@@ -306,12 +406,14 @@ def _kind(value: Any) -> str:
 # --- validating an entry ---------------------------------------------------------------------
 
 
-def _build(entry: JobEntry, allowed_job_prefixes: tuple[str, ...]) -> ScheduleSpec:
+def _build(
+    entry: JobEntry, allowed_job_prefixes: tuple[str, ...], now: datetime | None
+) -> ScheduleSpec:
     """The entry as a validated, unsaved Schedule; ScheduleFileError names entry and field."""
-    _check_placeholders(entry)
     try:
         schedule = Schedule(**_attributes(entry.fields))
-        schedule.validate()
+        _check_placeholders(entry)
+        schedule.validate(now)
         check_job_allowed(schedule.job_class, allowed_job_prefixes)
     except ScheduleValidationError as exc:
         raise ScheduleFileError(f"{entry.label}: {exc}") from None
@@ -503,8 +605,10 @@ def sync(
     ``pb.clock()``) is the instant the predicted queue moves are computed from.
     Raises :class:`ScheduleFileError` when the file is invalid, before anything is written.
     """
-    specs = load_schedule_file(path, env=env, allowed_job_prefixes=pb.settings.allowed_job_prefixes)
     now = now or pb.clock()
+    specs = load_schedule_file(
+        path, env=env, allowed_job_prefixes=pb.settings.allowed_job_prefixes, now=now
+    )
     with pb.session() if dry_run else pb.work_session() as session:
         existing = {schedule.name: schedule for schedule in session.scalars(select(Schedule))}
         queued = _queued_run_ats(session, now)

@@ -4,16 +4,39 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
+
+from sqlalchemy import BigInteger, ColumnElement, Integer, SmallInteger, String
 
 from postburner_py.dispatch_log import ONE_OFF_KEY_PREFIX
 from postburner_py.errors import ConfigurationError, JobNotAllowedError, ScheduleValidationError
 
 MAX_PRIORITY = 2**32 - 1
 DEFAULT_PRIORITY = 65536
+#: Beanstalkd takes ``delay`` and ``ttr`` as unsigned 32-bit seconds (about 136 years): an
+#: occurrence further away than this from now could never be put, so it is refused.
+MAX_DELAY_SECONDS = 2**32 - 1
+#: ``args`` and ``kwargs`` are copied into every execution row and loaded for every run:
+#: each may nest at most this deep and encode to at most this many bytes of JSON.
+MAX_ARGUMENT_DEPTH = 32
+MAX_ARGUMENT_BYTES = 65_536
+#: The longest elapsed time one step of each interval unit can take. A calendar day is not
+#: always 86,400 s (a UTC offset change), so calendar units get a day of slack on top.
+LONGEST_UNIT_SECONDS = {
+    "seconds": 1,
+    "minutes": 60,
+    "hours": 3600,
+    "days": 86_400,
+    "weeks": 7 * 86_400,
+    "months": 31 * 86_400,
+    "years": 366 * 86_400,
+}
+_CALENDAR_SLACK_SECONDS = 86_400
+_INTEGER_BITS = ((BigInteger, 64), (SmallInteger, 16), (Integer, 32))
 
 
 def validate_name(name: Any) -> str:
@@ -214,30 +237,216 @@ def _shown(value: str, limit: int = 80) -> str:
 
 
 def validate_args(args: Any) -> list[Any]:
-    """Positional arguments: a JSON-serialisable list."""
+    """Positional arguments: a list (or tuple) of JSON values, stored as a list.
+
+    Raises :class:`ScheduleValidationError` (field ``args``) for anything else, including
+    a string (which is not a list of its characters), and past the limits of
+    :func:`validate_json`.
+    """
     if args is None:
         return []
-    if isinstance(args, str | bytes) or not isinstance(args, Sequence):
-        raise ScheduleValidationError("args", f"must be a list, got {type(args).__name__}")
-    return _json_round_trip("args", list(args))  # type: ignore[no-any-return]
+    if not _is_sequence(args):
+        raise ScheduleValidationError(
+            "args", f"must be a list, got {type(args).__name__}; e.g. args=[42]"
+        )
+    return validate_json("args", list(args))  # type: ignore[no-any-return]
 
 
 def validate_kwargs(kwargs: Any) -> dict[str, Any]:
-    """Keyword arguments: a JSON-serialisable mapping with string keys."""
+    """Keyword arguments: a mapping of string keys to JSON values (see :func:`validate_json`)."""
     if kwargs is None:
         return {}
-    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
-        raise ScheduleValidationError("kwargs", "must be a mapping with string keys")
-    return _json_round_trip("kwargs", dict(kwargs))  # type: ignore[no-any-return]
+    if not isinstance(kwargs, Mapping):
+        raise ScheduleValidationError(
+            "kwargs", f"must be a mapping with string keys, got {type(kwargs).__name__}"
+        )
+    return validate_json("kwargs", dict(kwargs))  # type: ignore[no-any-return]
 
 
-def _json_round_trip(field: str, value: Any) -> Any:
+def validate_json(field: str, value: Any) -> Any:
+    """``value`` as it will be stored: JSON that every database keeps the same.
+
+    Accepted: None, booleans, integers, finite floats, text, lists (tuples become lists)
+    and mappings with text keys, nested at most :data:`MAX_ARGUMENT_DEPTH` deep and
+    encoding to at most :data:`MAX_ARGUMENT_BYTES` bytes. Text may not hold a NUL
+    character or a lone surrogate (PostgreSQL refuses both). The check stops as soon as a
+    limit is passed, so a huge or self-referencing structure is refused at once.
+    Raises :class:`ScheduleValidationError` naming ``field`` and the place inside it.
+    """
+    _check_json_tree(field, value)
     try:
-        return json.loads(json.dumps(value, allow_nan=False))
+        encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ScheduleValidationError(
             field, f"is not JSON-serialisable ({exc}); pass ids, strings and numbers"
         ) from None
+    size = len(encoded.encode("utf-8"))
+    if size > MAX_ARGUMENT_BYTES:
+        raise _too_large(field, size)
+    return json.loads(encoded)
+
+
+def _check_json_tree(field: str, root: Any) -> None:
+    """Walk ``root`` without recursion, spending a byte budget: a lower bound of its size."""
+    budget = MAX_ARGUMENT_BYTES
+    stack: list[tuple[Any, int, tuple[Any, ...]]] = [(root, 0, ())]
+    while stack:
+        value, depth, path = stack.pop()
+        budget -= _json_cost(value)
+        if budget < 0:
+            raise _too_large(field, MAX_ARGUMENT_BYTES - budget)
+        children = _json_children(field, value, path)
+        if children and depth >= MAX_ARGUMENT_DEPTH:
+            raise ScheduleValidationError(
+                field,
+                f"{_at(path)}nests deeper than {MAX_ARGUMENT_DEPTH} levels; "
+                "flatten it or pass an id",
+            )
+        stack.extend((child, depth + 1, child_path) for child_path, child in children)
+
+
+def _json_children(field: str, value: Any, path: tuple[Any, ...]) -> list[tuple[Any, Any]]:
+    if isinstance(value, str):
+        _check_json_text(field, value, path)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ScheduleValidationError(field, f"{_at(path)}{value} is not a JSON number")
+    elif value is None or isinstance(value, bool | int | float):
+        pass
+    elif isinstance(value, Mapping):
+        for key in value:
+            if not isinstance(key, str):
+                raise ScheduleValidationError(
+                    field, f"{_at(path)}has key {key!r}: JSON keys must be text"
+                )
+            _check_json_text(field, key, (*path, key))
+        return [((*path, key), item) for key, item in value.items()]
+    elif _is_sequence(value):
+        return [((*path, index), item) for index, item in enumerate(value)]
+    else:
+        raise ScheduleValidationError(
+            field,
+            f"{_at(path)}{type(value).__name__} is not JSON; "
+            "pass ids, strings, numbers, lists and mappings",
+        )
+    return []
+
+
+def _check_json_text(field: str, text: str, path: tuple[Any, ...]) -> None:
+    try:
+        check_text(field, text)
+    except ScheduleValidationError as exc:
+        raise ScheduleValidationError(field, _at(path) + exc.message) from None
+
+
+def _json_cost(value: Any) -> int:
+    """The fewest bytes ``value`` can encode to (its children counted on their own)."""
+    if isinstance(value, str):
+        return len(value) + 2
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value.bit_length() * 3 // 10 + 1
+    if isinstance(value, Mapping):  # braces, and per key its quotes, colon and a comma
+        return max(2, 1 + sum(len(key) + 4 for key in value if isinstance(key, str)))
+    if _is_sequence(value):  # brackets and the commas between items
+        return max(2, 1 + len(value))
+    return 1
+
+
+def _too_large(field: str, size: int) -> ScheduleValidationError:
+    return ScheduleValidationError(
+        field,
+        f"encodes to {size}+ bytes of JSON; the limit is {MAX_ARGUMENT_BYTES}. "
+        "Store big data elsewhere and pass its id",
+    )
+
+
+def _at(path: tuple[Any, ...]) -> str:
+    """Where inside an argument a problem is, e.g. ``at [0]['day']: ``."""
+    return "at " + "".join(f"[{step!r}]" for step in path) + ": " if path else ""
+
+
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray)
+
+
+def check_text(field: str, value: str, max_length: int | None = None) -> str:
+    """Refuse text that some database cannot store as given.
+
+    A NUL character (PostgreSQL refuses it), a lone surrogate (not encodable as UTF-8) and
+    more than ``max_length`` characters all raise :class:`ScheduleValidationError`.
+    """
+    if "\x00" in value:
+        raise ScheduleValidationError(
+            field, f"contains a NUL character at position {value.index(chr(0))}; remove it"
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ScheduleValidationError(
+            field, f"contains a lone surrogate at position {exc.start}: it is not valid UTF-8"
+        ) from None
+    if max_length is not None and len(value) > max_length:
+        raise ScheduleValidationError(
+            field, f"is {len(value)} characters; the limit is {max_length}"
+        )
+    return value
+
+
+def fit_column(field: str, value: Any, column: ColumnElement[Any]) -> Any:
+    """Refuse a value ``column`` would store differently (or not at all) on some database.
+
+    Text is checked with :func:`check_text` against the column's length, an integer
+    against the column type's range; the limits come from the column itself.
+    """
+    if isinstance(value, str):
+        length = column.type.length if isinstance(column.type, String) else None
+        return check_text(field, value, length)
+    if isinstance(value, int) and not isinstance(value, bool):
+        bits = next((n for kind, n in _INTEGER_BITS if isinstance(column.type, kind)), None)
+        if bits is not None and not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+            raise ScheduleValidationError(
+                field, f"{value} is out of range; the largest value stored is {2 ** (bits - 1) - 1}"
+            )
+    return value
+
+
+def validate_flag(field: str, value: Any) -> bool:
+    """A real ``True`` or ``False``: not ``'yes'``, ``''``, ``None`` or ``1``."""
+    if not isinstance(value, bool):
+        raise ScheduleValidationError(field, f"must be True or False, got {value!r}")
+    return value
+
+
+def validate_optional_text(field: str, value: Any) -> str | None:
+    """``None`` or text (``description``)."""
+    if value is not None and not isinstance(value, str):
+        raise ScheduleValidationError(field, f"must be text or None, got {type(value).__name__}")
+    return value
+
+
+def check_delay(field: str, run_at: datetime, now: datetime) -> datetime:
+    """Refuse an instant further after ``now`` than Beanstalkd can delay a job."""
+    if (run_at - now).total_seconds() > MAX_DELAY_SECONDS:
+        raise ScheduleValidationError(
+            field,
+            f"{run_at.isoformat()} is more than {MAX_DELAY_SECONDS} s (about 136 years) from now; "
+            "Beanstalkd cannot delay a job that long",
+        )
+    return run_at
+
+
+def check_interval_step(interval: int, unit: str) -> None:
+    """Refuse an interval whose one step could be longer than Beanstalkd can delay a job."""
+    longest = LONGEST_UNIT_SECONDS.get(unit)
+    if longest is None:
+        return  # an unknown unit is the grid's to refuse
+    slack = 0 if unit in ("seconds", "minutes", "hours") else _CALENDAR_SLACK_SECONDS
+    if interval * longest + slack > MAX_DELAY_SECONDS:
+        most = (MAX_DELAY_SECONDS - slack) // longest
+        raise ScheduleValidationError(
+            "interval",
+            f"{interval} {unit} is longer than Beanstalkd can delay a job "
+            f"({MAX_DELAY_SECONDS} s); at most {most} {unit}",
+        )
 
 
 def validate_priority(priority: Any) -> int:
@@ -252,14 +461,15 @@ def validate_priority(priority: Any) -> int:
 
 
 def validate_positive_int(field: str, value: Any, hint: str) -> int:
-    """An integer >= 1 (``ttr``, ``max_attempts``)."""
+    """An integer >= 1 (``ttr``, ``max_attempts``, ``interval``): not a bool, not a float."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ScheduleValidationError(field, f"must be an integer >= 1 ({hint})")
+        raise ScheduleValidationError(field, f"must be an integer >= 1 ({hint}), got {value!r}")
     return value
 
 
 def require_aware(field: str, value: datetime) -> datetime:
-    """Refuse naive datetimes: the library never guesses a timezone."""
+    """Refuse naive datetimes (the library never guesses a timezone) and instants whose UTC
+    form falls outside years 1-9999."""
     if not isinstance(value, datetime):
         raise ScheduleValidationError(field, "must be a timezone-aware datetime")
     if value.tzinfo is None or value.utcoffset() is None:
@@ -268,6 +478,12 @@ def require_aware(field: str, value: datetime) -> datetime:
             f"{value.isoformat()} is naive; pass an aware datetime, "
             "e.g. datetime(2025, 1, 31, 10, tzinfo=UTC)",
         )
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ScheduleValidationError(
+            field, f"{value.isoformat()} is outside years 1-9999 in UTC"
+        ) from None
     return value
 
 

@@ -1,0 +1,1 @@
+"""The tiny application the documentation's examples schedule."""

@@ -1,0 +1,17 @@
+"""Jobs the documentation's examples name (``myapp.jobs:send_report`` ...)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def send_report(*args: Any, **kwargs: Any) -> None:
+    """The README's daily report."""
+
+
+def pulse(*args: Any, **kwargs: Any) -> None:
+    """A frequent heartbeat."""
+
+
+def remind(*args: Any, **kwargs: Any) -> None:
+    """The README's one-off reminder."""
