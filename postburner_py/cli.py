@@ -363,9 +363,10 @@ def _run_schedules_list(args: argparse.Namespace) -> int:
         state = "enabled" if row["enabled"] else "disabled"
         last = row["last_dispatch"]
         outcome = f"{last['fire_time']} {last['status']}" if last else "-"
+        invalid = f"  INVALID: {row['invalid']}" if row["invalid"] else ""
         print(
             f"{row['name']:<30} {state:<8} {row['spec']:<20} {row['timezone']:<16} "
-            f"{row['job_class']:<36} next {row['next_run_at'] or '-'}  last {outcome}"
+            f"{row['job_class']:<36} next {row['next_run_at'] or '-'}  last {outcome}{invalid}"
         )
     return EXIT_OK
 
@@ -424,12 +425,14 @@ def _schedule_upcoming(args: argparse.Namespace, now: datetime) -> tuple[list[da
     from sqlalchemy import select
 
     from postburner_py.models import Schedule
+    from postburner_py.planning import planning
 
     with _postburner(args) as pb, pb.session() as session:
         schedule = session.scalar(select(Schedule).where(Schedule.name == args.schedule))
         if schedule is None:
             raise PostburnerError(f"no schedule named {args.schedule!r}")
-        return schedule.upcoming(args.count, now), args.tz or schedule.timezone
+        with planning(schedule.name):  # a row written behind the API's back: exit 1
+            return schedule.upcoming(args.count, now), args.tz or schedule.timezone
 
 
 # --- explain ---------------------------------------------------------------------------------

@@ -411,6 +411,11 @@ class WatchdogMetrics:
             "1 while Beanstalkd answers",
             registry=self.registry,
         )
+        self.invalid_schedules = Gauge(
+            "postburner_watchdog_invalid_schedules",
+            "Schedules the last reconcile pass could not plan (see postburner status)",
+            registry=self.registry,
+        )
 
     def observe(self, kind: str, report: PassReport, *, queue_up: bool) -> None:
         """Add a pass's counts."""
@@ -419,6 +424,8 @@ class WatchdogMetrics:
         self.duration.labels(kind).set(report.duration)
         self.last_pass.labels(kind).set(time.time())
         self.queue_up.set(1 if queue_up else 0)
+        if kind == "reconcile":
+            self.invalid_schedules.set(report.invalid)
 
     def serve(self, port: int) -> WSGIServer:
         """Serve ``/metrics`` on ``port`` in a daemon thread; returns the HTTP server."""

@@ -340,7 +340,7 @@ def test_an_invalid_schedule_written_with_raw_sql_does_not_stop_the_others(
     with caplog.at_level(logging.WARNING, logger="postburner_py.watchdog"):
         report = tick(pb, now=clock())
     assert (report.created, report.invalid) == (3, 1)
-    assert "cannot be queued" in caplog.text
+    assert "cannot be planned" in caplog.text
     assert sorted(_live_per_schedule(pb, clock())) == sorted(good)
 
 
