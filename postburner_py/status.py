@@ -16,6 +16,7 @@ from sqlalchemy import and_, exists, func, inspect, select, text, union
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from postburner_py.config import mask_url
 from postburner_py.dispatch_log import DispatchRecord
 from postburner_py.errors import QueueUnavailableError
 from postburner_py.history import HistoryRecord
@@ -68,8 +69,8 @@ def _watchdogs(pb: Postburner, now: datetime) -> list[dict[str, Any]]:
 
 def _settings(pb: Postburner) -> dict[str, Any]:
     return {
-        "database_url": pb.engine.url.render_as_string(hide_password=True),
-        "beanstalkd_url": pb.settings.beanstalkd_url,
+        "database_url": mask_url(pb.settings.database_url),
+        "beanstalkd_url": mask_url(pb.settings.beanstalkd_url),
         "namespace": pb.settings.namespace,
         "allowed_job_prefixes": list(pb.settings.allowed_job_prefixes),
         "catch_up_window_seconds": pb.settings.catch_up_window.total_seconds(),

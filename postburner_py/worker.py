@@ -79,6 +79,8 @@ class Worker:
         self._counts: list[Counter[Outcome]] = []
         self._counts_lock = threading.Lock()
         self._stopping = threading.Event()
+        #: With ``burst``: why the worker gave up (Beanstalkd unreachable), else None.
+        self.failure: QueueUnavailableError | None = None
 
     def run(self) -> None:
         """Run until :meth:`stop` (or, with ``burst``, until nothing is ready)."""
@@ -152,6 +154,9 @@ class Worker:
                 if deletes:
                     # Their outcomes are recorded: back after the TTR, the log turns them away.
                     log.warning("jobs %s may not be deleted: %s", deletes, exc)
+                if self.burst:  # a script waits for this worker: give up, do not wait
+                    self.failure = exc
+                    return
                 backoff = self._back_off(backoff, exc)
                 continue
             backoff = 0.0
@@ -190,7 +195,11 @@ def run_worker(
     prefetch: int | None = None,
     burst: bool = False,
 ) -> int:
-    """Run a worker in the foreground with signal handling; returns the exit code."""
+    """Run a worker in the foreground with signal handling; returns the exit code.
+
+    With ``burst``, Beanstalkd becoming unreachable ends the run with
+    :class:`~postburner_py.errors.QueueUnavailableError` (after the running jobs finish).
+    """
     worker = Worker(pb, queues=queues, concurrency=concurrency, prefetch=prefetch, burst=burst)
     if threading.current_thread() is threading.main_thread():
         _install_signal_handlers(worker)
@@ -203,6 +212,8 @@ def run_worker(
         ", burst" if burst else "",
     )
     worker.run()
+    if worker.failure is not None:
+        raise worker.failure
     return 0
 
 
