@@ -322,3 +322,23 @@ def test_the_metrics_show_how_many_schedules_the_last_pass_could_not_plan() -> N
     metrics.observe("reconcile", PassReport(invalid=3), queue_up=True)
     metrics.observe("audit", PassReport(), queue_up=True)
     assert b"postburner_watchdog_invalid_schedules 3.0" in generate_latest(metrics.registry)
+
+
+def test_a_row_that_cannot_be_planned_can_be_disabled_but_not_enabled(
+    make_postburner: MakePostburner,
+) -> None:
+    from postburner_py.admin import set_enabled
+
+    clock = _clock()
+    pb = make_postburner(clock=clock)
+    bad = create_schedule(pb, name="broken")
+    [queued] = _live(pb, bad, clock())
+    _corrupt(pb, bad, "timezone = 'Mars/Olympus'")
+    result = set_enabled(pb, "broken", False, now=clock())
+    assert (result.enabled, result.changed, result.next_run_at) == (False, True, None)
+    assert _live(pb, bad, clock()) == []
+    assert queued.beanstalk_job_id is not None and pb.queue.peek(queued.beanstalk_job_id) is None
+    with pytest.raises(UnplannableScheduleError, match=r"'broken'.*Mars/Olympus"):
+        set_enabled(pb, "broken", True, now=clock())
+    with pb.session() as session:
+        assert session.get_one(Schedule, bad).enabled is False  # nothing written
