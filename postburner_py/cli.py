@@ -689,6 +689,8 @@ def _run_worker(args: argparse.Namespace) -> int:
     concurrency = args.concurrency or _from_env("POSTBURNER_CONCURRENCY", _concurrency, 1)
     prefetch = _prefetch(args.prefetch)
     with _postburner(args) as pb:
+        for queue in queues:
+            pb.queue.tube(queue)  # a bad name (option or POSTBURNER_QUEUES) is a usage error
         _require_servers(pb)
         return run_worker(
             pb, queues=queues, concurrency=concurrency, prefetch=prefetch, burst=args.burst

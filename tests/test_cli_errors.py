@@ -94,6 +94,7 @@ def test_a_bad_variable_does_not_break_commands_that_do_not_use_it(tmp_path: Pat
         (("watchdog", "--interval", "1e20"), ("--interval",)),
         (("worker", "--concurrency", "100000"), ("--concurrency",)),
         (("worker", "--prefetch", "-1"), ("--prefetch",)),
+        (("worker", "--queue", "no spaces allowed"), ("queue", "no spaces allowed")),
         (("history", "--from", "0001-01-01T00:00:00+01:00"), ("--from", "years 1-9999")),
         (("history", "--to", "9999-12-31T23:59:59-01:00"), ("--to", "years 1-9999")),
         (("dispatches", "--since", "0001-01-01T00:30:00+01:00"), ("--since",)),
