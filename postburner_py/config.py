@@ -179,5 +179,19 @@ def resolve_settings(
         allowed_job_prefixes=prefixes,
         secret=secret or env.get("POSTBURNER_SECRET") or None,
         catch_up_window=window,
-        node_id=node_id or env.get("POSTBURNER_NODE_ID") or defaults.node_id,
+        node_id=_validate_node_id(node_id or env.get("POSTBURNER_NODE_ID") or defaults.node_id),
     )
+
+
+#: The dispatch log's and the job history's column width for a node (worker) id.
+MAX_NODE_ID = 200
+
+
+def _validate_node_id(node_id: str) -> str:
+    if len(node_id) > MAX_NODE_ID:
+        raise ConfigurationError(
+            f"node_id: {len(node_id)} characters, at most {MAX_NODE_ID} "
+            "(it is stored with every dispatch; a worker adds its thread number); "
+            "set a shorter POSTBURNER_NODE_ID or --node-id"
+        )
+    return node_id

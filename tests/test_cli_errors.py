@@ -86,6 +86,7 @@ def test_a_bad_variable_does_not_break_commands_that_do_not_use_it(tmp_path: Pat
         (("--database-url", "not a url", "status"), ("database_url",)),
         (("--beanstalkd-url", "nonsense", "status"), ("beanstalkd_url",)),
         (("--namespace", "-bad", "status"), ("namespace",)),
+        (("--node-id", "n" * 300, "status"), ("node_id", "300 characters")),
         (("watchdog", "--metrics-port", "70000"), ("--metrics-port", "65535")),
         (("watchdog", "--metrics-port", "0"), ("--metrics-port",)),
         (("watchdog", "--interval", "nan"), ("--interval",)),
