@@ -72,7 +72,7 @@ from postburner_py.models import (
     normalize_snapshot,
 )
 from postburner_py.occurrences import NextOccurrence, plan_next
-from postburner_py.planning import planning, stored_grid
+from postburner_py.planning import planning, stored_grid, unloadable_schedules
 from postburner_py.queue_ops import JobRef, delete_jobs, remove_job
 from postburner_py.signing import JobBody, encode_body
 from postburner_py.timegrid import TimeGrid
@@ -179,6 +179,11 @@ def reconcile_pass(
     retire_stale(pb, now, report)
     with pb.session() as session:
         missing, wrong = schedules_to_converge(session, now)
+        unloadable = unloadable_schedules(session, enabled_only=True)
+    if unloadable:
+        retire_unloadable(pb, unloadable, now, report)
+        missing = [sid for sid in missing if sid not in unloadable]
+        wrong = [sid for sid in wrong if sid not in unloadable]
     repair_drift(pb, wrong, now, report)
     create_missing(pb, missing, now, report)
     queue_unqueued(pb, now, report)
@@ -268,6 +273,27 @@ def _supersede(session: Session, ids: Sequence[int], still: ColumnElement[bool])
         .returning(_E.id, _E.beanstalk_job_id, _E.beanstalk_server_id)
     )
     return [JobRef(row[0], row[1], row[2]) for row in rows.all()]
+
+
+def retire_unloadable(
+    pb: Postburner, found: dict[int, UnplannableScheduleError], now: datetime, report: PassReport
+) -> None:
+    """Count the schedules whose rows cannot even be loaded (SQLite, see
+    :func:`~postburner_py.planning.unloadable_schedules`) and treat them as disabled, like
+    ``converge`` does with a row that cannot be planned: one UPDATE per batch."""
+    for error in found.values():
+        report.unplannable(error)
+    for chunk in chunks(sorted(found), REPAIR_BATCH):
+        with pb.work_session() as session:
+            locked = try_lock_schedules(session, pb.settings.namespace, chunk)
+            rows = session.execute(
+                select(_E.id).where(
+                    _E.schedule_id.in_(sorted(locked)), LIVE, or_(_E.run_at > now, not_started())
+                )
+            ).all()
+            retired = _supersede(session, [row.id for row in rows], LIVE)
+            report.superseded += len(retired)
+            session.commit()
 
 
 # --- 2. drift: the live future execution does not match the schedule ---------------------------

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, exists, func, inspect, select, text, union
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from postburner_py.config import mask_url
 from postburner_py.dispatch_log import DispatchRecord
 from postburner_py.errors import QueueUnavailableError
 from postburner_py.history import HistoryRecord
 from postburner_py.models import LIVE_STATUSES, Schedule, ScheduleExecution
-from postburner_py.planning import PlanChecker
+from postburner_py.planning import PlanChecker, unloadable_schedules
 
 if TYPE_CHECKING:
     from postburner_py.app import Postburner
@@ -118,7 +118,8 @@ def schedule_rows(pb: Postburner, *, now: datetime | None = None) -> list[dict[s
         .scalar_subquery()
     )
     with pb.session() as session:
-        rows = session.execute(select(Schedule, next_run).order_by(Schedule.name)).all()
+        unloadable = unloadable_schedules(session, enabled_only=False)
+        rows = _schedules(session, next_run, unloadable)
         dispatches = _last_dispatches(session)
         runs = _last_runs(session)
     checker = PlanChecker(now)
@@ -128,10 +129,23 @@ def schedule_rows(pb: Postburner, *, now: datetime | None = None) -> list[dict[s
             next_run_at,
             dispatches.get(schedule.name),
             runs.get(schedule.name),
-            checker.reason(schedule),
+            unloadable[schedule.id].reason
+            if schedule.id in unloadable
+            else checker.reason(schedule),
         )
         for schedule, next_run_at in rows
     ]
+
+
+def _schedules(session: Session, next_run: Any, unloadable: dict[int, Any]) -> list[Any]:
+    """Every schedule by name; the rows whose instants cannot be loaded without them."""
+    statement = select(Schedule, next_run).order_by(Schedule.name)
+    if not unloadable:
+        return list(session.execute(statement).all())
+    broken = Schedule.id.in_(sorted(unloadable))
+    lean = statement.where(broken).options(defer(Schedule.anchor), defer(Schedule.resumed_at))
+    rows = [*session.execute(statement.where(~broken)).all(), *session.execute(lean).all()]
+    return sorted(rows, key=lambda row: row[0].name)
 
 
 def _newest_occurrences() -> Any:

@@ -342,3 +342,36 @@ def test_a_row_that_cannot_be_planned_can_be_disabled_but_not_enabled(
         set_enabled(pb, "broken", True, now=clock())
     with pb.session() as session:
         assert session.get_one(Schedule, bad).enabled is False  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("assignment", "words"),
+    [
+        ("anchor = 'garbage'", "anchor: stored value 'garbage'"),
+        ("anchor = 12345", "anchor: stored value 12345"),
+        ("resumed_at = 'now'", "resumed_at: stored value 'now'"),
+    ],
+)
+def test_an_sqlite_instant_that_cannot_even_be_loaded_is_set_aside_before_the_others(
+    make_postburner: MakePostburner, database_url: str, assignment: str, words: str
+) -> None:
+    if not database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's timestamptz columns cannot hold such a value")
+    clock = _clock()
+    pb = make_postburner(clock=clock)
+    bad = create_schedule(pb, name="broken", **{**_INTERVAL, "interval_unit": "days"})
+    [queued] = _live(pb, bad, clock())
+    good = [create_schedule(pb) for _ in range(2)]
+    for schedule_id in good:
+        _corrupt(pb, schedule_id, "cron = '30 * * * *'")
+    fresh = _bulk(pb, 3)
+    _corrupt(pb, bad, assignment)
+    report = tick(pb, now=clock())
+    assert (report.invalid, report.repaired, report.created) == (1, 2, 5)
+    assert words in report.invalid_schedules["broken"]
+    assert all(len(_live(pb, schedule_id, clock())) == 1 for schedule_id in good + fresh)
+    assert _live(pb, bad, clock()) == []
+    assert queued.beanstalk_job_id is not None and pb.queue.peek(queued.beanstalk_job_id) is None
+    [row] = [row for row in collect_status(pb, now=clock())["schedules"] if row["name"] == "broken"]
+    assert words in row["invalid"]
+    assert tick(pb, now=clock()).invalid == 1
