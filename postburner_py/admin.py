@@ -3,15 +3,17 @@ schedule by name, list the dispatch log, write starter files."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import defer
 
 from postburner_py.dispatch_log import DispatchEntry, DispatchStatus, SqlDispatchRegistry
-from postburner_py.errors import PostburnerError
+from postburner_py.errors import PostburnerError, UnplannableScheduleError
 from postburner_py.models import LIVE_STATUSES, Schedule, ScheduleExecution
 from postburner_py.planning import planning
 
@@ -125,7 +127,9 @@ def set_enabled(
     :class:`~postburner_py.errors.UnplannableScheduleError` naming it, writing nothing.
     """
     with pb.session() as session:
-        schedule = session.scalar(select(Schedule).where(Schedule.name == name))
+        # Instants load only when needed: a row SQLite cannot load them from can be disabled.
+        lazy = (defer(Schedule.anchor), defer(Schedule.resumed_at))
+        schedule = session.scalar(select(Schedule).where(Schedule.name == name).options(*lazy))
         if schedule is None:
             raise PostburnerError(f"no schedule named {name!r}")
         changed = schedule.enabled != enabled
@@ -150,8 +154,9 @@ def _disable(pb: Postburner, session: Session, schedule: Schedule, now: datetime
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    reconcile_schedule(pb, schedule.id, now=now)
-    session.refresh(schedule)  # after the reconcile: this read must see what it committed
+    with contextlib.suppress(UnplannableScheduleError):  # disabled all the same, retired
+        reconcile_schedule(pb, schedule.id, now=now)
+    session.refresh(schedule, ["enabled"])  # after the reconcile: it must see what that did
 
 
 # --- dispatch log listing --------------------------------------------------------------------

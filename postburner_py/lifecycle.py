@@ -29,7 +29,7 @@ from postburner_py.models import (
     ScheduleExecution,
 )
 from postburner_py.occurrences import NextOccurrence, plan_next
-from postburner_py.planning import planning
+from postburner_py.planning import PLANNING_ERRORS, planning, reason
 from postburner_py.queue_ops import JobRef, delete_jobs, put_execution, remove_job
 
 if TYPE_CHECKING:
@@ -240,9 +240,13 @@ def converge(pb: Postburner, session: Session, schedule_id: int, now: datetime) 
     occurrences not yet started are retired, so nothing fires on a grid that can no longer
     be checked, until the row is fixed.
     """
-    schedule = session.get(Schedule, schedule_id, populate_existing=True)
+    try:
+        schedule = session.get(Schedule, schedule_id, populate_existing=True)
+        unloadable = None
+    except PLANNING_ERRORS as exc:  # SQLite: a column holds what cannot be loaded
+        schedule, unloadable = None, _unloadable(session, schedule_id, exc)
     live = _live_executions(session, schedule_id)
-    outcome = Convergence()
+    outcome = Convergence(invalid=unloadable)
     waiting = _not_started(session, [e for e in live if e.run_at <= now])
     future = [e for e in live if e.run_at > now]
     if schedule is None or not schedule.enabled:
@@ -265,6 +269,11 @@ def converge(pb: Postburner, session: Session, schedule_id: int, now: datetime) 
         if execution is not None and execution.is_live and not execution.enqueued:
             outcome.to_enqueue.append(execution.id)
     return outcome
+
+
+def _unloadable(session: Session, schedule_id: int, exc: Exception) -> UnplannableScheduleError:
+    name = session.scalar(select(Schedule.name).where(Schedule.id == schedule_id))
+    return UnplannableScheduleError(str(name or f"#{schedule_id}"), reason(exc))
 
 
 def _plan(
@@ -410,8 +419,8 @@ def chain_next_many(pb: Postburner, run_at: Mapping[int, datetime], *, now: date
     # The schedules that could not be chained are left for the watchdog, which reports them.
     for problem in report.problems:
         log.warning("chaining: %s", problem)
-    for name, reason in report.invalid_schedules.items():
-        log.warning("chaining: schedule %r cannot be planned, nothing queued: %s", name, reason)
+    for name, why in report.invalid_schedules.items():
+        log.warning("chaining: schedule %r cannot be planned, nothing queued: %s", name, why)
 
 
 def _latest_live_run_at(pb: Postburner, schedule_ids: list[int]) -> dict[int, datetime]:

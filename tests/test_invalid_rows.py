@@ -375,3 +375,10 @@ def test_an_sqlite_instant_that_cannot_even_be_loaded_is_set_aside_before_the_ot
     [row] = [row for row in collect_status(pb, now=clock())["schedules"] if row["name"] == "broken"]
     assert words in row["invalid"]
     assert tick(pb, now=clock()).invalid == 1
+
+    from postburner_py.admin import set_enabled
+
+    with pytest.raises(UnplannableScheduleError, match="'broken'"):
+        set_enabled(pb, "broken", True, now=clock())
+    assert set_enabled(pb, "broken", False, now=clock()).enabled is False
+    assert tick(pb, now=clock()).invalid == 0  # disabled: nothing to plan
