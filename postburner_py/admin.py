@@ -3,18 +3,23 @@ schedule by name, list the dispatch log, write starter files."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.orm import defer
 
 from postburner_py.dispatch_log import DispatchEntry, DispatchStatus, SqlDispatchRegistry
-from postburner_py.errors import PostburnerError
+from postburner_py.errors import PostburnerError, UnplannableScheduleError
 from postburner_py.models import LIVE_STATUSES, Schedule, ScheduleExecution
+from postburner_py.planning import planning
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from postburner_py.app import Postburner
 
 
@@ -116,18 +121,42 @@ class EnableResult:
 def set_enabled(
     pb: Postburner, name: str, enabled: bool, *, now: datetime | None = None
 ) -> EnableResult:
-    """Enable or disable the schedule ``name``, commit, and reconcile its queue."""
+    """Enable or disable the schedule ``name``, commit, and reconcile its queue.
+
+    A schedule whose stored row cannot be planned can always be disabled; enabling it raises
+    :class:`~postburner_py.errors.UnplannableScheduleError` naming it, writing nothing.
+    """
     with pb.session() as session:
-        schedule = session.scalar(select(Schedule).where(Schedule.name == name))
+        # Instants load only when needed: a row SQLite cannot load them from can be disabled.
+        lazy = (defer(Schedule.anchor), defer(Schedule.resumed_at))
+        schedule = session.scalar(select(Schedule).where(Schedule.name == name).options(*lazy))
         if schedule is None:
             raise PostburnerError(f"no schedule named {name!r}")
         changed = schedule.enabled != enabled
         if enabled:
-            schedule.enable(now=now)
+            with planning(name):
+                schedule.enable(now=now)
         else:
-            schedule.disable(now=now)
+            _disable(pb, session, schedule, now)
         upcoming = schedule.future_live(now)
         return EnableResult(name, enabled, changed, upcoming[0].run_at if upcoming else None)
+
+
+def _disable(pb: Postburner, session: Session, schedule: Schedule, now: datetime | None) -> None:
+    """``schedule.disable()`` without validating the row on flush: disabling is the way out
+    for a row that cannot be planned, so it must not need one that can."""
+    from postburner_py.lifecycle import reconcile_schedule
+
+    session.execute(
+        update(Schedule)
+        .where(Schedule.id == schedule.id)
+        .values(enabled=False)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    with contextlib.suppress(UnplannableScheduleError):  # disabled all the same, retired
+        reconcile_schedule(pb, schedule.id, now=now)
+    session.refresh(schedule, ["enabled"])  # after the reconcile: it must see what that did
 
 
 # --- dispatch log listing --------------------------------------------------------------------

@@ -12,11 +12,13 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
 from postburner_py.beanstalk import BeanstalkQueue
-from postburner_py.config import Settings, resolve_settings
+from postburner_py.config import Settings, mask_url, redact, resolve_settings
 from postburner_py.db import utcnow
+from postburner_py.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from postburner_py.delayed_jobs import DelayedJob
@@ -162,6 +164,20 @@ class Postburner:
 
 
 def _make_engine(url: str, options: dict[str, Any]) -> Engine:
+    """The engine of ``url``; a URL SQLAlchemy cannot use raises ConfigurationError (its
+    password masked)."""
+    try:
+        return _create_engine(url, options)
+    except (ArgumentError, ImportError, ValueError) as exc:
+        reason = redact(str(exc).splitlines()[0] if str(exc) else "", database_url=url, secret=None)
+        raise ConfigurationError(
+            f"database_url: {mask_url(url)!r} cannot be used ({reason or type(exc).__name__}); "
+            "give a SQLAlchemy URL such as postgresql+psycopg://app@db.example:5432/app "
+            "or sqlite:///postburner.sqlite3"
+        ) from None
+
+
+def _create_engine(url: str, options: dict[str, Any]) -> Engine:
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     if url.startswith("sqlite"):

@@ -13,16 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 from zoneinfo import ZoneInfo
 
-from postburner_py.errors import PostburnerError
+from postburner_py.config import MAX_CATCH_UP_WINDOW, parse_number
+from postburner_py.errors import PostburnerError, QueueUnavailableError
 
 if TYPE_CHECKING:
     from postburner_py.app import Postburner
@@ -48,7 +50,15 @@ class UsageError(PostburnerError):
     """The command line itself is wrong (exit 2)."""
 
 
-class CommandParser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"postburner: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+class CommandParser(Parser):
     """A sub-command parser that also accepts the connection options after the command.
 
     Its options default to "not given" so they never override what the main parser read.
@@ -80,14 +90,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        return _fail(exc)
+        return _fail(exc, args)
 
 
-def _fail(exc: Exception) -> int:
-    """Print one line for ``exc``; usage errors (bad input) exit 2, anything else 1."""
+def _fail(exc: Exception, args: argparse.Namespace) -> int:
+    """Print one line for ``exc`` (secrets masked); usage errors (bad input) exit 2,
+    anything else 1."""
+    from postburner_py.config import redact
+
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if not isinstance(exc, PostburnerError | OSError | ValueError) and not _is_database_error(exc):
         message = f"{type(exc).__name__}: {message} (run with --debug for the traceback)"
+    database_url = args.database_url or os.environ.get("POSTBURNER_DATABASE_URL")
+    secret = args.secret or os.environ.get("POSTBURNER_SECRET")
+    message = redact(message, database_url=database_url, secret=secret)
     print(f"postburner: error: {message}", file=sys.stderr)
     return EXIT_USAGE if isinstance(exc, UsageError | ValueError) else EXIT_FAILURE
 
@@ -100,7 +116,7 @@ def _is_database_error(exc: Exception) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="postburner",
         description="Pre-enqueue delay-queue scheduler on Beanstalkd and PostgreSQL.",
         epilog="Options whose help names a POSTBURNER_* variable also read it from the "
@@ -176,7 +192,7 @@ def _postburner(args: argparse.Namespace) -> Iterator[Postburner]:
         namespace=args.namespace,
         allowed_job_prefixes=args.allowed_job_prefixes,
         secret=args.secret,
-        catch_up_window=_seconds(args.catch_up_window),
+        catch_up_window=_catch_up_window(args.catch_up_window),
         node_id=args.node_id,
     )
     try:
@@ -185,13 +201,26 @@ def _postburner(args: argparse.Namespace) -> Iterator[Postburner]:
         pb.dispose()
 
 
-def _seconds(text: str | None) -> float | None:
+def _catch_up_window(text: str | None) -> float | None:
     if text is None:
         return None
-    try:
-        return float(text)
-    except ValueError:
-        raise UsageError(f"--catch-up-window {text!r} is not a number of seconds") from None
+    limit = MAX_CATCH_UP_WINDOW.total_seconds()
+    return parse_number(text, "--catch-up-window", float, 0.0, limit, example="3600")
+
+
+def _require_servers(pb: Postburner) -> None:
+    """Fail at once, with one line, when the database or Beanstalkd does not answer: a
+    long-running process started against a server that is not there exits 1 (its supervisor
+    restarts it) instead of waiting forever. Outages after the start are ridden out."""
+    from sqlalchemy import text
+
+    with pb.engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+    if not pb.queue.ping():
+        raise QueueUnavailableError(
+            f"Beanstalkd at {pb.settings.beanstalkd_url} does not answer; start it, or fix "
+            "--beanstalkd-url / POSTBURNER_BEANSTALKD_URL"
+        )
 
 
 def _print_json(value: Any) -> None:
@@ -215,11 +244,17 @@ def _parse_instant(text: str, option: str) -> datetime:
         ) from None
     if instant.tzinfo is None:
         raise UsageError(f"{option} {text!r} has no UTC offset; add one, e.g. +00:00")
-    return instant.astimezone(UTC)
+    try:
+        return instant.astimezone(UTC)
+    except OverflowError:
+        raise UsageError(
+            f"{option} {text!r} is outside the years 1-9999 in UTC; give a later (or earlier) "
+            "instant, e.g. 2025-01-31T10:00:00+00:00"
+        ) from None
 
 
-def _at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number >= ``minimum``."""
+def _at_least(minimum: int, maximum: int = 2**63 - 1) -> Callable[[str], int]:
+    """An argparse type: a whole number in ``minimum..maximum``."""
 
     def parse(text: str) -> int:
         try:
@@ -228,15 +263,55 @@ def _at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
         return value
 
     return parse
 
 
-#: ``--count``, ``--limit``, ``--concurrency``: an integer >= 1.
-_positive = _at_least(1)
+#: ``--count``, ``--limit``: an integer >= 1 (bounded: each is held in memory).
+_positive = _at_least(1, 100_000)
+#: ``--concurrency``: threads of one worker process.
+_concurrency = _at_least(1, 1024)
 #: ``--prefetch``: an integer >= 0.
-_not_negative = _at_least(0)
+_not_negative = _at_least(0, 10_000)
+#: An execution id (a 64-bit key).
+_row_id = _at_least(1)
+#: ``--metrics-port``: a TCP port.
+_port = _at_least(1, 65535)
+#: The longest watchdog interval (a day): APScheduler cannot schedule an unbounded one.
+MAX_INTERVAL = 86_400.0
+
+
+def _interval(text: str) -> float:
+    """An argparse type: seconds between watchdog passes, > 0 and at most a day."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= MAX_INTERVAL):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds > 0 and <= {MAX_INTERVAL:.0f}, e.g. 60"
+        )
+    return value
+
+
+def _from_env(variable: str, parse: Callable[[str], Any], fallback: Any) -> Any:
+    """The value of ``variable`` parsed like its option, or ``fallback`` when unset.
+
+    Read when a command runs (never while the parser is built, so a bad variable cannot
+    break unrelated commands); a bad value is a usage error naming the variable.
+    """
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return fallback
+    try:
+        return parse(text)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(
+            f"{variable}={text!r}: {exc}; fix it, or unset it for the default"
+        ) from None
 
 
 # --- init ------------------------------------------------------------------------------------
@@ -363,9 +438,10 @@ def _run_schedules_list(args: argparse.Namespace) -> int:
         state = "enabled" if row["enabled"] else "disabled"
         last = row["last_dispatch"]
         outcome = f"{last['fire_time']} {last['status']}" if last else "-"
+        invalid = f"  INVALID: {row['invalid']}" if row["invalid"] else ""
         print(
             f"{row['name']:<30} {state:<8} {row['spec']:<20} {row['timezone']:<16} "
-            f"{row['job_class']:<36} next {row['next_run_at'] or '-'}  last {outcome}"
+            f"{row['job_class']:<36} next {row['next_run_at'] or '-'}  last {outcome}{invalid}"
         )
     return EXIT_OK
 
@@ -424,12 +500,14 @@ def _schedule_upcoming(args: argparse.Namespace, now: datetime) -> tuple[list[da
     from sqlalchemy import select
 
     from postburner_py.models import Schedule
+    from postburner_py.planning import planning
 
     with _postburner(args) as pb, pb.session() as session:
         schedule = session.scalar(select(Schedule).where(Schedule.name == args.schedule))
         if schedule is None:
             raise PostburnerError(f"no schedule named {args.schedule!r}")
-        return schedule.upcoming(args.count, now), args.tz or schedule.timezone
+        with planning(schedule.name):  # a row written behind the API's back: exit 1
+            return schedule.upcoming(args.count, now), args.tz or schedule.timezone
 
 
 # --- explain ---------------------------------------------------------------------------------
@@ -453,7 +531,7 @@ def _run_explain(args: argparse.Namespace) -> int:
 
 def _add_skip(commands: Any) -> None:
     command = commands.add_parser("skip", help="skip one occurrence, keep the schedule running")
-    command.add_argument("execution_id", nargs="?", type=int, help="execution id to skip")
+    command.add_argument("execution_id", nargs="?", type=_row_id, help="execution id to skip")
     command.add_argument("--schedule", help="schedule name (with --at)")
     command.add_argument("--at", help="ISO-8601 instant of the occurrence (with --schedule)")
     command.set_defaults(handler=_run_skip)
@@ -594,8 +672,8 @@ def _add_worker(commands: Any) -> None:
     )
     command.add_argument(
         "--concurrency",
-        type=_positive,
-        default=int(os.environ.get("POSTBURNER_CONCURRENCY", "1")),
+        type=_concurrency,
+        default=None,
         help="jobs run at once (default 1); env POSTBURNER_CONCURRENCY",
     )
     command.add_argument(
@@ -635,12 +713,17 @@ def _run_worker(args: argparse.Namespace) -> int:
     from postburner_py.worker import run_worker
 
     queues = args.queue or _env_list("POSTBURNER_QUEUES") or ["default"]
+    concurrency = args.concurrency or _from_env("POSTBURNER_CONCURRENCY", _concurrency, 1)
+    prefetch = _prefetch(args.prefetch)
     with _postburner(args) as pb:
+        for queue in queues:
+            pb.queue.tube(queue)  # a bad name (option or POSTBURNER_QUEUES) is a usage error
+        _require_servers(pb)
         return run_worker(
             pb,
             queues=queues,
-            concurrency=args.concurrency,
-            prefetch=_prefetch(args.prefetch),
+            concurrency=concurrency,
+            prefetch=prefetch,
             burst=args.burst,
             shutdown_grace=args.shutdown_grace,
         )
@@ -649,8 +732,8 @@ def _run_worker(args: argparse.Namespace) -> int:
 def _prefetch(given: int | None) -> int | None:
     if given is not None:
         return given
-    configured = os.environ.get("POSTBURNER_PREFETCH", "").strip()
-    return _not_negative(configured) if configured else None
+    value: int | None = _from_env("POSTBURNER_PREFETCH", _not_negative, None)
+    return value
 
 
 def _env_list(variable: str) -> list[str]:
@@ -662,9 +745,15 @@ def _add_watchdog(commands: Any) -> None:
     _add_interval(command)
     command.add_argument(
         "--metrics-port",
-        type=_positive,
-        default=_env_int("POSTBURNER_METRICS_PORT"),
+        type=_port,
+        default=None,
         help="serve Prometheus metrics on this port; env POSTBURNER_METRICS_PORT",
+    )
+    command.add_argument(
+        "--metrics-host",
+        default=None,
+        help="address the metrics server listens on (default 127.0.0.1; 0.0.0.0 for every "
+        "interface, e.g. in a container); env POSTBURNER_METRICS_HOST",
     )
     command.set_defaults(handler=_run_watchdog)
 
@@ -672,22 +761,30 @@ def _add_watchdog(commands: Any) -> None:
 def _add_interval(command: argparse.ArgumentParser, default: float = 60.0) -> None:
     command.add_argument(
         "--interval",
-        type=float,
-        default=float(os.environ.get("POSTBURNER_WATCHDOG_INTERVAL", default)),
+        type=_interval,
+        default=None,
         help=f"seconds between passes (default {default:g}); env POSTBURNER_WATCHDOG_INTERVAL",
     )
+    command.set_defaults(interval_default=default)
 
 
-def _env_int(variable: str) -> int | None:
-    text = os.environ.get(variable)
-    return int(text) if text else None
+def _watchdog_interval(args: argparse.Namespace) -> float:
+    given: float | None = args.interval
+    if given is not None:
+        return given
+    value: float = _from_env("POSTBURNER_WATCHDOG_INTERVAL", _interval, args.interval_default)
+    return value
 
 
 def _run_watchdog(args: argparse.Namespace) -> int:
-    from postburner_py.watchdog import run_watchdog
+    from postburner_py.watchdog import DEFAULT_METRICS_HOST, run_watchdog
 
+    interval = _watchdog_interval(args)
+    port = args.metrics_port or _from_env("POSTBURNER_METRICS_PORT", _port, None)
+    host = args.metrics_host or os.environ.get("POSTBURNER_METRICS_HOST") or DEFAULT_METRICS_HOST
     with _postburner(args) as pb:
-        return run_watchdog(pb, interval=args.interval, metrics_port=args.metrics_port)
+        _require_servers(pb)
+        return run_watchdog(pb, interval=interval, metrics_port=port, metrics_host=host)
 
 
 def _add_tick(commands: Any) -> None:
@@ -705,6 +802,13 @@ def _run_tick(args: argparse.Namespace) -> int:
         _print_json(report.as_dict())
     else:
         print(report.describe())
+    if report.queue_error is not None:
+        print(
+            f"postburner: error: {report.queue_error}; the database half of the pass ran, "
+            "the queue half waits for Beanstalkd",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     return EXIT_OK
 
 
@@ -724,5 +828,6 @@ def _run_dev(args: argparse.Namespace) -> int:
     from postburner_py.dev import run_dev
 
     schedule_file = Path(args.schedules) if args.schedules else None
+    interval = _watchdog_interval(args)
     with _postburner(args) as pb:
-        return run_dev(pb, schedule_file=schedule_file, env=args.env, interval=args.interval)
+        return run_dev(pb, schedule_file=schedule_file, env=args.env, interval=interval)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
+from typing import TypeVar
+from urllib.parse import unquote
 
 from postburner_py.errors import ConfigurationError
 from postburner_py.validation import allow_rule
@@ -15,6 +19,10 @@ DEFAULT_BEANSTALKD_URL = "beanstalk://127.0.0.1:11300"
 DEFAULT_NAMESPACE = "postburner"
 DEFAULT_CATCH_UP_WINDOW = timedelta(hours=1)
 DEFAULT_SHUTDOWN_GRACE = 30.0
+N = TypeVar("N", int, float)
+#: The longest catch-up window: further back than this nothing is caught up (and the
+#: arithmetic ``now - window`` stays inside the datetime range).
+MAX_CATCH_UP_WINDOW = timedelta(days=366)
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,47 @@ class Settings:
     #: Seconds a stopping worker waits for running attempts and their outcome commits.
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     node_id: str = field(default_factory=lambda: f"{os.uname().nodename}:{os.getpid()}")
+
+    def __repr__(self) -> str:
+        """Every field, with the secret and the URLs' passwords masked (``***``)."""
+        shown = {item.name: getattr(self, item.name) for item in fields(self)}
+        shown["database_url"] = mask_url(self.database_url)
+        shown["beanstalkd_url"] = mask_url(self.beanstalkd_url)
+        if self.secret is not None:
+            shown["secret"] = MASK
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
+
+    __str__ = __repr__
+
+    def redact(self, text: str) -> str:
+        """``text`` with the secret and the database password replaced by ``***``."""
+        return redact(text, database_url=self.database_url, secret=self.secret)
+
+
+MASK = "***"
+_MIN_REDACTED = 4
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@]*):(?P<pw>[^@/]*)@")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (the part after ``user:``) replaced by ``***``; works on
+    URLs SQLAlchemy cannot parse too."""
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", url)
+
+
+def redact(text: str, *, database_url: str | None, secret: str | None) -> str:
+    """``text`` with ``secret`` and the password of ``database_url`` replaced by ``***``
+    (for error messages that quote a connection string or a setting; values shorter than
+    four characters are only masked where they appear as a URL's password)."""
+    hidden = [secret] if secret else []
+    found = _USERINFO.search(database_url or "")
+    if found and found["pw"]:
+        hidden += [found["pw"], unquote(found["pw"])]
+    # Very short values are left to the URL masking: replacing them everywhere would
+    # garble the message and tell what they are.
+    for value in sorted({v for v in hidden if len(v) >= _MIN_REDACTED}, key=len, reverse=True):
+        text = text.replace(value, MASK)
+    return mask_url(text)
 
 
 def _split_prefixes(raw: str | Sequence[str] | None) -> tuple[str, ...] | None:
@@ -48,18 +97,19 @@ def _blank(item: object) -> bool:
     return isinstance(item, str) and not item.strip()
 
 
-def _parse_window(raw: str | float | timedelta | None) -> timedelta | None:
-    if raw is None or isinstance(raw, timedelta):
-        return raw
-    try:
-        seconds = float(raw)
-    except ValueError:
+def _parse_window(raw: str | float | timedelta | None, source: str) -> timedelta | None:
+    if raw is None:
+        return None
+    limit = MAX_CATCH_UP_WINDOW.total_seconds()
+    seconds = (
+        raw.total_seconds()
+        if isinstance(raw, timedelta)
+        else parse_number(raw, source, float, 0, limit, example="3600")
+    )
+    if not 0 <= seconds <= limit:
         raise ConfigurationError(
-            f"catch_up_window: {raw!r} is not a number of seconds; "
-            "set POSTBURNER_CATCH_UP_WINDOW=3600 for one hour"
-        ) from None
-    if seconds < 0:
-        raise ConfigurationError("catch_up_window: must be >= 0 seconds")
+            f"{source}: {raw!r} is out of range: give 0..{limit:.0f} seconds, e.g. 3600"
+        )
     return timedelta(seconds=seconds)
 
 
@@ -77,6 +127,41 @@ def parse_shutdown_grace(raw: str | float | None) -> float | None:
             "set POSTBURNER_SHUTDOWN_GRACE=30 for half a minute"
         )
     return seconds
+
+
+def parse_number(raw: object, source: str, kind: type[N], low: N, high: N, *, example: str) -> N:
+    """``raw`` (text or a number) as a finite ``kind`` in ``low..high``.
+
+    ``source`` names where it came from (``POSTBURNER_CONCURRENCY``, ``--interval``, a
+    keyword argument) and the error says how to fix it: :class:`ConfigurationError` (a
+    ``ValueError``; the CLI exits 2 with one line).
+    """
+    what = "a whole number" if kind is int else "a number"
+    value: N | None
+    try:
+        value = kind(raw.strip() if isinstance(raw, str) else raw)  # type: ignore[arg-type,call-overload]
+    except (TypeError, ValueError, OverflowError):
+        value = None
+    if kind is int and isinstance(raw, float) and not raw.is_integer():
+        value = None
+    if value is None or not math.isfinite(value) or not low <= value <= high:
+        raise ConfigurationError(
+            f"{source}: {raw!r} is not {what} in {_shown(low)}..{_shown(high)}; "
+            f"{_fix(source, example)}"
+        )
+    return value
+
+
+def _shown(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+def _fix(source: str, example: str) -> str:
+    if source.startswith("POSTBURNER_"):
+        return f"set e.g. {source}={example}, or unset it for the default"
+    if source.startswith("--"):
+        return f"give e.g. {source} {example}"
+    return f"pass e.g. {source}={example}"
 
 
 def _validate_namespace(namespace: str) -> str:
@@ -107,9 +192,12 @@ def resolve_settings(
     prefixes = _split_prefixes(allowed_job_prefixes)
     if prefixes is None:
         prefixes = _split_prefixes(env.get("POSTBURNER_ALLOWED_JOB_PREFIXES")) or ()
-    window = _parse_window(catch_up_window)
+    window = _parse_window(catch_up_window, "catch_up_window")
     if window is None:
-        window = _parse_window(env.get("POSTBURNER_CATCH_UP_WINDOW")) or defaults.catch_up_window
+        variable = "POSTBURNER_CATCH_UP_WINDOW"
+        window = _parse_window(env.get(variable) or None, variable)
+    if window is None:
+        window = defaults.catch_up_window
     grace = parse_shutdown_grace(shutdown_grace)
     if grace is None:
         grace = parse_shutdown_grace(env.get("POSTBURNER_SHUTDOWN_GRACE"))
@@ -125,5 +213,19 @@ def resolve_settings(
         allowed_job_prefixes=prefixes,
         secret=secret or env.get("POSTBURNER_SECRET") or None,
         catch_up_window=window,
-        node_id=node_id or env.get("POSTBURNER_NODE_ID") or defaults.node_id,
+        node_id=_validate_node_id(node_id or env.get("POSTBURNER_NODE_ID") or defaults.node_id),
     )
+
+
+#: The dispatch log's and the job history's column width for a node (worker) id.
+MAX_NODE_ID = 200
+
+
+def _validate_node_id(node_id: str) -> str:
+    if len(node_id) > MAX_NODE_ID:
+        raise ConfigurationError(
+            f"node_id: {len(node_id)} characters, at most {MAX_NODE_ID} "
+            "(it is stored with every dispatch; a worker adds its thread number); "
+            "set a shorter POSTBURNER_NODE_ID or --node-id"
+        )
+    return node_id

@@ -67,3 +67,20 @@ class JobImportError(PostburnerError, ImportError):
 
 class JobTimeoutError(PostburnerError, TimeoutError):
     """An attempt ran longer than its ``timeout``: it is failed and its thread abandoned."""
+
+
+class UnplannableScheduleError(PostburnerError):
+    """A stored schedule row cannot be planned: a value written behind the API's back (raw
+    SQL, another application) or a timezone this host's tzdata lacks.
+
+    ``name`` is the schedule, ``reason`` what is wrong with it. The watchdog counts such a row
+    ``invalid`` and leaves it unqueued until the row is fixed.
+    """
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(
+            f"schedule {name!r} cannot be planned: {reason} "
+            "(fix the row, e.g. with `postburner sync`, or disable the schedule)"
+        )

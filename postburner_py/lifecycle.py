@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from postburner_py.errors import QueueUnavailableError
+from postburner_py.errors import QueueUnavailableError, UnplannableScheduleError
 from postburner_py.locking import begin_locked
 from postburner_py.models import (
     LIVE_STATUSES,
@@ -29,6 +29,7 @@ from postburner_py.models import (
     ScheduleExecution,
 )
 from postburner_py.occurrences import NextOccurrence, plan_next
+from postburner_py.planning import PLANNING_ERRORS, planning, reason
 from postburner_py.queue_ops import JobRef, delete_jobs, put_execution, remove_job
 
 if TYPE_CHECKING:
@@ -122,7 +123,10 @@ def skip_execution(pb: Postburner, execution_id: int, *, now: datetime | None = 
     if schedule_id is None:
         return False
     if schedule_id and _is_enabled(pb, schedule_id):
-        reconcile_schedule(pb, schedule_id, blocking=False, now=now)
+        try:
+            reconcile_schedule(pb, schedule_id, blocking=False, now=now)
+        except UnplannableScheduleError as exc:
+            log.warning("skipped; nothing queued next: %s", exc)
     return True
 
 
@@ -198,6 +202,8 @@ class Convergence:
     to_enqueue: list[int] = field(default_factory=list)
     created: list[int] = field(default_factory=list)
     missed: int = 0
+    #: Set when the schedule's row cannot be planned (its executions were retired).
+    invalid: UnplannableScheduleError | None = None
 
 
 def reconcile_schedule(
@@ -207,6 +213,8 @@ def reconcile_schedule(
 
     Enabled: exactly one live future execution, on the grid, matching the schedule, queued.
     Disabled or deleted: no live execution that has not started, and no job in Beanstalkd.
+    A row that cannot be planned is treated as disabled, then
+    :class:`~postburner_py.errors.UnplannableScheduleError` is raised naming it.
     Returns False only when ``blocking`` is False and the lock is held elsewhere.
     """
     now = now or pb.clock()
@@ -216,6 +224,8 @@ def reconcile_schedule(
         outcome = converge(pb, session, schedule_id, now)
         session.commit()
         remove_jobs(pb, session, outcome.retired)
+    if outcome.invalid is not None:
+        raise outcome.invalid
     for execution_id in outcome.to_enqueue:
         # The put's delay is measured from the clock, not from ``now``: a reconcile may plan
         # as of a moment other than the present (the worker chains as of ``run_at``).
@@ -224,33 +234,63 @@ def reconcile_schedule(
 
 
 def converge(pb: Postburner, session: Session, schedule_id: int, now: datetime) -> Convergence:
-    """Database half of reconcile; the caller holds the schedule lock and commits."""
-    schedule = session.get(Schedule, schedule_id, populate_existing=True)
+    """Database half of reconcile; the caller holds the schedule lock and commits.
+
+    A schedule whose row cannot be planned (``outcome.invalid``) is treated as disabled: its
+    occurrences not yet started are retired, so nothing fires on a grid that can no longer
+    be checked, until the row is fixed.
+    """
+    try:
+        schedule = session.get(Schedule, schedule_id, populate_existing=True)
+        unloadable = None
+    except PLANNING_ERRORS as exc:  # SQLite: a column holds what cannot be loaded
+        schedule, unloadable = None, _unloadable(session, schedule_id, exc)
     live = _live_executions(session, schedule_id)
-    outcome = Convergence()
+    outcome = Convergence(invalid=unloadable)
     waiting = _not_started(session, [e for e in live if e.run_at <= now])
     future = [e for e in live if e.run_at > now]
     if schedule is None or not schedule.enabled:
         _retire_rows(outcome, future + waiting)
         return outcome
-    plan = plan_next(
-        schedule.grid(),
-        baseline=_baseline(session, schedule, now),
-        now=now,
-        catch_up=schedule.catch_up,
-        window=pb.settings.catch_up_window,
-    )
+    try:
+        plan, following = _plan(pb, session, schedule, now)
+    except UnplannableScheduleError as exc:
+        _retire_rows(outcome, future + waiting)
+        outcome.invalid = exc
+        return outcome
     _record_missed(session, schedule, plan, now)
     outcome.missed = plan.missed_total
     keep = _keeper(schedule, future + waiting, plan)
     _retire_rows(outcome, [e for e in future if e is not keep])
     if keep is None and not (plan.is_due(now) and waiting):
-        keep = _create_execution(session, schedule, plan.run_at)
+        keep = _create_execution(session, schedule, plan.run_at, following)
         outcome.created.append(keep.id)
     for execution in [keep, *waiting]:
         if execution is not None and execution.is_live and not execution.enqueued:
             outcome.to_enqueue.append(execution.id)
     return outcome
+
+
+def _unloadable(session: Session, schedule_id: int, exc: Exception) -> UnplannableScheduleError:
+    name = session.scalar(select(Schedule.name).where(Schedule.id == schedule_id))
+    return UnplannableScheduleError(str(name or f"#{schedule_id}"), reason(exc))
+
+
+def _plan(
+    pb: Postburner, session: Session, schedule: Schedule, now: datetime
+) -> tuple[NextOccurrence, datetime]:
+    """The plan and the grid point after it, computed before anything is written."""
+    baseline = _baseline(session, schedule, now)
+    with planning(schedule.name):
+        grid = schedule.grid()
+        plan = plan_next(
+            grid,
+            baseline=baseline,
+            now=now,
+            catch_up=schedule.catch_up,
+            window=pb.settings.catch_up_window,
+        )
+        return plan, grid.next_after(plan.run_at)
 
 
 def _live_executions(session: Session, schedule_id: int) -> list[ScheduleExecution]:
@@ -314,11 +354,13 @@ def _retire_rows(outcome: Convergence, executions: list[ScheduleExecution]) -> N
         outcome.retired.append(JobRef.of(execution))
 
 
-def _create_execution(session: Session, schedule: Schedule, run_at: datetime) -> ScheduleExecution:
+def _create_execution(
+    session: Session, schedule: Schedule, run_at: datetime, next_run_at: datetime
+) -> ScheduleExecution:
     execution = ScheduleExecution(
         schedule_id=schedule.id,
         run_at=run_at,
-        next_run_at=schedule.grid().next_after(run_at),
+        next_run_at=next_run_at,
         status=PENDING,
         cached_schedule=schedule.snapshot(),
     )
@@ -370,9 +412,15 @@ def chain_next_many(pb: Postburner, run_at: Mapping[int, datetime], *, now: date
         return
     from postburner_py.reconcile_pass import PassReport, create_missing
 
+    report = PassReport()
     for instant, schedule_ids in sorted(missing.items()):
         # The watchdog's lean creation path: try-lock, re-check, one INSERT, one put.
-        create_missing(pb, sorted(schedule_ids), instant, PassReport())
+        create_missing(pb, sorted(schedule_ids), instant, report)
+    # The schedules that could not be chained are left for the watchdog, which reports them.
+    for problem in report.problems:
+        log.warning("chaining: %s", problem)
+    for name, why in report.invalid_schedules.items():
+        log.warning("chaining: schedule %r cannot be planned, nothing queued: %s", name, why)
 
 
 def _latest_live_run_at(pb: Postburner, schedule_ids: list[int]) -> dict[int, datetime]:

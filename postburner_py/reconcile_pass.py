@@ -57,7 +57,7 @@ from postburner_py.db import insert_ignoring_conflicts, utcnow
 from postburner_py.delayed_jobs import CANCELLED, GATE_PREFIX, DelayedJob, put_delayed
 from postburner_py.delayed_jobs import PENDING as DELAYED_PENDING
 from postburner_py.dispatch_log import DispatchRecord, DispatchStatus
-from postburner_py.errors import PostburnerError, QueueUnavailableError
+from postburner_py.errors import PostburnerError, QueueUnavailableError, UnplannableScheduleError
 from postburner_py.lifecycle import ENQUEUE_GRACE, converge
 from postburner_py.locking import try_lock_schedules
 from postburner_py.models import (
@@ -72,9 +72,10 @@ from postburner_py.models import (
     normalize_snapshot,
 )
 from postburner_py.occurrences import NextOccurrence, plan_next
+from postburner_py.planning import planning, stored_grid, unloadable_schedules
 from postburner_py.queue_ops import JobRef, delete_jobs, remove_job
 from postburner_py.signing import JobBody, encode_body
-from postburner_py.timegrid import TimeGrid, make_grid
+from postburner_py.timegrid import TimeGrid
 
 if TYPE_CHECKING:
     from postburner_py.app import Postburner
@@ -94,6 +95,9 @@ PUT_CHUNK = 8000
 #: Connections ``put_many`` may spread one chunk over.
 PUT_CONNECTIONS = 4
 _MAX_UINT32 = 2**32 - 1
+#: Schedules that cannot be planned listed by name in a report (all are counted).
+MAX_LISTED_INVALID = 100
+_UNLISTED_INVALID = f"more than {MAX_LISTED_INVALID} schedules cannot be planned; the rest unlisted"
 _E = ScheduleExecution
 _S = Schedule
 T = TypeVar("T")
@@ -121,12 +125,14 @@ class PassReport:
     removed: int = 0
     #: Executions left without a job because Beanstalkd is unavailable (retried next pass).
     unqueued: int = 0
-    #: Schedules or executions skipped because their stored values cannot be queued.
+    #: Schedules or executions skipped because their stored values cannot be planned or queued.
     invalid: int = 0
     duration: float = 0.0
     #: Why Beanstalkd work was skipped in this pass, if it was.
     queue_error: str | None = None
     problems: list[str] = field(default_factory=list)
+    #: Schedules that cannot be planned: name to reason (at most MAX_LISTED_INVALID).
+    invalid_schedules: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
         """One line for logs and ``postburner tick``."""
@@ -149,6 +155,21 @@ class PassReport:
         if len(self.problems) < 10:
             self.problems.append(problem)
 
+    def unplannable(self, error: UnplannableScheduleError) -> None:
+        """Count a schedule whose row cannot be planned, and remember why (one log line)."""
+        self.invalid += 1
+        if len(self.invalid_schedules) < MAX_LISTED_INVALID:
+            self.invalid_schedules[error.name] = error.reason
+        elif (overflow := _UNLISTED_INVALID) not in self.problems:
+            self.note(overflow)
+
+    def log_problems(self) -> None:
+        """One warning per problem and per schedule that cannot be planned."""
+        for problem in self.problems:
+            log.warning("%s", problem)
+        for name, reason in self.invalid_schedules.items():
+            log.warning("schedule %r cannot be planned, nothing queued: %s", name, reason)
+
 
 def reconcile_pass(
     pb: Postburner, *, now: datetime, report: PassReport | None = None
@@ -158,13 +179,17 @@ def reconcile_pass(
     retire_stale(pb, now, report)
     with pb.session() as session:
         missing, wrong = schedules_to_converge(session, now)
+        unloadable = unloadable_schedules(session, enabled_only=True)
+    if unloadable:
+        retire_unloadable(pb, unloadable, now, report)
+        missing = [sid for sid in missing if sid not in unloadable]
+        wrong = [sid for sid in wrong if sid not in unloadable]
     repair_drift(pb, wrong, now, report)
     create_missing(pb, missing, now, report)
     queue_unqueued(pb, now, report)
     queue_unqueued_delayed(pb, now, report)
     remove_retired_jobs(pb, now, report)
-    for problem in report.problems:
-        log.warning("%s", problem)
+    report.log_problems()
     return report
 
 
@@ -250,6 +275,27 @@ def _supersede(session: Session, ids: Sequence[int], still: ColumnElement[bool])
     return [JobRef(row[0], row[1], row[2]) for row in rows.all()]
 
 
+def retire_unloadable(
+    pb: Postburner, found: dict[int, UnplannableScheduleError], now: datetime, report: PassReport
+) -> None:
+    """Count the schedules whose rows cannot even be loaded (SQLite, see
+    :func:`~postburner_py.planning.unloadable_schedules`) and treat them as disabled, like
+    ``converge`` does with a row that cannot be planned: one UPDATE per batch."""
+    for error in found.values():
+        report.unplannable(error)
+    for chunk in chunks(sorted(found), REPAIR_BATCH):
+        with pb.work_session() as session:
+            locked = try_lock_schedules(session, pb.settings.namespace, chunk)
+            rows = session.execute(
+                select(_E.id).where(
+                    _E.schedule_id.in_(sorted(locked)), LIVE, or_(_E.run_at > now, not_started())
+                )
+            ).all()
+            retired = _supersede(session, [row.id for row in rows], LIVE)
+            report.superseded += len(retired)
+            session.commit()
+
+
 # --- 2. drift: the live future execution does not match the schedule ---------------------------
 
 
@@ -331,7 +377,10 @@ def repair_drift(
                 report.superseded += len(outcome.retired)
                 report.created += len(outcome.created)
                 report.missed += outcome.missed
-                report.repaired += bool(outcome.retired or outcome.created)
+                if outcome.invalid is not None:
+                    report.unplannable(outcome.invalid)
+                else:
+                    report.repaired += bool(outcome.retired or outcome.created)
             session.commit()
 
 
@@ -408,17 +457,17 @@ def _create_batch(
     schedules = _lock_missing(session, schedule_ids, now)
     latest = _latest_accounted(session, [row.id for row in schedules], now)
     planner = _Planner(pb, now)
-    plans = {row.id: plan for row in schedules if (plan := planner.plan(row, latest, report))}
-    waiting = _with_waiting(session, [sid for sid, plan in plans.items() if plan.is_due(now)], now)
+    plans = {row.id: found for row in schedules if (found := planner.plan(row, latest, report))}
+    waiting = _with_waiting(session, [sid for sid, p in plans.items() if p[0].is_due(now)], now)
     news: list[_NewExecution] = []
     missed: list[dict[str, Any]] = []
     for row in schedules:
-        plan = plans.get(row.id)
-        if plan is None:
+        if row.id not in plans:
             continue
+        plan, following = plans[row.id]
         missed += _missed_rows(pb, str(row.name), plan, now)
         if not (plan.is_due(now) and row.id in waiting):
-            news.append(_NewExecution(row, plan.run_at, planner.next_after(row, plan.run_at)))
+            news.append(_NewExecution(row, plan.run_at, following))
     report.missed += _insert_missed(session, missed)
     return _insert_executions(session, news, now)
 
@@ -466,21 +515,30 @@ class _Planner:
 
     def plan(
         self, row: Row[Any], latest: dict[int, datetime], report: PassReport
-    ) -> NextOccurrence | None:
-        """The next occurrence of ``row``'s schedule; None (counted invalid) if it has none."""
+    ) -> tuple[NextOccurrence, datetime] | None:
+        """The next occurrence of ``row``'s schedule and the grid point after it; None
+        (counted invalid) when the row cannot be planned or queued."""
         try:
             self._check_puttable(row)
-            grid = self.grid(row)
         except PostburnerError as exc:
             report.invalid += 1
             report.note(f"schedule {row.name!r} cannot be queued: {exc}")
             return None
+        try:
+            with planning(row.name):
+                plan = self._plan(row, latest)
+                return plan, self.next_after(row, plan.run_at)
+        except UnplannableScheduleError as exc:
+            report.unplannable(exc)
+            return None
+
+    def _plan(self, row: Row[Any], latest: dict[int, datetime]) -> NextOccurrence:
         accounted = (t for t in (latest.get(row.id), row.resumed_at) if t is not None)
         baseline = max(accounted, default=self.now)
         key = (*_spec(row), baseline, bool(row.catch_up))
         if key not in self._plans:
             self._plans[key] = plan_next(
-                grid,
+                self.grid(row),
                 baseline=baseline,
                 now=self.now,
                 catch_up=bool(row.catch_up),
@@ -489,13 +547,10 @@ class _Planner:
         return self._plans[key]
 
     def grid(self, row: Row[Any]) -> TimeGrid:
-        """The schedule's time grid (raises ScheduleValidationError for a bad spec)."""
+        """The schedule's time grid (raises for a bad spec, see :mod:`postburner_py.planning`)."""
         spec = _spec(row)
         if spec not in self._grids:
-            cron, anchor, interval, unit, timezone = spec
-            self._grids[spec] = make_grid(
-                cron=cron, anchor=anchor, interval=interval, interval_unit=unit, timezone=timezone
-            )
+            self._grids[spec] = stored_grid(row)
         return self._grids[spec]
 
     def next_after(self, row: Row[Any], instant: datetime) -> datetime:

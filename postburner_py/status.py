@@ -2,7 +2,9 @@
 
 Each schedule comes with its next queued run and its last outcome: the newest occurrence in
 the dispatch log (``dispatched``, ``completed``, ``failed`` or ``missed``) and, when a worker
-recorded it, the newest run in the job history (with its error, if it failed).
+recorded it, the newest attempt *of that occurrence* in the job history (with its error, if it
+failed): a late retry of an earlier occurrence never shows under a later one. A schedule whose
+stored row cannot be planned carries the reason (``invalid``) and makes the report unhealthy.
 """
 
 from __future__ import annotations
@@ -10,14 +12,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import and_, exists, func, inspect, select, text, union
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
+from postburner_py.config import mask_url
 from postburner_py.dispatch_log import DispatchRecord
 from postburner_py.errors import QueueUnavailableError
 from postburner_py.history import HistoryRecord
 from postburner_py.models import LIVE_STATUSES, Schedule, ScheduleExecution
+from postburner_py.planning import PlanChecker, unloadable_schedules
 
 if TYPE_CHECKING:
     from postburner_py.app import Postburner
@@ -48,8 +52,13 @@ def collect_status(pb: Postburner, *, now: datetime | None = None) -> dict[str, 
         "queues": _queues(pb, schedules) if queue_ok else {},
         "watchdogs": watchdogs,
         "schedules": schedules,
-        "healthy": database == OK and queue_ok,
+        "healthy": database == OK and queue_ok and not _invalid(schedules),
     }
+
+
+def _invalid(schedules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The enabled schedules whose row cannot be planned (nothing of theirs is queued)."""
+    return [item for item in schedules if item["enabled"] and item.get("invalid")]
 
 
 def _watchdogs(pb: Postburner, now: datetime) -> list[dict[str, Any]]:
@@ -60,8 +69,8 @@ def _watchdogs(pb: Postburner, now: datetime) -> list[dict[str, Any]]:
 
 def _settings(pb: Postburner) -> dict[str, Any]:
     return {
-        "database_url": pb.engine.url.render_as_string(hide_password=True),
-        "beanstalkd_url": pb.settings.beanstalkd_url,
+        "database_url": mask_url(pb.settings.database_url),
+        "beanstalkd_url": mask_url(pb.settings.beanstalkd_url),
         "namespace": pb.settings.namespace,
         "allowed_job_prefixes": list(pb.settings.allowed_job_prefixes),
         "catch_up_window_seconds": pb.settings.catch_up_window.total_seconds(),
@@ -109,22 +118,48 @@ def schedule_rows(pb: Postburner, *, now: datetime | None = None) -> list[dict[s
         .scalar_subquery()
     )
     with pb.session() as session:
-        rows = session.execute(select(Schedule, next_run).order_by(Schedule.name)).all()
+        unloadable = unloadable_schedules(session, enabled_only=False)
+        rows = _schedules(session, next_run, unloadable)
         dispatches = _last_dispatches(session)
         runs = _last_runs(session)
+    checker = PlanChecker(now)
     return [
-        _schedule_row(schedule, next_run_at, dispatches.get(schedule.name), runs.get(schedule.name))
+        _schedule_row(
+            schedule,
+            next_run_at,
+            dispatches.get(schedule.name),
+            runs.get(schedule.name),
+            unloadable[schedule.id].reason
+            if schedule.id in unloadable
+            else checker.reason(schedule),
+        )
         for schedule, next_run_at in rows
     ]
 
 
-def _last_dispatches(session: Session) -> dict[str, DispatchRecord]:
-    """The newest dispatch log row of every key."""
-    newest = (
+def _schedules(session: Session, next_run: Any, unloadable: dict[int, Any]) -> list[Any]:
+    """Every schedule by name; the rows whose instants cannot be loaded without them."""
+    statement = select(Schedule, next_run).order_by(Schedule.name)
+    if not unloadable:
+        return list(session.execute(statement).all())
+    broken = Schedule.id.in_(sorted(unloadable))
+    lean = statement.where(broken).options(defer(Schedule.anchor), defer(Schedule.resumed_at))
+    rows = [*session.execute(statement.where(~broken)).all(), *session.execute(lean).all()]
+    return sorted(rows, key=lambda row: row[0].name)
+
+
+def _newest_occurrences() -> Any:
+    """Per dispatch log key, the newest fire time: the schedule's last occurrence."""
+    return (
         select(DispatchRecord.key, func.max(DispatchRecord.fire_time).label("fire_time"))
         .group_by(DispatchRecord.key)
         .subquery()
     )
+
+
+def _last_dispatches(session: Session) -> dict[str, DispatchRecord]:
+    """The newest dispatch log row of every key."""
+    newest = _newest_occurrences()
     statement = select(DispatchRecord).join(
         newest,
         (DispatchRecord.key == newest.c.key) & (DispatchRecord.fire_time == newest.c.fire_time),
@@ -133,13 +168,31 @@ def _last_dispatches(session: Session) -> dict[str, DispatchRecord]:
 
 
 def _last_runs(session: Session) -> dict[str, HistoryRecord]:
-    """The newest job history row of every schedule."""
-    newest = (
-        select(func.max(HistoryRecord.id))
-        .where(HistoryRecord.schedule_name.is_not(None))
-        .group_by(HistoryRecord.schedule_name)
+    """Per schedule, the newest attempt of its last occurrence, in one query.
+
+    Paired by occurrence: the history row's ``(schedule_name, run_at)`` is the newest
+    dispatch's ``(key, fire_time)``. A schedule with history but no dispatch row left
+    (retention deleted it) gets its newest history row.
+    """
+    newest = _newest_occurrences()
+    history = HistoryRecord
+    paired = (
+        select(func.max(history.id))
+        .join(
+            newest,
+            and_(history.schedule_name == newest.c.key, history.run_at == newest.c.fire_time),
+        )
+        .group_by(history.schedule_name)
     )
-    statement = select(HistoryRecord).where(HistoryRecord.id.in_(newest))
+    undispatched = (
+        select(func.max(history.id))
+        .where(
+            history.schedule_name.is_not(None),
+            ~exists().where(DispatchRecord.key == history.schedule_name),
+        )
+        .group_by(history.schedule_name)
+    )
+    statement = select(history).where(history.id.in_(union(paired, undispatched)))
     return {str(row.schedule_name): row for row in session.scalars(statement)}
 
 
@@ -148,9 +201,11 @@ def _schedule_row(
     next_run_at: datetime | None,
     dispatch: DispatchRecord | None,
     run: HistoryRecord | None,
+    invalid: str | None,
 ) -> dict[str, Any]:
     return {
         "name": schedule.name,
+        "invalid": invalid,
         "spec": schedule.cron or f"every {schedule.interval} {schedule.interval_unit}",
         "timezone": schedule.timezone,
         "enabled": schedule.enabled,
@@ -204,8 +259,13 @@ def render_status(report: dict[str, Any]) -> str:
 
 
 def warnings(report: dict[str, Any]) -> list[str]:
-    """One ``WARNING:`` line per server that does not answer (or is not migrated)."""
-    found = []
+    """One ``WARNING:`` line per server that does not answer (or is not migrated), and one
+    per enabled schedule whose row cannot be planned."""
+    found = [
+        f"WARNING: schedule {item['name']!r} cannot be planned, nothing of it is queued: "
+        f"{item['invalid']}"
+        for item in _invalid(report["schedules"])
+    ]
     if report["database"] != OK:
         found.append(f"WARNING: database: {report['database']}")
     if report["beanstalkd"] != OK:
@@ -225,6 +285,8 @@ def warnings(report: dict[str, Any]) -> list[str]:
 
 def _render_schedule(item: dict[str, Any]) -> str:
     state = "enabled" if item["enabled"] else "disabled"
+    if item.get("invalid"):
+        state = "INVALID"
     return (
         f"  {item['name']:<30} {item['spec']:<20} {item['timezone']:<16} {state:<8} "
         f"next {item['next_run_at'] or '-'}  last {_last_outcome(item)}"

@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("postburner_py.watchdog")
 
 DEFAULT_INTERVAL = 60.0
+#: Where the metrics server listens unless told otherwise: this machine only. A container
+#: (or a scraper on another host) needs ``0.0.0.0``, set explicitly.
+DEFAULT_METRICS_HOST = "127.0.0.1"
 #: First wait after a failed attempt; it doubles per failure up to BACKOFF_CAP seconds.
 BACKOFF_START = 1.0
 BACKOFF_CAP = 120.0
@@ -140,13 +143,20 @@ def run_watchdog(
     *,
     interval: float = DEFAULT_INTERVAL,
     metrics_port: int | None = None,
+    metrics_host: str = DEFAULT_METRICS_HOST,
     retention: Retention | None = None,
 ) -> int:
-    """Run the watchdog until SIGTERM or SIGINT; returns the process exit code (0)."""
+    """Run the watchdog until SIGTERM or SIGINT; returns the process exit code (0).
+
+    With ``metrics_port``, Prometheus metrics are served on ``metrics_host:metrics_port``
+    (default host 127.0.0.1: this machine only).
+    """
     metrics = WatchdogMetrics() if metrics_port is not None else None
     watchdog = Watchdog(pb, interval=interval, retention=retention or Retention(), metrics=metrics)
     server = (
-        metrics.serve(metrics_port) if metrics is not None and metrics_port is not None else None
+        metrics.serve(metrics_port, metrics_host)
+        if metrics is not None and metrics_port is not None
+        else None
     )
     try:
         watchdog.run()
@@ -411,6 +421,11 @@ class WatchdogMetrics:
             "1 while Beanstalkd answers",
             registry=self.registry,
         )
+        self.invalid_schedules = Gauge(
+            "postburner_watchdog_invalid_schedules",
+            "Schedules the last reconcile pass could not plan (see postburner status)",
+            registry=self.registry,
+        )
 
     def observe(self, kind: str, report: PassReport, *, queue_up: bool) -> None:
         """Add a pass's counts."""
@@ -419,10 +434,12 @@ class WatchdogMetrics:
         self.duration.labels(kind).set(report.duration)
         self.last_pass.labels(kind).set(time.time())
         self.queue_up.set(1 if queue_up else 0)
+        if kind == "reconcile":
+            self.invalid_schedules.set(report.invalid)
 
-    def serve(self, port: int) -> WSGIServer:
-        """Serve ``/metrics`` on ``port`` in a daemon thread; returns the HTTP server."""
+    def serve(self, port: int, host: str = DEFAULT_METRICS_HOST) -> WSGIServer:
+        """Serve ``/metrics`` on ``host:port`` in a daemon thread; returns the HTTP server."""
         from prometheus_client import start_http_server
 
-        server, _thread = start_http_server(port, registry=self.registry)
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return server

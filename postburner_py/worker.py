@@ -99,6 +99,8 @@ class Worker:
         self._unrecorded = 0
         self._threads: list[threading.Thread] = []
         self._abandoned: set[threading.Thread] = set()
+        #: With ``burst``: why the worker gave up (Beanstalkd unreachable), else None.
+        self.failure: QueueUnavailableError | None = None
 
     def run(self) -> None:
         """Run until :meth:`stop` (or, with ``burst``, until nothing is ready)."""
@@ -237,6 +239,9 @@ class Worker:
                 if deletes:
                     # Their outcomes are recorded: back after the TTR, the log turns them away.
                     log.warning("jobs %s may not be deleted: %s", deletes, exc)
+                if self.burst:  # a script waits for this worker: give up, do not wait
+                    self.failure = exc
+                    return
                 backoff = self._back_off(backoff, exc)
                 continue
             backoff = 0.0
@@ -279,7 +284,11 @@ def run_worker(
     shutdown_grace: float | None = None,
 ) -> int:
     """Run a worker in the foreground with signal handling; returns the exit code: 0, or 1
-    when the shutdown grace ran out with attempts unfinished or unrecorded."""
+    when the shutdown grace ran out with attempts unfinished or unrecorded.
+
+    With ``burst``, Beanstalkd becoming unreachable ends the run with
+    :class:`~postburner_py.errors.QueueUnavailableError` (after the running jobs finish).
+    """
     worker = Worker(
         pb,
         queues=queues,
@@ -299,6 +308,8 @@ def run_worker(
         ", burst" if burst else "",
     )
     worker.run()
+    if worker.failure is not None:
+        raise worker.failure
     return 1 if worker.unfinished else 0
 
 
