@@ -39,6 +39,7 @@ from bench.soak_checks import (  # noqa: E402
     EndState,
     Facts,
     JobEvent,
+    Kill,
     Verdict,
     Waiting,
     end_state_problems,
@@ -75,9 +76,13 @@ class SoakConfig:
     forced: tuple[tuple[float, str], ...] = ()
     postgres_stop_seconds: float = 10.0
     disable_seconds: tuple[float, float] = (3.0, 8.0)
-    ttr: int = 3
+    #: The schedules' TTR, so also their lease: a stall of the worker longer than this (a
+    #: loaded machine) lets a live attempt's lease expire.
+    ttr: int = 5
     long_permille: int = 20
-    long_ms: int = 6000
+    #: Long jobs take 0.5-1.0 times this: longer than the TTR, so a lease that is not kept
+    #: alive while the job runs (a failed touch) expires mid-job.
+    long_ms: int = 8000
     #: Schedules disabled once the faults end: the end state must show none of theirs.
     final_disabled: int = 2
     settle_max: float = 90.0
@@ -99,6 +104,7 @@ class SoakReport:
     lateness: dict[str, dict[str, float]]
     faults: list[FaultRecord]
     end_state: list[str]
+    kills: list[Kill] = field(default_factory=list)
     exit_codes: dict[str, int] = field(default_factory=dict)
     unparsed_records: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
@@ -131,6 +137,7 @@ class SoakReport:
             "end_state_problems": self.end_state,
             "lateness": self.lateness,
             "faults": [fault.as_dict() for fault in self.faults],
+            "kills": [asdict(kill) for kill in self.kills],
             "exit_codes": self.exit_codes,
             "unparsed_records": self.unparsed_records,
             "seconds": self.seconds,
@@ -236,6 +243,7 @@ def run_soak(config: SoakConfig, run_dir: Path | None = None) -> SoakReport:
             phase_end=phase_end.timestamp(),
         ),
         faults=injector.log,
+        kills=injector.kills,
         end_state=end_state_problems(state),
         exit_codes=codes,
         unparsed_records=unparsed,
@@ -426,6 +434,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--watchdogs", type=int, default=2)
     parser.add_argument("--watchdog-interval", type=float, default=2.0)
     parser.add_argument("--postgres-stop", type=float, default=10.0, help="seconds down")
+    parser.add_argument("--ttr", type=int, default=5, help="the schedules' TTR (default 5)")
     parser.add_argument(
         "--kinds", default=",".join(FAULT_KINDS), help="fault kinds (comma-separated)"
     )
@@ -456,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         watchdogs=args.watchdogs,
         watchdog_interval=args.watchdog_interval,
         postgres_stop_seconds=args.postgres_stop,
+        ttr=args.ttr,
         kinds=kinds,
         strict=args.strict,
     )

@@ -28,6 +28,7 @@ SHORT = SoakConfig(
         (20.0, "edit"),
     ),
     postgres_stop_seconds=3.0,
+    ttr=5,
     long_ms=4000,
     settle_max=30.0,
 )
