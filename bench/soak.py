@@ -48,7 +48,7 @@ from bench.soak_checks import (  # noqa: E402
 )
 from bench.soak_cluster import QUEUE, Members, Servers, wait_for_heartbeats  # noqa: E402
 from bench.soak_faults import FAULT_KINDS, FaultInjector, FaultRecord, fault_plan  # noqa: E402
-from bench.soak_schedules import SoakSchedules  # noqa: E402
+from bench.soak_schedules import Call, SoakSchedules  # noqa: E402
 from postburner_py import Postburner, ScheduleExecution  # noqa: E402
 from postburner_py.dispatch_log import DispatchRecord  # noqa: E402
 from postburner_py.errors import SignatureError  # noqa: E402
@@ -105,6 +105,8 @@ class SoakReport:
     faults: list[FaultRecord]
     end_state: list[str]
     kills: list[Kill] = field(default_factory=list)
+    #: The soak's calls on schedules (edit, skip, disable, enable), with their times.
+    calls: list[Call] = field(default_factory=list)
     exit_codes: dict[str, int] = field(default_factory=dict)
     unparsed_records: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
@@ -138,6 +140,7 @@ class SoakReport:
             "lateness": self.lateness,
             "faults": [fault.as_dict() for fault in self.faults],
             "kills": [asdict(kill) for kill in self.kills],
+            "calls": [asdict(call) for call in self.calls],
             "exit_codes": self.exit_codes,
             "unparsed_records": self.unparsed_records,
             "seconds": self.seconds,
@@ -244,6 +247,7 @@ def run_soak(config: SoakConfig, run_dir: Path | None = None) -> SoakReport:
         ),
         faults=injector.log,
         kills=injector.kills,
+        calls=schedules.calls,
         end_state=end_state_problems(state),
         exit_codes=codes,
         unparsed_records=unparsed,

@@ -16,20 +16,20 @@ from bench.soak import SoakConfig, run_soak
 from tests.servers import BeanstalkdServer, PostgresServer, ServerUnavailable
 
 SHORT = SoakConfig(
-    seconds=26.0,
+    seconds=23.0,
     schedules=20,
     concurrency=16,
     watchdog_interval=1.0,
     forced=(
-        (3.0, "kill_worker"),
-        (7.0, "beanstalkd_restart"),
-        (11.0, "postgres_stop"),
-        (17.0, "skip"),
-        (20.0, "edit"),
+        (2.5, "kill_worker"),
+        (6.0, "beanstalkd_restart"),
+        (9.5, "postgres_stop"),
+        (15.0, "skip"),
+        (18.0, "edit"),
     ),
     postgres_stop_seconds=3.0,
     ttr=5,
-    long_ms=4000,
+    long_ms=3000,
     settle_max=30.0,
 )
 
