@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -68,6 +68,7 @@ __all__ = ["JobRunner", "Occurrence", "Outcome", "RunnerServices", "default_back
 log = logging.getLogger("postburner_py.worker")
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 Sleep = Callable[[float], None]
 
 #: Seconds the chainer waits after a first request before it serves what has come.
@@ -217,8 +218,7 @@ class JobRunner:
         assert admission.occurrence is not None and admission.claim is not None
         if admission.started is None:
             return self._not_running(job, admission.occurrence, admission.claim)
-        self._attempt(job, admission.occurrence, admission.claim.attempt, admission.started)
-        return None
+        return self._attempt(job, admission.occurrence, admission.claim.attempt, admission.started)
 
     def _turned_away(self, job: QueuedJob, admission: Admission) -> Outcome:
         occurrence = admission.occurrence
@@ -250,10 +250,21 @@ class JobRunner:
 
     def _attempt(
         self, job: QueuedJob, occurrence: Occurrence, attempt: int, started: HistoryEntry
-    ) -> None:
+    ) -> Outcome | None:
+        """Run the admitted attempt and hand its outcome to the ledger (None: it ran), or
+        :attr:`Outcome.BUSY` when its lease turned out to be taken over before it started."""
         self._hold(job, occurrence, attempt)
         try:
             run = self._run(job, occurrence, attempt, started)
+        except _LeaseLost:
+            self._held.pop(job.id, None)
+            log.error(
+                "%s attempt %d not started: its lease lapsed while it waited and another "
+                "delivery took the occurrence over",
+                occurrence.key,
+                attempt,
+            )
+            return Outcome.BUSY
         except BaseException:
             # Nothing was handed to the ledger: the job returns after its TTR.
             self._held.pop(job.id, None)
@@ -264,12 +275,13 @@ class JobRunner:
                 occurrence.key,
                 attempt,
             )
-            return
+            return None
         self.services.slots.yield_to_starts(YIELD_TO_STARTS)
         if run.error is not None:
             self._failed(run, run.error)
         else:
             self._succeeded(run, run.result)
+        return None
 
     def _run(
         self, job: QueuedJob, occurrence: Occurrence, attempt: int, started: HistoryEntry
@@ -283,6 +295,9 @@ class JobRunner:
             began_at = self.clock()
         finally:
             slots.started(announced)
+        if not self._lease_confirmed(job.id):
+            slots.release()
+            raise _LeaseLost
         try:
             context = self._context(occurrence, attempt, started)
             run = _Run(job, occurrence, attempt, started, began_at=began_at)
@@ -334,6 +349,20 @@ class JobRunner:
         self.services.slots.release()
         if self.on_abandoned is not None:
             self.on_abandoned()
+
+    def _lease_confirmed(self, job_id: int) -> bool:
+        """Whether the held attempt may start. A lease confirmed within the last renewal
+        interval is live (it runs a whole TTR); an older one (the thread waited long for its
+        instant or a slot, or the machine stalled) is renewed first, because a lease that
+        lapsed may have been taken over, and then the occurrence is no longer this attempt's.
+        A renewal the database cannot answer does not stop the start: nobody can take the
+        occurrence over while the database is away, and the job stays touched."""
+        held = self._held[job_id]
+        if not held.lost and time.monotonic() - held.confirmed < held.interval:
+            return True
+        if not held.lost:
+            held.renew()
+        return not held.lost
 
     def _hold(self, job: QueuedJob, occurrence: Occurrence, attempt: int) -> None:
         self._held[job.id] = _Held(
@@ -401,12 +430,13 @@ class JobRunner:
         """A touch of ``job`` on this thread's connection (the one that reserved it)."""
         return self.pb.queue.toucher(job.id)
 
-    def _lease_renewal(self, occurrence: Occurrence, attempt: int) -> Callable[[], None]:
+    def _lease_renewal(self, occurrence: Occurrence, attempt: int) -> Callable[[], bool]:
         """A renewal of the attempt's dispatch lease: the gate, renewed on its own (whatever
-        became of the touch) until the attempt's outcome is committed."""
+        became of the touch) until the attempt's outcome is committed; False once another
+        attempt owns the occurrence."""
 
-        def renew() -> None:
-            self.registry.renew(
+        def renew() -> bool:
+            return self.registry.renew(
                 occurrence.key,
                 occurrence.run_at,
                 attempt=attempt,
@@ -658,30 +688,50 @@ class _Held:
         interval: float,
         *,
         touch: Callable[[], None],
-        renew_lease: Callable[[], None],
+        renew_lease: Callable[[], bool],
     ) -> None:
         self.job_id = job_id
         self.key = key
         self.interval = interval
         self.due = time.monotonic() + interval
+        #: When the lease was last known live (monotonic): the claim, then each renewal.
+        self.confirmed = time.monotonic()
+        #: Another attempt owns the occurrence: a renewal found the lease taken over.
+        self.lost = False
         self._touch = touch
         self._renew_lease = renew_lease
         self._failing: set[str] = set()
 
     def renew(self) -> None:
         self._try("touch the job", self._touch)
-        self._try("renew the lease", self._renew_lease)
+        asked = time.monotonic()
+        renewed = self._try("renew the lease", self._renew_lease)
+        if renewed is True:
+            self.confirmed = asked
+        elif renewed is False and not self.lost:
+            self.lost = True
+            log.error(
+                "the lease of %s (job %s) was taken over by another delivery: this attempt "
+                "no longer owns the occurrence",
+                self.key,
+                self.job_id,
+            )
         self.due = time.monotonic() + self.interval
 
-    def _try(self, what: str, action: Callable[[], None]) -> None:
+    def _try(self, what: str, action: Callable[[], T]) -> T | None:
         try:
-            action()
+            result = action()
         except Exception as exc:
             if what not in self._failing:  # once per outage, not every renewal
                 self._failing.add(what)
                 log.warning("could not %s of %s (job %s): %s", what, self.key, self.job_id, exc)
-        else:
-            self._failing.discard(what)
+            return None
+        self._failing.discard(what)
+        return result
+
+
+class _LeaseLost(Exception):
+    """The held attempt's lease was taken over before it started: it must not start."""
 
 
 def _import_job(job_class: str, allowed_prefixes: Sequence[str]) -> Callable[..., Any]:

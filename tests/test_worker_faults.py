@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from postburner_py import Postburner, delayed_jobs
 from postburner_py.delayed_jobs import DelayedJob
-from postburner_py.dispatch_log import SqlDispatchRegistry
+from postburner_py.dispatch_log import SqlDispatchRegistry, one_off_key
 from postburner_py.history import HistoryStore
 from postburner_py.worker import Worker
 from tests import jobs
@@ -243,3 +243,33 @@ def test_sigterm_while_the_database_is_away_exits_non_zero_after_the_grace_and_a
     lost, second = sorted(_history(pb, execution), key=lambda r: r.attempt)
     assert (lost.status, second.status) == ("failed", "completed")
     assert lost.error_message is not None and lost.error_message.startswith("worker lost")
+
+
+def test_an_attempt_whose_lease_was_taken_over_while_it_waited_for_a_slot_never_starts(
+    make_postburner: MakePostburner, database_url: str, tmp_path: Path
+) -> None:
+    # A prefetched attempt waits for a slot while another job runs. If its lease lapses
+    # meanwhile (a stalled machine) and another delivery takes the occurrence over, the
+    # waiting attempt must find out before it starts, not run alongside the new owner.
+    pb = make_postburner()
+    busy, waiting = tmp_path / "busy.txt", tmp_path / "waiting.txt"
+    now = datetime.now(UTC)
+    pb.enqueue_at(now, "tests.jobs:append_line_then_sleep", [str(busy), 4.0], job_id="busy", ttr=3)
+    job = pb.enqueue_at(  # due while "busy" holds the only slot
+        now + timedelta(seconds=2),
+        "tests.jobs:append_line_then_sleep",
+        [str(waiting), 0],
+        job_id="waiting",
+        ttr=3,
+    )
+    registry = SqlDispatchRegistry(pb.session_factory, node_id="another-worker")
+    key = one_off_key("waiting")
+    with running_worker(pb, concurrency=1, prefetch=1):
+        _wait_for(lambda: _starts(busy) == ["1"] and registry.dispatched(key, job.run_at))
+        taken = registry.claim(
+            key, job.run_at, lease_seconds=60, max_attempts=3, now=now + timedelta(hours=1)
+        )
+        assert taken.attempt == 2
+        _wait_for(lambda: _dispatch(pb, one_off_key("busy"), now).status == "completed")
+        time.sleep(1.5)  # the slot is free: the waiting attempt would have started by now
+    assert _starts(waiting) == []
