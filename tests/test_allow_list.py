@@ -8,7 +8,6 @@ import json
 import random
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -37,9 +36,9 @@ from postburner_py.schedule_file import sync
 from postburner_py.settlement import Settler
 from postburner_py.signing import JobBody
 from postburner_py.validation import check_job_allowed, validate_job_class
-from postburner_py.worker import Worker
 from tests import jobs, trusted
 from tests.factories import ManualClock, at, make_schedule
+from tests.test_worker import _run_until
 
 MakePostburner = Callable[..., Postburner]
 
@@ -380,21 +379,6 @@ def test_rows_forged_past_the_save_check_are_refused_before_any_claim(
     assert keys == started == {"job:fine", "fine-schedule"}
 
 
-def _wait_for(pb: Postburner, done: Callable[[], bool], timeout: float = 20) -> Worker:
-    worker = Worker(pb, reserve_timeout=0.2)
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    try:
-        while not done() and time.monotonic() < deadline:
-            time.sleep(0.02)
-    finally:
-        worker.stop()
-        thread.join(timeout=30)
-    assert done(), f"not done in {timeout} s; outcomes {dict(worker.outcomes)}"
-    return worker
-
-
 def test_the_worker_buries_forged_rows_and_never_imports_or_calls_them(
     make_postburner: MakePostburner, database_url: str
 ) -> None:
@@ -422,7 +406,7 @@ def test_the_worker_buries_forged_rows_and_never_imports_or_calls_them(
         stats = pb.queue.stats_job(rows[name].beanstalk_job_id or 0)
         return None if stats is None else str(stats["state"])
 
-    worker = _wait_for(
+    worker = _run_until(
         pb,
         lambda: (
             jobs.runs_with(f"{marker}-control") == 1

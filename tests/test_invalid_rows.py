@@ -9,14 +9,13 @@ superseded and their jobs deleted, it is counted ``invalid`` and logged once per
 from __future__ import annotations
 
 import logging
-import uuid
 import zoneinfo
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, insert, select, text
+from sqlalchemy import event, func, select, text
 
 from postburner_py import Postburner, Schedule, ScheduleExecution
 from postburner_py.errors import UnplannableScheduleError
@@ -24,6 +23,7 @@ from postburner_py.lifecycle import chain_next_many
 from postburner_py.status import collect_status
 from postburner_py.watchdog import tick
 from tests.factories import ManualClock, create_schedule
+from tests.test_watchdog import _bulk_schedules
 
 MakePostburner = Callable[..., Postburner]
 pytestmark = pytest.mark.usefixtures("database_url")
@@ -196,42 +196,15 @@ def test_a_zone_this_hosts_tzdata_lacks_does_not_stop_the_others(
     assert len(_warnings_naming(caplog, _name(pb, kanton))) == 1
 
 
-def _bulk(pb: Postburner, count: int, **overrides: Any) -> list[int]:
-    """Schedules inserted in one statement, as raw SQL would (no hook, no execution)."""
-    prefix = uuid.uuid4().hex[:6]
-    rows = [
-        {
-            "name": f"bulk-{prefix}-{index}",
-            "job_class": "tests.jobs:record_run",
-            "args": [],
-            "kwargs": {},
-            "queue": "default",
-            "priority": 65536,
-            "ttr": 60,
-            "max_attempts": 3,
-            "timezone": "UTC",
-            "cron": "0 * * * *",
-            "catch_up": False,
-            "enabled": True,
-            **overrides,
-        }
-        for index in range(count)
-    ]
-    with pb.session() as session:
-        session.execute(insert(Schedule), rows)
-        session.commit()
-        return list(
-            session.scalars(select(Schedule.id).where(Schedule.name.like(f"bulk-{prefix}-%")))
-        )
-
-
 def test_a_pass_over_many_good_rows_and_a_few_bad_ones_converges_the_good_in_few_commits(
     make_postburner: MakePostburner, commits: Callable[[Postburner], list[int]]
 ) -> None:
     clock = _clock()
     pb = make_postburner(clock=clock)
-    new_good = _bulk(pb, 300)
-    new_bad = _bulk(pb, 2, timezone="Mars/Olympus") + _bulk(pb, 2, cron="garbage")
+    new_good = _bulk_schedules(pb, 300)
+    new_bad = _bulk_schedules(pb, 2, timezone="Mars/Olympus") + _bulk_schedules(
+        pb, 2, cron="garbage"
+    )
     drifted_good = [create_schedule(pb) for _ in range(20)]
     drifted_bad = [create_schedule(pb) for _ in range(3)]
     for schedule_id in drifted_good:
@@ -364,7 +337,7 @@ def test_an_sqlite_instant_that_cannot_even_be_loaded_is_set_aside_before_the_ot
     good = [create_schedule(pb) for _ in range(2)]
     for schedule_id in good:
         _corrupt(pb, schedule_id, "cron = '30 * * * *'")
-    fresh = _bulk(pb, 3)
+    fresh = _bulk_schedules(pb, 3)
     _corrupt(pb, bad, assignment)
     report = tick(pb, now=clock())
     assert (report.invalid, report.repaired, report.created) == (1, 2, 5)

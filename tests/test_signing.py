@@ -6,8 +6,6 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -19,7 +17,7 @@ from hypothesis import strategies as st
 from postburner_py.admission import Outcome
 from postburner_py.errors import SignatureError
 from postburner_py.signing import JobBody, decode_body, encode_body
-from postburner_py.worker import Worker
+from tests.test_worker import _run_until
 
 SECRET = b"s3cret"
 
@@ -207,21 +205,6 @@ def test_a_mangled_body_verifies_as_itself_or_raises_signature_error(
 # --- the worker buries them --------------------------------------------------------------------
 
 
-def _run_worker_until(pb: Any, done: Callable[[], bool], timeout: float = 15) -> Worker:
-    worker = Worker(pb, reserve_timeout=0.2)
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    try:
-        while not done() and time.monotonic() < deadline:
-            time.sleep(0.02)
-    finally:
-        worker.stop()
-        thread.join(timeout=30)
-    assert done(), f"not done in {timeout} s; outcomes {dict(worker.outcomes)}"
-    return worker
-
-
 def test_every_forged_body_is_buried_logged_once_and_counted(
     make_postburner: Callable[..., Any], sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -239,7 +222,7 @@ def test_every_forged_body_is_buried_logged_once_and_counted(
         return all((pb.queue.stats_job(i) or {}).get("state") == "buried" for i in ids)
 
     with caplog.at_level(logging.INFO, logger="postburner_py"):
-        worker = _run_worker_until(pb, buried)
+        worker = _run_until(pb, buried, timeout=15)
     assert worker.outcomes[Outcome.FORGED] == len(bodies)
     for job_id in ids:
         lines = [r for r in caplog.records if f"job {job_id}:" in r.getMessage()]
