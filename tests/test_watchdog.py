@@ -631,11 +631,12 @@ def _python(*argv: str) -> subprocess.Popen[str]:
 def test_a_watchdog_killed_mid_pass_leaves_work_the_next_pass_finishes_without_duplicates(
     postgres_url: str, make_postburner: MakePostburner, namespace: str, beanstalkd_server: Any
 ) -> None:
-    # At the top of the hour with the occurrences half an hour away: advancing past the
-    # enqueue grace never makes them due, whatever the wall clock says.
-    clock = ManualClock(datetime.now(UTC).replace(minute=0, second=0, microsecond=0))
+    # The occurrences are half an hour away, whatever the wall clock says: advancing past
+    # the enqueue grace never makes them due (the killed child puts on the real clock).
+    clock = _clock()
+    half_an_hour_on = (clock().minute + 30) % 60
     pb = make_postburner(database_url=postgres_url, clock=clock)
-    ids = _bulk_schedules(pb, 500, cron="30 * * * *")
+    ids = _bulk_schedules(pb, 500, cron=f"{half_an_hour_on} * * * *")
     child = _python(
         "-c", _KILLED_PASS, postgres_url, beanstalkd_server.url, namespace, clock().isoformat()
     )
