@@ -5,7 +5,6 @@ Against real PostgreSQL, SQLite and Beanstalkd; the shutdown tests run real work
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from postburner_py.job_runner import Outcome
 from postburner_py.schedule_file import sync
 from tests import jobs
 from tests.factories import make_schedule
-from tests.test_worker import _due_soon, _history, _wait_for
+from tests.test_worker import _due_soon, _history, _wait_for, worker_environ
 from tests.test_worker_faults import _delayed_status, _starts, running_worker
 
 MakePostburner = Callable[..., Postburner]
@@ -176,16 +175,8 @@ def test_an_attempt_past_its_timeout_is_failed_and_another_thread_serves_meanwhi
 def _cli_worker(
     pb: Postburner, *arguments: str, environ: dict[str, str] | None = None, **popen: Any
 ) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, **(environ or {}))
-    env.update(
-        POSTBURNER_DATABASE_URL=pb.engine.url.render_as_string(hide_password=False),
-        POSTBURNER_BEANSTALKD_URL=pb.settings.beanstalkd_url,
-        POSTBURNER_NAMESPACE=pb.settings.namespace,
-        POSTBURNER_SECRET=pb.secret().decode(),
-        PYTHONPATH=str(Path(__file__).resolve().parent.parent),
-    )
     command = [sys.executable, "-m", "postburner_py", "worker", *arguments]
-    return subprocess.Popen(command, env=env, **popen)
+    return subprocess.Popen(command, env=worker_environ(pb, environ), **popen)
 
 
 def test_sigterm_with_a_job_that_never_returns_exits_non_zero_after_the_grace(

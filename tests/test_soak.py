@@ -7,13 +7,10 @@ occurrences and a wrong end state are not.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
-
 from bench.soak import SoakConfig, run_soak
-from tests.servers import BeanstalkdServer, PostgresServer, ServerUnavailable
+from tests.test_bench_smoke import _require_servers
 
 SHORT = SoakConfig(
     seconds=23.0,
@@ -32,17 +29,6 @@ SHORT = SoakConfig(
     long_ms=3000,
     settle_max=30.0,
 )
-
-
-def _require_servers() -> None:
-    """The soak starts its own servers: skip without their binaries (fail under CI)."""
-    try:
-        for server in (PostgresServer(), BeanstalkdServer()):
-            server.close()  # nothing was started: this removes the empty data directory
-    except ServerUnavailable as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{exc} (CI=true: a missing server is a failure)", pytrace=False)
-        pytest.skip(str(exc))
 
 
 def test_a_short_fault_soak_starts_no_occurrence_twice_loses_none_and_ends_converged(

@@ -217,9 +217,9 @@ def test_current_execution_and_placeholders_reach_the_job(make_postburner: MakeP
     assert len(context.idempotency_key) == 32
 
 
-def _worker_process(pb: Postburner, *extra: str) -> subprocess.Popen[bytes]:
-    """A real worker process on ``pb``'s database, queue and namespace."""
-    env = dict(os.environ)
+def worker_environ(pb: Postburner, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a worker process on ``pb``'s database, queue and namespace."""
+    env = dict(os.environ, **(extra or {}))
     env.update(
         POSTBURNER_DATABASE_URL=pb.engine.url.render_as_string(hide_password=False),
         POSTBURNER_BEANSTALKD_URL=pb.settings.beanstalkd_url,
@@ -227,6 +227,12 @@ def _worker_process(pb: Postburner, *extra: str) -> subprocess.Popen[bytes]:
         POSTBURNER_SECRET=pb.secret().decode(),
         PYTHONPATH=str(Path(__file__).resolve().parent.parent),
     )
+    return env
+
+
+def _worker_process(pb: Postburner, *extra: str) -> subprocess.Popen[bytes]:
+    """A real worker process on ``pb``'s database, queue and namespace."""
+    env = worker_environ(pb)
     code = textwrap.dedent(
         """
         import logging, sys
