@@ -23,7 +23,7 @@ Child = Callable[[dict[str, Any]], dict[str, Any]]
 def steady(args: dict[str, Any]) -> dict[str, Any]:
     """A cold ``tick``, then the measured one with its statements and Beanstalkd calls."""
     from bench.common import QueueCallCounter, StatementCounter, make_postburner, server_commands
-    from postburner_py.watchdog import tick
+    from postburner_py.watchdog.process import tick
 
     pb = make_postburner(args["url"], args["beanstalkd"], args["namespace"])
     started = time.perf_counter()
@@ -53,7 +53,7 @@ def steady(args: dict[str, Any]) -> dict[str, Any]:
 def worker(args: dict[str, Any]) -> dict[str, Any]:
     """A worker (``concurrency`` threads) until the queue is empty (``burst``) or SIGTERM."""
     from bench.common import make_postburner
-    from postburner_py.worker import Worker
+    from postburner_py.worker.process import Worker
 
     pb = make_postburner(args["url"], args["beanstalkd"], args["namespace"])
     work = Worker(
@@ -76,7 +76,7 @@ def watchdog_memory(args: dict[str, Any]) -> dict[str, Any]:
     """A watchdog process's memory after a pass over the schedules of ``url`` (the first
     pass creates their executions) and a second, steady one."""
     from bench.common import make_postburner
-    from postburner_py.watchdog import tick
+    from postburner_py.watchdog.process import tick
 
     pb = make_postburner(args["url"], args["beanstalkd"], args["namespace"])
     started = time.perf_counter()

@@ -35,8 +35,8 @@ from bench.common import (
     run_child,
 )
 from postburner_py import ScheduleExecution
-from postburner_py.signing import JobBody, encode_body
-from postburner_py.watchdog import tick
+from postburner_py.queue.signing import JobBody, encode_body
+from postburner_py.watchdog.process import tick
 
 if TYPE_CHECKING:
     from bench.run import Context

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 from bench.common import SECRET, libpq_url, ratio, run_child
 from bench.procfs import proc_status_kb
-from postburner_py.beanstalk import BeanstalkQueue, PutRequest
-from postburner_py.signing import JobBody, encode_body
+from postburner_py.queue.beanstalk import BeanstalkQueue, PutRequest
+from postburner_py.queue.signing import JobBody, encode_body
 from tests.servers import BeanstalkdServer
 
 if TYPE_CHECKING:

@@ -50,11 +50,11 @@ from bench.soak_cluster import QUEUE, Members, Servers, wait_for_heartbeats  # n
 from bench.soak_faults import FAULT_KINDS, FaultInjector, FaultRecord, fault_plan  # noqa: E402
 from bench.soak_schedules import Call, SoakSchedules  # noqa: E402
 from postburner_py import Postburner, ScheduleExecution  # noqa: E402
-from postburner_py.dispatch_log import DispatchRecord  # noqa: E402
 from postburner_py.errors import SignatureError  # noqa: E402
-from postburner_py.history import HistoryRecord  # noqa: E402
-from postburner_py.models import LIVE_STATUSES, SUPERSEDED, Schedule  # noqa: E402
-from postburner_py.signing import decode_body  # noqa: E402
+from postburner_py.queue.signing import decode_body  # noqa: E402
+from postburner_py.store.dispatch_log import DispatchRecord  # noqa: E402
+from postburner_py.store.history import HistoryRecord  # noqa: E402
+from postburner_py.store.models import LIVE_STATUSES, SUPERSEDED, Schedule  # noqa: E402
 
 SETTLE_POLL = 2.0
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from postburner_py.timegrid import TimeGrid
+from postburner_py.timegrid.grid import TimeGrid
 
 Occurrence = tuple[str, datetime]
 

@@ -208,7 +208,7 @@ def wait_for_heartbeats(pb: Postburner, count: int, timeout: float = 60.0) -> No
     """Until ``count`` watchdogs have written their heartbeat (they are up and passing)."""
     from sqlalchemy import func, select
 
-    from postburner_py.watchdog import WatchdogHeartbeat
+    from postburner_py.watchdog.process import WatchdogHeartbeat
 
     def ready() -> bool:
         with pb.session() as session:

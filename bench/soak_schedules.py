@@ -16,7 +16,7 @@ from sqlalchemy import select
 from bench.soak_checks import Occurrence, Segment
 from bench.soak_cluster import JOB_CLASS, QUEUE
 from postburner_py import Postburner, Schedule, ScheduleExecution
-from postburner_py.models import LIVE_STATUSES
+from postburner_py.store.models import LIVE_STATUSES
 
 #: Every this-many-th schedule is the six-field cron "every second"; the others intervals.
 CRON_EVERY = 10

@@ -83,7 +83,7 @@ def insert_schedules(pb: Any, count: int) -> None:
 def first_pass(pg: Any, beanstalkd: Any, count: int) -> dict[str, Any]:
     """Time ``tick`` over ``count`` new schedules; check every one is queued once."""
     from postburner_py import Postburner
-    from postburner_py.watchdog import tick
+    from postburner_py.watchdog.process import tick
 
     url = fresh_database(pg, "bench_first")
     pb = Postburner(database_url=url, beanstalkd_url=beanstalkd.url, namespace="first", secret="b")
@@ -109,7 +109,7 @@ def floor(pg: Any, beanstalkd: Any, count: int) -> dict[str, Any]:
     from psycopg.types.json import Jsonb
 
     from postburner_py import Postburner
-    from postburner_py.signing import JobBody, encode_body
+    from postburner_py.queue.signing import JobBody, encode_body
 
     url = fresh_database(pg, "bench_floor")
     pb = Postburner(database_url=url, beanstalkd_url=beanstalkd.url, namespace="floor", secret="b")
@@ -155,7 +155,7 @@ def _floor_rows(count: int, jsonb: Any, body: Any) -> tuple[list[tuple[Any, ...]
 def steady_pass(pg: Any, beanstalkd: Any, count: int) -> dict[str, Any]:
     """Populate ``count`` healthy schedules, then time one tick in a fresh process."""
     from postburner_py import Postburner
-    from postburner_py.watchdog import tick
+    from postburner_py.watchdog.process import tick
 
     url = fresh_database(pg, "bench_steady")
     pb = Postburner(database_url=url, beanstalkd_url=beanstalkd.url, namespace="steady", secret="b")
@@ -187,7 +187,7 @@ def _analyze(pb: Any) -> None:
 def steady_child(url: str, beanstalkd_url: str) -> None:
     """Run in a fresh process: one warm-up tick, then the measured one; print JSON."""
     from postburner_py import Postburner
-    from postburner_py.watchdog import tick
+    from postburner_py.watchdog.process import tick
 
     pb = Postburner(database_url=url, beanstalkd_url=beanstalkd_url, namespace="steady", secret="b")
     tick(pb)  # warm-up: connections, statement caches

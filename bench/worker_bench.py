@@ -49,10 +49,10 @@ from bench.common import (
 )
 from bench.procfs import cpu_jiffies, steal_percent
 from postburner_py import Postburner
-from postburner_py.beanstalk import PutRequest, delay_seconds
-from postburner_py.delayed_jobs import PENDING, DelayedJob, delayed_body
-from postburner_py.history import HistoryRecord, HistoryStore
-from postburner_py.watchdog import tick
+from postburner_py.queue.beanstalk import PutRequest, delay_seconds
+from postburner_py.schedules.one_off import PENDING, DelayedJob, delayed_body
+from postburner_py.store.history import HistoryRecord, HistoryStore
+from postburner_py.watchdog.process import tick
 
 if TYPE_CHECKING:
     from bench.run import Context

@@ -1,11 +1,11 @@
-"""Alembic environment: runs against the engine handed over by ``postburner_py.migrate``."""
+"""Alembic environment: runs against the engine handed over by ``postburner_py.store.migrate``."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import create_engine
 
-from postburner_py.metadata import target_metadata
+from postburner_py.store.metadata import target_metadata
 
 config = context.config
 engine = config.attributes.get("engine")

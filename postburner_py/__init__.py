@@ -17,7 +17,7 @@ from postburner_py.errors import (
     ScheduleValidationError,
     SignatureError,
 )
-from postburner_py.models import Schedule, ScheduleExecution
+from postburner_py.store.models import Schedule, ScheduleExecution
 
 __version__ = "0.1.0.dev0"
 

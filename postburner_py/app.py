@@ -15,13 +15,13 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
-from postburner_py.beanstalk import BeanstalkQueue
 from postburner_py.config import Settings, mask_url, redact, resolve_settings
-from postburner_py.db import utcnow
 from postburner_py.errors import ConfigurationError
+from postburner_py.queue.beanstalk import BeanstalkQueue
+from postburner_py.store.engine import utcnow
 
 if TYPE_CHECKING:
-    from postburner_py.delayed_jobs import DelayedJob
+    from postburner_py.schedules.one_off import DelayedJob
 
 log = logging.getLogger("postburner_py")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -77,7 +77,7 @@ class Postburner:
         self.queue = BeanstalkQueue(self.settings.beanstalkd_url, self.settings.namespace)
         self._secret: bytes | None = None
         self._secret_lock = threading.Lock()
-        from postburner_py.session_hooks import install_session_hooks
+        from postburner_py.schedules.session_hooks import install_session_hooks
 
         install_session_hooks(self.session_factory)
         install_session_hooks(self.work_session_factory)
@@ -109,7 +109,7 @@ class Postburner:
 
     def migrate(self, revision: str = "head") -> None:
         """Upgrade the database schema (Alembic) and make sure a signing secret exists."""
-        from postburner_py.migrate import upgrade
+        from postburner_py.store.migrate import upgrade
 
         upgrade(self.engine, revision)
         if revision == "head":
@@ -122,7 +122,7 @@ class Postburner:
             return self._secret
         with self._secret_lock:
             if self._secret is None:
-                from postburner_py.signing import load_or_create_secret
+                from postburner_py.queue.signing import load_or_create_secret
 
                 configured = self.settings.secret
                 self._secret = (
@@ -145,15 +145,15 @@ class Postburner:
 
         ``job_id`` (default: a random one) is unique while the job is pending
         (:class:`~postburner_py.errors.DuplicateJobError`); ``priority``, ``ttr`` and
-        ``max_attempts`` may be given too. See :mod:`postburner_py.delayed_jobs`.
+        ``max_attempts`` may be given too. See :mod:`postburner_py.schedules.one_off`.
         """
-        from postburner_py.delayed_jobs import enqueue_at
+        from postburner_py.schedules.one_off import enqueue_at
 
         return enqueue_at(self, at, job_class, args, kwargs, queue=queue, job_id=job_id, **options)
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a pending one-off job; False when none is pending or it already started."""
-        from postburner_py.delayed_jobs import cancel
+        from postburner_py.schedules.one_off import cancel
 
         return cancel(self, job_id)
 

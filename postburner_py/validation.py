@@ -1,4 +1,5 @@
-"""Field checks for :class:`~postburner_py.models.Schedule`, each naming the field and the fix."""
+"""Field checks for :class:`~postburner_py.store.models.Schedule`, each naming the field and the
+fix."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import BigInteger, ColumnElement, Integer, SmallInteger, String
 
-from postburner_py.dispatch_log import ONE_OFF_KEY_PREFIX
 from postburner_py.errors import ConfigurationError, JobNotAllowedError, ScheduleValidationError
+from postburner_py.keys import ONE_OFF_KEY_PREFIX
 
 MAX_PRIORITY = 2**32 - 1
 DEFAULT_PRIORITY = 65536
@@ -155,7 +156,7 @@ def check_job_allowed(job_class: Any, allowed_prefixes: Sequence[str]) -> None:
     ``myapp.jobsevil:run``.
 
     Raises :class:`JobNotAllowedError` naming the rule broken. PostgreSQL's batch statement
-    decides the same way (:func:`postburner_py.pg_batch.allowed_condition`).
+    decides the same way (:func:`postburner_py.store.postgres_batch.allowed_condition`).
     """
     if not isinstance(job_class, str):
         raise JobNotAllowedError("job_class", job_class_problem(job_class) or "is malformed")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from postburner_py.app import Postburner
-from postburner_py.models import Schedule
+from postburner_py.store.models import Schedule
 
 _sequence = itertools.count(1)
 

@@ -15,18 +15,18 @@ import psycopg
 from sqlalchemy import select
 
 from postburner_py import Postburner, Schedule
-from postburner_py.admission import Admission, AdmitRequest, Admitter, Outcome
-from postburner_py.delayed_jobs import DelayedJob
-from postburner_py.dispatch_log import (
+from postburner_py.queue.signing import JobBody
+from postburner_py.schedules.one_off import DelayedJob
+from postburner_py.store.dispatch_log import (
     ClaimOutcome,
     DispatchRecord,
     SqlDispatchRegistry,
 )
-from postburner_py.fast_path import worker_ledger
-from postburner_py.history import HistoryRecord, HistoryStatus, HistoryStore
-from postburner_py.ledger import Ledger
-from postburner_py.settlement import Settlement, Settler
-from postburner_py.signing import JobBody
+from postburner_py.store.history import HistoryRecord, HistoryStatus, HistoryStore
+from postburner_py.worker.admission import Admission, AdmitRequest, Admitter, Outcome
+from postburner_py.worker.fast_path import worker_ledger
+from postburner_py.worker.ledger import Ledger
+from postburner_py.worker.settlement import Settlement, Settler
 from tests.factories import ManualClock, at, create_schedule
 from tests.test_ledger import backend_pid
 

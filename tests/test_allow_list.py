@@ -19,23 +19,23 @@ import yaml
 from sqlalchemy import func, select, text, update
 
 from postburner_py import Postburner, Schedule, ScheduleExecution
-from postburner_py.admission import Admission, AdmitRequest, Admitter, Outcome
 from postburner_py.config import resolve_settings
-from postburner_py.delayed_jobs import DelayedJob
-from postburner_py.dispatch_log import DispatchRecord, SqlDispatchRegistry
 from postburner_py.errors import (
     ConfigurationError,
     JobNotAllowedError,
     ScheduleFileError,
     ScheduleValidationError,
 )
-from postburner_py.fast_path import worker_ledger
-from postburner_py.history import HistoryRecord, HistoryStore
-from postburner_py.job_loader import resolve_job
-from postburner_py.schedule_file import sync
-from postburner_py.settlement import Settler
-from postburner_py.signing import JobBody
+from postburner_py.queue.signing import JobBody
+from postburner_py.schedules.one_off import DelayedJob
+from postburner_py.schedules.schedule_file import sync
+from postburner_py.store.dispatch_log import DispatchRecord, SqlDispatchRegistry
+from postburner_py.store.history import HistoryRecord, HistoryStore
 from postburner_py.validation import check_job_allowed, validate_job_class
+from postburner_py.worker.admission import Admission, AdmitRequest, Admitter, Outcome
+from postburner_py.worker.fast_path import worker_ledger
+from postburner_py.worker.job_loader import resolve_job
+from postburner_py.worker.settlement import Settler
 from tests import jobs, trusted
 from tests.factories import ManualClock, at, make_schedule
 from tests.test_worker import _run_until
@@ -228,7 +228,7 @@ def _python_admits(job_class: str, prefixes: Sequence[str]) -> bool:
 def test_the_batch_statement_admits_exactly_what_python_admits(
     make_postburner: MakePostburner, postgres_url: str, prefixes: list[str]
 ) -> None:
-    from postburner_py.pg_batch import allow_parameter, allowed_condition
+    from postburner_py.store.postgres_batch import allow_parameter, allowed_condition
 
     pb = make_postburner(database_url=postgres_url)
     corpus = _corpus()

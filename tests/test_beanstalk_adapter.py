@@ -1,4 +1,4 @@
-"""Contract of postburner_py.beanstalk against a real Beanstalkd."""
+"""Contract of postburner_py.queue.beanstalk against a real Beanstalkd."""
 
 from __future__ import annotations
 
@@ -12,8 +12,14 @@ from zoneinfo import ZoneInfo
 import greenstalk
 import pytest
 
-from postburner_py import beanstalk
-from postburner_py.beanstalk import (
+from postburner_py.errors import (
+    ConfigurationError,
+    PayloadTooLargeError,
+    QueueUnavailableError,
+    ScheduleValidationError,
+)
+from postburner_py.queue import beanstalk
+from postburner_py.queue.beanstalk import (
     MAX_JOB_SIZE,
     PUT_LEAD,
     BeanstalkQueue,
@@ -23,12 +29,6 @@ from postburner_py.beanstalk import (
     delay_seconds,
     parse_beanstalkd_url,
     validate_queue_name,
-)
-from postburner_py.errors import (
-    ConfigurationError,
-    PayloadTooLargeError,
-    QueueUnavailableError,
-    ScheduleValidationError,
 )
 from tests.servers import BeanstalkdServer, free_port
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from postburner_py import Postburner, Schedule, ScheduleExecution
-from postburner_py.chainer import Chainer
+from postburner_py.worker.chainer import Chainer
 from tests.factories import ManualClock, create_schedule
 
 MakePostburner = Callable[..., Postburner]

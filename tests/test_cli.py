@@ -17,9 +17,9 @@ import yaml
 from sqlalchemy import select
 
 from postburner_py import Postburner, Schedule, ScheduleExecution
-from postburner_py.admin import STARTER_CONFIG, STARTER_SCHEDULES
-from postburner_py.dispatch_log import SqlDispatchRegistry
-from postburner_py.history import HistoryStore
+from postburner_py.cli.admin import STARTER_CONFIG, STARTER_SCHEDULES
+from postburner_py.store.dispatch_log import SqlDispatchRegistry
+from postburner_py.store.history import HistoryStore
 from tests.servers import free_port
 
 MakePostburner = Callable[..., Postburner]

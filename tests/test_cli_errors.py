@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 from postburner_py import Postburner
 from postburner_py.errors import QueueUnavailableError
-from postburner_py.worker import run_worker
+from postburner_py.worker.process import run_worker
 from tests.factories import create_schedule
 from tests.servers import free_port
 from tests.test_cli import Cli, _cli
@@ -201,7 +201,7 @@ def test_status_json_masks_the_database_password(
 
 
 def test_the_metrics_server_listens_on_loopback_unless_told_otherwise() -> None:
-    from postburner_py.watchdog import WatchdogMetrics
+    from postburner_py.watchdog.process import WatchdogMetrics
 
     servers = [
         WatchdogMetrics().serve(free_port()),

@@ -13,8 +13,8 @@ from pathlib import Path
 from sqlalchemy import func, insert, select
 
 from postburner_py import Postburner, ScheduleExecution
-from postburner_py.history import HistoryStore
-from postburner_py.models import Schedule
+from postburner_py.store.history import HistoryStore
+from postburner_py.store.models import Schedule
 from tests.factories import schedule_attributes
 from tests.test_cli import Cli, cli, pb
 
@@ -87,7 +87,7 @@ def test_watchdog_passes_then_stops_on_sigterm(cli: Cli, pb: Postburner, tmp_pat
 
 
 def _heartbeats(pb: Postburner) -> int:
-    from postburner_py.watchdog import WatchdogHeartbeat
+    from postburner_py.watchdog.process import WatchdogHeartbeat
 
     with pb.session() as session:
         return int(session.scalar(select(func.count()).select_from(WatchdogHeartbeat)) or 0)

@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import func, select
 
 from postburner_py import Postburner
-from postburner_py.delayed_jobs import DelayedJob
-from postburner_py.dispatch_log import SqlDispatchRegistry
 from postburner_py.errors import DuplicateJobError, JobNotAllowedError, ScheduleValidationError
-from postburner_py.history import HistoryStore
-from postburner_py.signing import decode_body
+from postburner_py.queue.signing import decode_body
+from postburner_py.schedules.one_off import DelayedJob
+from postburner_py.store.dispatch_log import SqlDispatchRegistry
+from postburner_py.store.history import HistoryStore
 from tests import jobs
 from tests.test_worker import _run_until
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from postburner_py import cli
+from postburner_py.cli import commands as cli
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "docker-compose.yml"

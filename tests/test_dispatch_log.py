@@ -11,14 +11,14 @@ import pytest
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import sessionmaker
 
-from postburner_py.dispatch_log import (
+from postburner_py.keys import idempotency_key
+from postburner_py.store.dispatch_log import (
     Claim,
     ClaimOutcome,
     DispatchRegistry,
     DispatchStatus,
     MemoryDispatchRegistry,
     SqlDispatchRegistry,
-    idempotency_key,
     insert_missed,
 )
 from tests.factories import ManualClock, at

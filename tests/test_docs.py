@@ -226,7 +226,7 @@ class Runner:
             _parse_command(block, command)
 
     def _yaml(self, block: Block) -> None:
-        from postburner_py.schedule_file import read_entries
+        from postburner_py.schedules.schedule_file import read_entries
 
         if "jobs:" in block.text:
             assert read_entries(block.text, env="production"), block.where
@@ -254,7 +254,7 @@ def _commands(script: str) -> list[str]:
 
 
 def _parse_command(block: Block, command: str) -> None:
-    from postburner_py.cli import build_parser
+    from postburner_py.cli.commands import build_parser
 
     words = shlex.split(command)
     if words[0] == "postburner":

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import sessionmaker
 
 from postburner_py.errors import ConfigurationError
-from postburner_py.history import HistoryEntry, HistoryStatus, HistoryStore
+from postburner_py.store.history import HistoryEntry, HistoryStatus, HistoryStore
 from tests.factories import ManualClock, at
 
 T0 = at("2025-03-01 10:00")

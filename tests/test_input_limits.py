@@ -19,10 +19,10 @@ import yaml
 from sqlalchemy import func, select
 
 from postburner_py import Postburner, Schedule, ScheduleExecution
-from postburner_py.delayed_jobs import DelayedJob
 from postburner_py.errors import ScheduleFileError, ScheduleValidationError
-from postburner_py.placeholders import render_arguments, unknown_placeholders
-from postburner_py.schedule_file import sync
+from postburner_py.schedules.one_off import DelayedJob
+from postburner_py.schedules.placeholders import render_arguments, unknown_placeholders
+from postburner_py.schedules.schedule_file import sync
 from postburner_py.validation import MAX_ARGUMENT_BYTES, MAX_ARGUMENT_DEPTH, MAX_DELAY_SECONDS
 from tests.factories import ManualClock, schedule_attributes
 

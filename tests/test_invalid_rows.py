@@ -18,10 +18,10 @@ import pytest
 from sqlalchemy import event, func, select, text
 
 from postburner_py import Postburner, Schedule, ScheduleExecution
+from postburner_py.cli.status import collect_status
 from postburner_py.errors import UnplannableScheduleError
-from postburner_py.lifecycle import chain_next_many
-from postburner_py.status import collect_status
-from postburner_py.watchdog import tick
+from postburner_py.schedules.lifecycle import chain_next_many
+from postburner_py.watchdog.process import tick
 from tests.factories import ManualClock, create_schedule
 from tests.test_watchdog import _bulk_schedules
 
@@ -186,7 +186,7 @@ def test_a_zone_this_hosts_tzdata_lacks_does_not_stop_the_others(
             raise zoneinfo.ZoneInfoNotFoundError(f"No time zone found with key {key}")
         return real(key)
 
-    monkeypatch.setattr("postburner_py.timegrid.ZoneInfo", without_kanton)
+    monkeypatch.setattr("postburner_py.timegrid.grid.ZoneInfo", without_kanton)
     with caplog.at_level(logging.WARNING):
         report = tick(pb, now=clock())
     assert (report.invalid, report.created) == (1, 2)
@@ -289,7 +289,7 @@ def test_status_names_a_row_that_cannot_be_planned_and_is_unhealthy(
 def test_the_metrics_show_how_many_schedules_the_last_pass_could_not_plan() -> None:
     from prometheus_client import generate_latest
 
-    from postburner_py.watchdog import PassReport, WatchdogMetrics
+    from postburner_py.watchdog.process import PassReport, WatchdogMetrics
 
     metrics = WatchdogMetrics()
     metrics.observe("reconcile", PassReport(invalid=3), queue_up=True)
@@ -300,7 +300,7 @@ def test_the_metrics_show_how_many_schedules_the_last_pass_could_not_plan() -> N
 def test_a_row_that_cannot_be_planned_can_be_disabled_but_not_enabled(
     make_postburner: MakePostburner,
 ) -> None:
-    from postburner_py.admin import set_enabled
+    from postburner_py.cli.admin import set_enabled
 
     clock = _clock()
     pb = make_postburner(clock=clock)
@@ -349,7 +349,7 @@ def test_an_sqlite_instant_that_cannot_even_be_loaded_is_set_aside_before_the_ot
     assert words in row["invalid"]
     assert tick(pb, now=clock()).invalid == 1
 
-    from postburner_py.admin import set_enabled
+    from postburner_py.cli.admin import set_enabled
 
     with pytest.raises(UnplannableScheduleError, match="'broken'"):
         set_enabled(pb, "broken", True, now=clock())

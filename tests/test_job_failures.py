@@ -19,9 +19,9 @@ import pytest
 
 from postburner_py import Postburner
 from postburner_py.errors import ScheduleValidationError
-from postburner_py.history import HistoryStore
-from postburner_py.job_runner import Outcome
-from postburner_py.schedule_file import sync
+from postburner_py.schedules.schedule_file import sync
+from postburner_py.store.history import HistoryStore
+from postburner_py.worker.runner import Outcome
 from tests import jobs
 from tests.factories import make_schedule
 from tests.test_worker import _due_soon, _history, _wait_for, worker_environ

@@ -13,14 +13,14 @@ import yaml
 from sqlalchemy import func, select
 
 from postburner_py import Postburner, Schedule
-from postburner_py.admission import Admission, AdmitRequest, Admitter
-from postburner_py.dispatch_log import DispatchRecord, SqlDispatchRegistry
 from postburner_py.errors import ScheduleFileError, ScheduleValidationError
-from postburner_py.fast_path import worker_ledger
-from postburner_py.history import HistoryStore
-from postburner_py.schedule_file import sync
-from postburner_py.settlement import Settler
-from postburner_py.signing import JobBody
+from postburner_py.queue.signing import JobBody
+from postburner_py.schedules.schedule_file import sync
+from postburner_py.store.dispatch_log import DispatchRecord, SqlDispatchRegistry
+from postburner_py.store.history import HistoryStore
+from postburner_py.worker.admission import Admission, AdmitRequest, Admitter
+from postburner_py.worker.fast_path import worker_ledger
+from postburner_py.worker.settlement import Settler
 from tests.factories import ManualClock, at, create_schedule, make_schedule
 
 MakePostburner = Callable[..., Postburner]

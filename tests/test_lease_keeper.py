@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from postburner_py.lease_keeper import LeaseKeeper
+from postburner_py.worker.lease_keeper import LeaseKeeper
 
 
 def test_a_kept_job_is_renewed_every_interval_until_it_returns() -> None:

@@ -13,8 +13,8 @@ from sqlalchemy import Column, Connection, MetaData, String, Table, func, insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from postburner_py import Postburner
-from postburner_py.answer import Answer
-from postburner_py.ledger import UNDECIDED, Ledger, LedgerClosedError
+from postburner_py.worker.answer import Answer
+from postburner_py.worker.ledger import UNDECIDED, Ledger, LedgerClosedError
 
 MakePostburner = Callable[..., Postburner]
 WAIT = 5.0

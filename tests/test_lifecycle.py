@@ -13,7 +13,7 @@ from sqlalchemy import func, select, text
 
 from postburner_py import Postburner, Schedule, ScheduleExecution
 from postburner_py.errors import JobNotAllowedError, NextExecutionRunAtConflict
-from postburner_py.signing import decode_body
+from postburner_py.queue.signing import decode_body
 from tests.factories import ManualClock, create_schedule, make_schedule
 
 MakePostburner = Callable[..., Postburner]
@@ -92,7 +92,7 @@ def test_reconcile_from_two_threads_at_once_creates_one_execution(
     with pb.session() as session:
         session.execute(text("UPDATE postburner_schedules SET enabled = :on"), {"on": True})
         session.commit()
-    from postburner_py.lifecycle import reconcile_schedule
+    from postburner_py.schedules.lifecycle import reconcile_schedule
 
     barrier = threading.Barrier(2)
     errors: list[BaseException] = []
@@ -214,7 +214,7 @@ def test_skip_twice_returns_false_the_second_time(make_postburner: MakePostburne
 
 
 def test_skip_refuses_an_occurrence_a_worker_has_claimed(make_postburner: MakePostburner) -> None:
-    from postburner_py.dispatch_log import SqlDispatchRegistry
+    from postburner_py.store.dispatch_log import SqlDispatchRegistry
 
     pb = make_postburner()
     schedule_id = create_schedule(pb)
@@ -326,7 +326,7 @@ def test_schedule_created_while_beanstalkd_is_down_is_queued_once_it_is_back(
 def test_catch_up_false_records_missed_occurrences_and_resumes_after_now(
     make_postburner: MakePostburner,
 ) -> None:
-    from postburner_py.dispatch_log import SqlDispatchRegistry
+    from postburner_py.store.dispatch_log import SqlDispatchRegistry
 
     clock = ManualClock(datetime.now(UTC).replace(second=30, microsecond=0))
     pb = make_postburner(clock=clock)
@@ -373,12 +373,12 @@ def test_a_failure_after_commit_is_logged_and_never_undoes_the_commit(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    import postburner_py.lifecycle
+    import postburner_py.schedules.lifecycle
 
     def broken(*_args: Any, **_kwargs: Any) -> bool:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(postburner_py.lifecycle, "reconcile_schedule", broken)
+    monkeypatch.setattr(postburner_py.schedules.lifecycle, "reconcile_schedule", broken)
     pb = make_postburner()
     with caplog.at_level(logging.ERROR, logger="postburner_py"):
         schedule_id = create_schedule(pb)

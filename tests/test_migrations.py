@@ -7,8 +7,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from postburner_py.metadata import target_metadata
-from postburner_py.migrate import downgrade, upgrade
+from postburner_py.store.metadata import target_metadata
+from postburner_py.store.migrate import downgrade, upgrade
 
 
 def _schema_differences(url: str) -> list[object]:

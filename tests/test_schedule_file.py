@@ -12,9 +12,14 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from postburner_py import Postburner, Schedule, ScheduleExecution
-from postburner_py.admin import STARTER_SCHEDULES
+from postburner_py.cli.admin import STARTER_SCHEDULES
 from postburner_py.errors import ScheduleFileError
-from postburner_py.schedule_file import load_schedule_file, read_entries, render_arguments, sync
+from postburner_py.schedules.schedule_file import (
+    load_schedule_file,
+    read_entries,
+    render_arguments,
+    sync,
+)
 from tests.factories import ManualClock
 
 MakePostburner = Callable[..., Postburner]

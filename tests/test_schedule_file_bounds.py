@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from postburner_py import Postburner, Schedule
 from postburner_py.errors import ScheduleFileError
-from postburner_py.schedule_file import (
+from postburner_py.schedules.schedule_file import (
     MAX_ALIASES,
     MAX_EXPANDED_NODES,
     MAX_FILE_BYTES,
@@ -76,7 +76,7 @@ def test_files_at_the_bounds_are_read() -> None:
 
 
 def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
-    from postburner_py.schedule_file import load_schedule_file
+    from postburner_py.schedules.schedule_file import load_schedule_file
 
     path = tmp_path / "schedules.yml"
     path.write_text("# " + "x" * MAX_FILE_BYTES + "\n", encoding="utf-8")

@@ -12,8 +12,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from postburner_py.beanstalk import BeanstalkQueue
 from postburner_py.errors import QueueUnavailableError
+from postburner_py.queue.beanstalk import BeanstalkQueue
 from tests.servers import PostgresServer, is_gone, wait_until
 
 REPO = Path(__file__).resolve().parent.parent

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from postburner_py.admission import Outcome
 from postburner_py.errors import SignatureError
-from postburner_py.signing import JobBody, decode_body, encode_body
+from postburner_py.queue.signing import JobBody, decode_body, encode_body
+from postburner_py.worker.admission import Outcome
 from tests.test_worker import _run_until
 
 SECRET = b"s3cret"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from postburner_py.slots import RunSlots
+from postburner_py.worker.slots import RunSlots
 
 
 class FakeMonotonic:

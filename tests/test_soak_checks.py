@@ -28,7 +28,7 @@ from bench.soak_checks import (
 from bench.soak_faults import FAULT_KINDS, fault_plan
 from postburner_py import bench_jobs
 from postburner_py.context import ExecutionContext, running
-from postburner_py.timegrid import make_grid
+from postburner_py.timegrid.grid import make_grid
 
 T0 = datetime(2026, 1, 5, 12, 0, 0, tzinfo=UTC)
 KEY = "soak-0001"

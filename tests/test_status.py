@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import event
 
 from postburner_py import Postburner
-from postburner_py.dispatch_log import SqlDispatchRegistry
-from postburner_py.history import HistoryStore
-from postburner_py.status import render_status, schedule_rows
+from postburner_py.cli.status import render_status, schedule_rows
+from postburner_py.store.dispatch_log import SqlDispatchRegistry
+from postburner_py.store.history import HistoryStore
 from tests.factories import create_schedule
 
 MakePostburner = Callable[..., Postburner]

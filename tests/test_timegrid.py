@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from postburner_py.errors import ScheduleValidationError
-from postburner_py.timegrid import (
+from postburner_py.timegrid.grid import (
     INTERVAL_UNITS,
     CronGrid,
     IntervalGrid,

@@ -21,10 +21,10 @@ import pytest
 from sqlalchemy import func, insert, select, text
 
 from postburner_py import Postburner, Schedule, ScheduleExecution
-from postburner_py.dispatch_log import DispatchRecord
-from postburner_py.lifecycle import ENQUEUE_GRACE
-from postburner_py.signing import decode_body
-from postburner_py.watchdog import (
+from postburner_py.queue.signing import decode_body
+from postburner_py.schedules.lifecycle import ENQUEUE_GRACE
+from postburner_py.store.dispatch_log import DispatchRecord
+from postburner_py.watchdog.process import (
     PassReport,
     Retention,
     Watchdog,
@@ -479,7 +479,7 @@ def test_a_due_job_lost_in_a_restart_runs_late_with_catch_up_and_is_missed_witho
 
 
 def _delayed_jobs(pb: Postburner) -> list[Any]:
-    from postburner_py.delayed_jobs import DelayedJob
+    from postburner_py.schedules.one_off import DelayedJob
 
     with pb.session() as session:
         return list(session.scalars(select(DelayedJob).order_by(DelayedJob.id)))
@@ -598,9 +598,10 @@ def test_puts_failing_while_beanstalkd_is_down_are_all_queued_once_it_is_back(
 _KILLED_PASS = """
 import sys, time
 from datetime import datetime
-from postburner_py import Postburner, reconcile_pass
-from postburner_py.beanstalk import BeanstalkQueue
-from postburner_py.watchdog import tick
+from postburner_py import Postburner
+from postburner_py.watchdog import reconcile_pass
+from postburner_py.queue.beanstalk import BeanstalkQueue
+from postburner_py.watchdog.process import tick
 
 database_url, beanstalkd_url, namespace, now = sys.argv[1:5]
 reconcile_pass.PUT_CHUNK = 100
@@ -739,8 +740,8 @@ def test_each_pass_writes_a_heartbeat_that_goes_stale_when_passes_stop(
 def test_retention_deletes_expired_history_and_old_dispatch_rows(
     database_url: str, make_postburner: MakePostburner
 ) -> None:
-    from postburner_py.dispatch_log import SqlDispatchRegistry
-    from postburner_py.history import HistoryStore
+    from postburner_py.store.dispatch_log import SqlDispatchRegistry
+    from postburner_py.store.history import HistoryStore
 
     clock = _clock()
     pb = make_postburner(clock=clock)
@@ -770,7 +771,7 @@ def test_the_report_describes_itself_on_one_line() -> None:
 _WATCHDOG_PROCESS = """
 import sys
 from postburner_py import Postburner
-from postburner_py.watchdog import run_watchdog
+from postburner_py.watchdog.process import run_watchdog
 
 database_url, beanstalkd_url, namespace, port = sys.argv[1:5]
 pb = Postburner(database_url=database_url, beanstalkd_url=beanstalkd_url, namespace=namespace,

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from postburner_py import Postburner, Schedule, ScheduleExecution
-from postburner_py.dispatch_log import SqlDispatchRegistry
-from postburner_py.history import HistoryStore
-from postburner_py.job_runner import Outcome
-from postburner_py.queue_ops import execution_body
-from postburner_py.worker import Worker
+from postburner_py.queue.operations import execution_body
+from postburner_py.store.dispatch_log import SqlDispatchRegistry
+from postburner_py.store.history import HistoryStore
+from postburner_py.worker.process import Worker
+from postburner_py.worker.runner import Outcome
 from tests import jobs
 from tests.factories import make_schedule
 
@@ -237,7 +237,7 @@ def _worker_process(pb: Postburner, *extra: str) -> subprocess.Popen[bytes]:
         """
         import logging, sys
         from postburner_py import Postburner
-        from postburner_py.worker import run_worker
+        from postburner_py.worker.process import run_worker
         logging.basicConfig(level=logging.INFO)
         sys.exit(run_worker(Postburner(), concurrency=1))
         """

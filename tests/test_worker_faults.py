@@ -19,11 +19,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from postburner_py import Postburner, delayed_jobs
-from postburner_py.delayed_jobs import DelayedJob
-from postburner_py.dispatch_log import SqlDispatchRegistry, one_off_key
-from postburner_py.history import HistoryStore
-from postburner_py.worker import Worker
+from postburner_py import Postburner
+from postburner_py.keys import one_off_key
+from postburner_py.schedules import one_off as delayed_jobs
+from postburner_py.schedules.one_off import DelayedJob
+from postburner_py.store.dispatch_log import SqlDispatchRegistry
+from postburner_py.store.history import HistoryStore
+from postburner_py.worker.process import Worker
 from tests import jobs
 from tests.test_worker import _due_soon, _history, _wait_for, _worker_process
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from postburner_py import Postburner
-from postburner_py.history import HistoryStore
-from postburner_py.worker import Worker
+from postburner_py.store.history import HistoryStore
+from postburner_py.worker.process import Worker
 from tests import jobs
 from tests.test_worker import _run_until
 

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from postburner_py import Postburner
-from postburner_py.dispatch_log import SqlDispatchRegistry
-from postburner_py.worker import Worker
+from postburner_py.store.dispatch_log import SqlDispatchRegistry
+from postburner_py.worker.process import Worker
 from tests import jobs
 from tests.factories import make_schedule
 from tests.test_worker import _run_until

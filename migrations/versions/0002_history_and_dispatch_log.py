@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from postburner_py.db import BigIntPK, JSONType, UTCDateTime
+from postburner_py.store.engine import BigIntPK, JSONType, UTCDateTime
 
 revision = "0002_history_dispatch"
 down_revision = "0001_core"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from postburner_py.db import JSONType, UTCDateTime
+from postburner_py.store.engine import JSONType, UTCDateTime
 
 revision = "0003_watchdog"
 down_revision = "0002_history_dispatch"

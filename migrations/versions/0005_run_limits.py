@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from postburner_py.db import JSONType
+from postburner_py.store.engine import JSONType
 
 revision = "0005_run_limits"
 down_revision = "0004_delayed_jobs"

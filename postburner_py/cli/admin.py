@@ -1,0 +1,285 @@
+"""Operator actions shared by scripts and the CLI: skip an occurrence, enable or disable a
+schedule by name, list the dispatch log, write starter files."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import defer
+
+from postburner_py.errors import PostburnerError, UnplannableScheduleError
+from postburner_py.schedules.planning import planning
+from postburner_py.store.dispatch_log import DispatchEntry, DispatchStatus, SqlDispatchRegistry
+from postburner_py.store.models import LIVE_STATUSES, Schedule, ScheduleExecution
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from postburner_py.app import Postburner
+
+
+@dataclass(frozen=True)
+class SkipResult:
+    """What ``skip`` did: the execution, whether it was skipped, and what is queued next."""
+
+    execution_id: int
+    run_at: datetime
+    skipped: bool
+    status: str
+    next_run_at: datetime | None
+
+    def describe(self) -> str:
+        """One line for the operator."""
+        verdict = "skipped" if self.skipped else f"not skipped (status {self.status} or started)"
+        following = self.next_run_at.isoformat() if self.next_run_at else "nothing"
+        return (
+            f"execution {self.execution_id} at {self.run_at.isoformat()} {verdict}; "
+            f"next queued: {following}"
+        )
+
+
+def skip_occurrence(
+    pb: Postburner,
+    *,
+    execution_id: int | None = None,
+    schedule: str | None = None,
+    at: datetime | None = None,
+) -> SkipResult:
+    """Skip one occurrence, found by execution id or by schedule name and ``run_at``."""
+    with pb.session() as session:
+        execution = (
+            session.get(ScheduleExecution, execution_id)
+            if execution_id is not None
+            else _find_by_time(session, schedule, at)
+        )
+        if execution is None:
+            raise PostburnerError(_not_found(execution_id, schedule, at))
+        skipped = execution.skip()
+        owner = session.get(Schedule, execution.schedule_id) if execution.schedule_id else None
+        upcoming = owner.future_live() if owner is not None else []
+        return SkipResult(
+            execution_id=execution.id,
+            run_at=execution.run_at,
+            skipped=skipped,
+            status=execution.status,
+            next_run_at=upcoming[0].run_at if upcoming else None,
+        )
+
+
+def _not_found(execution_id: int | None, schedule: str | None, at: datetime | None) -> str:
+    if execution_id is not None:
+        return f"no execution with id {execution_id}"
+    when = at.isoformat() if at is not None else "?"
+    return (
+        f"no queued execution of {schedule!r} at {when}; only a queued occurrence can be "
+        "skipped (`postburner schedules list` shows the next one)"
+    )
+
+
+def _find_by_time(
+    session: object, schedule: str | None, at: datetime | None
+) -> ScheduleExecution | None:
+    from sqlalchemy.orm import Session
+
+    assert isinstance(session, Session)
+    return session.scalar(
+        select(ScheduleExecution)
+        .join(Schedule, Schedule.id == ScheduleExecution.schedule_id)
+        .where(
+            Schedule.name == schedule,
+            ScheduleExecution.run_at == at,
+            ScheduleExecution.status.in_(LIVE_STATUSES),
+        )
+    )
+
+
+# --- enable / disable by name ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnableResult:
+    """What ``enable``/``disable`` did: whether the flag changed and what is queued next."""
+
+    name: str
+    enabled: bool
+    changed: bool
+    next_run_at: datetime | None
+
+    def describe(self) -> str:
+        """One line for the operator."""
+        state = "enabled" if self.enabled else "disabled"
+        verdict = state if self.changed else f"already {state}"
+        following = self.next_run_at.isoformat() if self.next_run_at else "nothing"
+        return f"schedule {self.name} {verdict}; next queued: {following}"
+
+
+def set_enabled(
+    pb: Postburner, name: str, enabled: bool, *, now: datetime | None = None
+) -> EnableResult:
+    """Enable or disable the schedule ``name``, commit, and reconcile its queue.
+
+    A schedule whose stored row cannot be planned can always be disabled; enabling it raises
+    :class:`~postburner_py.errors.UnplannableScheduleError` naming it, writing nothing.
+    """
+    with pb.session() as session:
+        # Instants load only when needed: a row SQLite cannot load them from can be disabled.
+        lazy = (defer(Schedule.anchor), defer(Schedule.resumed_at))
+        schedule = session.scalar(select(Schedule).where(Schedule.name == name).options(*lazy))
+        if schedule is None:
+            raise PostburnerError(f"no schedule named {name!r}")
+        changed = schedule.enabled != enabled
+        if enabled:
+            with planning(name):
+                schedule.enable(now=now)
+        else:
+            _disable(pb, session, schedule, now)
+        upcoming = schedule.future_live(now)
+        return EnableResult(name, enabled, changed, upcoming[0].run_at if upcoming else None)
+
+
+def _disable(pb: Postburner, session: Session, schedule: Schedule, now: datetime | None) -> None:
+    """``schedule.disable()`` without validating the row on flush: disabling is the way out
+    for a row that cannot be planned, so it must not need one that can."""
+    from postburner_py.schedules.lifecycle import reconcile_schedule
+
+    session.execute(
+        update(Schedule)
+        .where(Schedule.id == schedule.id)
+        .values(enabled=False)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    with contextlib.suppress(UnplannableScheduleError):  # disabled all the same, retired
+        reconcile_schedule(pb, schedule.id, now=now)
+    session.refresh(schedule, ["enabled"])  # after the reconcile: it must see what that did
+
+
+# --- dispatch log listing --------------------------------------------------------------------
+
+
+def list_dispatches(
+    pb: Postburner,
+    *,
+    key: str | None = None,
+    node: str | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
+) -> list[DispatchEntry]:
+    """Dispatch log rows, newest ``fire_time`` first, filtered by one key or one node.
+
+    Without ``key`` and ``node`` it lists every key (by ``status`` when given).
+    """
+    if key is not None and node is not None:
+        raise ValueError("filter by key or by node, not both")
+    registry = SqlDispatchRegistry(pb.session_factory, clock=pb.clock)
+    if key is not None:
+        return registry.find_by_key(key, status=status, since=since, until=until, limit=limit)
+    if node is not None:
+        return registry.find_by_node(node, status=status, since=since, until=until, limit=limit)
+    statuses = [status] if status is not None else list(DispatchStatus)
+    entries = [
+        entry
+        for one in statuses
+        for entry in registry.find_by_status(one, since=since, until=until, limit=limit)
+    ]
+    entries.sort(key=lambda entry: entry.fire_time, reverse=True)
+    return entries[:limit]
+
+
+# --- starter files (postburner init) ---------------------------------------------------------
+
+STARTER_CONFIG = """\
+# postburner configuration. Every setting is a POSTBURNER_* variable; a command-line option
+# of the same name wins over it. Load this file with `set -a; . ./postburner.env; set +a`,
+# systemd's EnvironmentFile= or docker compose's env_file:. Reference: docs/configuration.md.
+
+# SQLAlchemy URL of the database. Default: the SQLite file postburner.sqlite3 in the
+# working directory (fine for one machine; use PostgreSQL for several).
+# POSTBURNER_DATABASE_URL=postgresql+psycopg://postburner:CHANGE-ME@127.0.0.1:5432/postburner
+
+# Beanstalkd. Default: beanstalk://127.0.0.1:11300
+# POSTBURNER_BEANSTALKD_URL=beanstalk://127.0.0.1:11300
+
+# Prefix of the Beanstalkd tubes (<namespace>.<queue>); lets apps share one server.
+# POSTBURNER_NAMESPACE=postburner
+
+# Comma-separated prefixes a job_class must start with. Empty: any importable callable.
+# POSTBURNER_ALLOWED_JOB_PREFIXES=myapp.jobs
+
+# HMAC key that signs job bodies. Unset: a random key generated once by `postburner migrate`
+# and stored in the database. Set it when processes must not read it from the database.
+# POSTBURNER_SECRET=
+
+# Seconds into the past a catch_up schedule still runs missed occurrences. Default: 3600
+# POSTBURNER_CATCH_UP_WINDOW=3600
+
+# Name of this process in the dispatch log. Default: hostname:pid
+# POSTBURNER_NODE_ID=
+
+# Section of the schedule file `postburner sync` applies over "defaults". Default: production
+# POSTBURNER_ENV=production
+"""
+
+STARTER_SCHEDULES = """\
+# Schedules for postburner. Apply with `postburner sync schedules.yml` (--dry-run to preview).
+#
+# "defaults" applies everywhere; the section named by --env (or POSTBURNER_ENV, default
+# "production") is deep-merged over it, entry by entry, matched by key. Schedules in the
+# database that the file does not mention are disabled (deleted with --prune).
+#
+# Fields: key (the schedule name), job_class, cron | interval + interval_unit [+ anchor],
+# timezone, args, kwargs, queue, priority, ttr, max_attempts, catch_up, enabled, description.
+# Placeholders in args and kwargs, filled for each occurrence: {{fire_time.iso8601}},
+# {{fire_time.unix}}, {{idempotency_key}}, {{key}}. Reference: docs/schedule-files.md.
+
+defaults:
+  jobs:
+    - key: "examples:heartbeat"
+      description: "Shows the pipeline is alive, every 5 seconds"
+      job_class: "postburner_py.examples:heartbeat"
+      interval: 5
+      interval_unit: seconds
+      ttr: 30
+
+    - key: "examples:minute_report"
+      description: "A report at the start of every minute"
+      job_class: "postburner_py.examples:minute_report"
+      cron: "* * * * *"
+      timezone: "UTC"
+      kwargs:
+        fire_time: "{{fire_time.iso8601}}"
+        idempotency_key: "{{idempotency_key}}"
+
+# An environment section overrides single fields of the defaults, e.g.:
+# production:
+#   jobs:
+#     - key: "examples:heartbeat"
+#       enabled: false
+"""
+
+STARTER_FILES = {"postburner.env": STARTER_CONFIG, "schedules.yml": STARTER_SCHEDULES}
+
+
+def write_starter_files(directory: str | Path) -> list[Path]:
+    """Write ``postburner.env`` and ``schedules.yml`` into ``directory``; never overwrite.
+
+    Raises :class:`PostburnerError` naming the first file that already exists, having
+    written nothing.
+    """
+    folder = Path(directory)
+    targets = {folder / name: text for name, text in STARTER_FILES.items()}
+    for path in targets:
+        if path.exists():
+            raise PostburnerError(f"{path} already exists; not overwriting it")
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, text in targets.items():
+        with path.open("x", encoding="utf-8") as handle:
+            handle.write(text)
+    return list(targets)

@@ -1,0 +1,1 @@
+"""The queue role: every Beanstalkd call, job operations, signed bodies, a local server."""

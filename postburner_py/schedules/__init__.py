@@ -1,0 +1,1 @@
+"""The schedules role: the lifecycle of schedules and executions, one-off jobs, YAML sync."""

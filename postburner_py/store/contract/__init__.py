@@ -1,0 +1,1 @@
+"""The facet contracts of the storage seam (abstract base classes)."""

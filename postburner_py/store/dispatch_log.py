@@ -1,0 +1,1010 @@
+"""The dispatch log: the at-most-once gate of every occurrence (DESIGN section 4, invariant 2).
+
+An occurrence is identified by ``(key, fire_time)``; its row in ``postburner_dispatches`` is
+created by an insert that cannot succeed twice, so however often Beanstalkd delivers the job,
+exactly one delivery wins the claim. Each attempt holds a lease; a delivery that finds the lease
+of a dead worker expired takes the occurrence over as the next attempt with a compare-and-set.
+
+Row life cycle (``attempt`` counts the attempts that were allowed to run)::
+
+    (no row) --claim-------------------> dispatched, attempt 1, lease = now + lease_seconds
+    (no row) --record_missed-----------> missed, attempt 0 (never ran: catch_up=False)
+    dispatched --renew-----------------> dispatched, lease extended (same attempt)
+    dispatched --complete / fail-------> completed / failed (lease cleared)
+    dispatched --release_for_retry-----> dispatched, lease = now (next delivery takes over)
+    dispatched, lease expired --claim--> dispatched, attempt + 1      (attempt < max_attempts)
+    dispatched, lease expired --claim--> failed                       (attempts used up)
+
+A lease is live while ``lease_expires_at > now``; it has expired once ``lease_expires_at <= now``.
+A ``dispatched`` row without a lease counts as live: nothing proves its holder dead.
+
+The operations of Kaal's dispatch registry (``find_dispatch``, ``dispatched``, ``find_by_key``,
+``find_by_node``, ``find_by_status``, ``cleanup``, and ``clear``/``size`` on the memory backend)
+are here in Python spelling. :class:`SqlDispatchRegistry` (PostgreSQL, SQLite) and
+:class:`MemoryDispatchRegistry` share one contract test suite.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Literal
+
+from sqlalchemy import (
+    CheckConstraint,
+    ColumnElement,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    Update,
+    and_,
+    bindparam,
+    delete,
+    not_,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Mapped, mapped_column
+
+from postburner_py.clock import Clock, require_aware
+from postburner_py.errors import ConfigurationError, PostburnerError
+from postburner_py.store.engine import (
+    Base,
+    BigIntPK,
+    Executor,
+    SessionFactory,
+    UTCDateTime,
+    connection_of,
+    utcnow,
+)
+
+#: How often a claim re-reads the row after losing a compare-and-set before giving up.
+_CLAIM_ROUNDS = 5
+
+
+class DispatchStatus(StrEnum):
+    """Status of a dispatch row."""
+
+    DISPATCHED = "dispatched"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    MISSED = "missed"
+
+
+class ClaimOutcome(StrEnum):
+    """What :meth:`DispatchRegistry.claim` decided."""
+
+    #: First delivery: the row was inserted, this is attempt 1. Run the job.
+    ACQUIRED = "acquired"
+    #: The previous attempt's lease expired and attempts remain: this is the next attempt. Run it.
+    TAKEN_OVER = "taken_over"
+    #: Another attempt holds a live lease. Do not run.
+    BUSY = "busy"
+    #: The occurrence is already completed, failed or missed. Do not run.
+    FINISHED = "finished"
+    #: The lease expired but every attempt was used; the row was marked failed. Do not run.
+    EXHAUSTED = "exhausted"
+
+
+_RUNNABLE = frozenset({ClaimOutcome.ACQUIRED, ClaimOutcome.TAKEN_OVER})
+_STATUS_SQL = "status IN ('dispatched', 'completed', 'failed', 'missed')"
+
+
+class DispatchRecord(Base):
+    """One occurrence ``(key, fire_time)`` and the state of its latest attempt."""
+
+    __tablename__ = "postburner_dispatches"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(255))
+    fire_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    dispatched_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    node_id: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("key", "fire_time", name="uq_postburner_dispatches_key_fire_time"),
+        CheckConstraint(_STATUS_SQL, name="status"),
+        Index("ix_postburner_dispatches_node_id_fire_time", "node_id", "fire_time"),
+        Index("ix_postburner_dispatches_status_fire_time", "status", "fire_time"),
+        Index("ix_postburner_dispatches_fire_time", "fire_time"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchEntry:
+    """A dispatch row as read. ``dispatched_at`` and ``node_id`` describe the latest attempt."""
+
+    key: str
+    fire_time: datetime
+    dispatched_at: datetime
+    node_id: str
+    status: DispatchStatus
+    attempt: int
+    lease_expires_at: datetime | None
+    updated_at: datetime
+
+    def lease_live(self, now: datetime) -> bool:
+        """True while a ``dispatched`` attempt still holds its lease at ``now``."""
+        if self.status is not DispatchStatus.DISPATCHED:
+            return False
+        return self.lease_expires_at is None or self.lease_expires_at > now
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The answer of :meth:`DispatchRegistry.claim`: the outcome and the row it left behind."""
+
+    outcome: ClaimOutcome
+    entry: DispatchEntry
+    #: The row as it was before this claim changed it: the lost attempt of a ``taken_over``
+    #: or ``exhausted`` claim (None for the other outcomes).
+    previous: DispatchEntry | None = None
+
+    @property
+    def attempt(self) -> int:
+        """The attempt number of the row (the caller's own attempt when it may run)."""
+        return self.entry.attempt
+
+    @property
+    def should_run(self) -> bool:
+        """True for ``acquired`` and ``taken_over``: this delivery owns the occurrence."""
+        return self.outcome in _RUNNABLE
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """One claim of a batch (:meth:`SqlDispatchRegistry.claim_many_in`), made as ``node_id``."""
+
+    key: str
+    fire_time: datetime
+    node_id: str
+    lease_seconds: float
+    max_attempts: int
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FinishRequest:
+    """One attempt of a batch to close (:func:`finish_many_in`)."""
+
+    key: str
+    fire_time: datetime
+    attempt: int
+    now: datetime
+    failed: bool = False
+
+
+def insert_missed(
+    session: Executor, key: str, fire_times: Sequence[datetime], *, node_id: str, now: datetime
+) -> int:
+    """Add ``missed`` rows inside the caller's transaction (no commit); how many were added.
+
+    What :meth:`SqlDispatchRegistry.record_missed` does, for a caller that must record skipped
+    occurrences atomically with other writes (a reconcile pass). Known occurrences are skipped.
+    """
+    rows = _missed_rows(key, fire_times, node_id, require_aware("now", now))
+    return _insert_absent(session, rows) if rows else 0
+
+
+def default_node_id() -> str:
+    """``hostname:pid``, the node id used when none is given."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class DispatchRegistry(ABC):
+    """The dispatch log of one database (or of one process, for the memory backend)."""
+
+    node_id: str
+
+    @abstractmethod
+    def for_node(self, node_id: str) -> DispatchRegistry:
+        """The same log seen by another node: claims it makes are recorded as ``node_id``."""
+
+    @abstractmethod
+    def claim(
+        self,
+        key: str,
+        fire_time: datetime,
+        *,
+        lease_seconds: float,
+        max_attempts: int,
+        now: datetime,
+    ) -> Claim:
+        """Decide whether this delivery may run the occurrence, durably, before it runs.
+
+        Inserts the row (``acquired``), takes over an expired lease while
+        ``attempt < max_attempts`` (``taken_over``), marks an expired row whose attempts are
+        used up as failed (``exhausted``), or reports ``busy``/``finished``. Only the
+        ``acquired``/``taken_over`` outcomes (:attr:`Claim.should_run`) may run the job.
+        """
+
+    def renew(
+        self, key: str, fire_time: datetime, *, attempt: int, lease_seconds: float, now: datetime
+    ) -> bool:
+        """Extend the lease to ``now + lease_seconds`` if ``attempt`` still owns the row.
+
+        Owning means the row is ``dispatched`` with this attempt number: a lease that already
+        expired is renewed too as long as nobody took it over (a worker that could not reach
+        the database for longer than its lease renews it once the database is back). A lease
+        given up by :meth:`release_for_retry` is never renewed: a renewal racing the release
+        of its own attempt must not hold the retry off. Returns whether it was renewed.
+        """
+        now = require_aware("now", now)
+        changes = {"lease_expires_at": now + _lease(lease_seconds), "updated_at": now}
+        fire_time = require_aware("fire_time", fire_time)
+        return self._update_owned(key, fire_time, attempt, changes, unreleased=True)
+
+    def complete(self, key: str, fire_time: datetime, *, attempt: int, now: datetime) -> bool:
+        """Mark the occurrence completed if ``attempt`` still owns it; returns whether it did."""
+        changes = _final_changes(DispatchStatus.COMPLETED, now)
+        return self._update_owned(key, require_aware("fire_time", fire_time), attempt, changes)
+
+    def fail(self, key: str, fire_time: datetime, *, attempt: int, now: datetime) -> bool:
+        """Mark the occurrence failed for good if ``attempt`` still owns it."""
+        changes = _final_changes(DispatchStatus.FAILED, now)
+        return self._update_owned(key, require_aware("fire_time", fire_time), attempt, changes)
+
+    def release_for_retry(
+        self,
+        key: str,
+        fire_time: datetime,
+        *,
+        attempt: int,
+        now: datetime,
+        max_attempts: int | None = None,
+    ) -> bool:
+        """Give up the lease of a failed attempt so the next delivery retries at once.
+
+        Sets ``lease_expires_at = now``: the next :meth:`claim` takes over as ``attempt + 1``.
+        Attempts are counted by ``claim``: releasing the last attempt is safe, the next claim
+        answers ``exhausted`` and marks the row failed. With ``max_attempts`` the check happens
+        here: when ``attempt >= max_attempts`` the row is marked failed right away.
+        Returns True when a retry can follow, False when the row was marked failed or
+        ``attempt`` no longer owns it.
+        """
+        if max_attempts is not None and attempt >= _check_max_attempts(max_attempts):
+            self.fail(key, fire_time, attempt=attempt, now=now)
+            return False
+        now = require_aware("now", now)
+        changes = {"lease_expires_at": now, "updated_at": now}
+        return self._update_owned(key, require_aware("fire_time", fire_time), attempt, changes)
+
+    @abstractmethod
+    def record_missed(self, key: str, fire_times: Sequence[datetime], *, now: datetime) -> int:
+        """Record occurrences skipped on purpose (``catch_up=False``) as ``missed``.
+
+        Occurrences that already have a row are left alone. Returns how many rows were added.
+        """
+
+    @abstractmethod
+    def find_dispatch(self, key: str, fire_time: datetime) -> DispatchEntry | None:
+        """The row of one occurrence, or None."""
+
+    def find_by_key(
+        self,
+        key: str,
+        *,
+        status: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[DispatchEntry]:
+        """Rows of one key, newest ``fire_time`` first, with ``since <= fire_time < until``."""
+        return self._find(_Filter.of("key", key, status, since, until, limit))
+
+    def find_by_node(
+        self,
+        node_id: str,
+        *,
+        status: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[DispatchEntry]:
+        """Rows whose latest attempt ran on ``node_id``, newest ``fire_time`` first."""
+        return self._find(_Filter.of("node_id", node_id, status, since, until, limit))
+
+    def find_by_status(
+        self,
+        status: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[DispatchEntry]:
+        """Rows with ``status``, newest ``fire_time`` first."""
+        return self._find(_Filter.of(None, None, status, since, until, limit))
+
+    @abstractmethod
+    def cleanup(self, recovery_window: float = 86400, *, now: datetime | None = None) -> int:
+        """Delete rows whose ``fire_time`` is older than ``now - recovery_window`` seconds.
+
+        A ``dispatched`` row whose lease is still live is never deleted: its attempt may be
+        running, and deleting the row would let a redelivery claim the occurrence again.
+        Returns how many rows were deleted.
+        """
+
+    def dispatched(self, key: str, fire_time: datetime) -> bool:
+        """True when some attempt claimed the occurrence (whatever came of it).
+
+        An occurrence recorded as ``missed`` was never dispatched.
+        """
+        entry = self.find_dispatch(key, fire_time)
+        return entry is not None and entry.status is not DispatchStatus.MISSED
+
+    @abstractmethod
+    def _update_owned(
+        self,
+        key: str,
+        fire_time: datetime,
+        attempt: int,
+        changes: dict[str, Any],
+        *,
+        unreleased: bool = False,
+    ) -> bool:
+        """Apply ``changes`` if the row is ``dispatched`` as ``attempt`` (and, with
+        ``unreleased``, its lease was not given up for a retry); whether it was."""
+
+    @abstractmethod
+    def _find(self, criteria: _Filter) -> list[DispatchEntry]:
+        """Rows matching ``criteria``, newest ``fire_time`` first (then newest row first)."""
+
+
+class MemoryDispatchRegistry(DispatchRegistry):
+    """A thread-safe, in-process dispatch log with the same semantics as the SQL one.
+
+    For tests and single-process setups: it protects against duplicate deliveries within
+    one process only.
+    """
+
+    def __init__(self, *, node_id: str | None = None, clock: Clock = utcnow) -> None:
+        self.node_id = node_id or default_node_id()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._rows: dict[tuple[str, datetime], DispatchEntry] = {}
+
+    def for_node(self, node_id: str) -> MemoryDispatchRegistry:
+        view = MemoryDispatchRegistry(node_id=node_id, clock=self._clock)
+        view._lock, view._rows = self._lock, self._rows
+        return view
+
+    def claim(
+        self,
+        key: str,
+        fire_time: datetime,
+        *,
+        lease_seconds: float,
+        max_attempts: int,
+        now: datetime,
+    ) -> Claim:
+        ident, now, lease_until = _claim_arguments(key, fire_time, lease_seconds, max_attempts, now)
+        with self._lock:
+            current = self._rows.get(ident)
+            if current is None:
+                entry = DispatchEntry(**_fresh_row(ident, self.node_id, now, lease_until))
+                self._rows[ident] = entry
+                return Claim(ClaimOutcome.ACQUIRED, entry)
+            outcome = _decide(current, now=now, max_attempts=max_attempts)
+            changes = _claim_changes(outcome, current, self.node_id, now, lease_until)
+            if changes is None:
+                return Claim(outcome, current)
+            self._rows[ident] = replace(current, **changes)
+            return Claim(outcome, self._rows[ident], previous=current)
+
+    def record_missed(self, key: str, fire_times: Sequence[datetime], *, now: datetime) -> int:
+        rows = _missed_rows(key, fire_times, self.node_id, require_aware("now", now))
+        with self._lock:
+            fresh = [row for row in rows if (key, row["fire_time"]) not in self._rows]
+            for row in fresh:
+                self._rows[(key, row["fire_time"])] = DispatchEntry(**row)
+        return len(fresh)
+
+    def find_dispatch(self, key: str, fire_time: datetime) -> DispatchEntry | None:
+        with self._lock:
+            return self._rows.get((key, require_aware("fire_time", fire_time)))
+
+    def cleanup(self, recovery_window: float = 86400, *, now: datetime | None = None) -> int:
+        now, cutoff = _cleanup_arguments(recovery_window, now, self._clock)
+        with self._lock:
+            doomed = [
+                ident
+                for ident, entry in self._rows.items()
+                if entry.fire_time < cutoff and not entry.lease_live(now)
+            ]
+            for ident in doomed:
+                del self._rows[ident]
+        return len(doomed)
+
+    def clear(self) -> None:
+        """Forget every row."""
+        with self._lock:
+            self._rows.clear()
+
+    def size(self) -> int:
+        """How many rows are stored."""
+        with self._lock:
+            return len(self._rows)
+
+    def _update_owned(
+        self,
+        key: str,
+        fire_time: datetime,
+        attempt: int,
+        changes: dict[str, Any],
+        *,
+        unreleased: bool = False,
+    ) -> bool:
+        with self._lock:
+            current = self._rows.get((key, fire_time))
+            if current is None or not _owned_by(current, attempt):
+                return False
+            if unreleased and _released(current):
+                return False
+            self._rows[(key, fire_time)] = replace(current, **changes)
+            return True
+
+    def _find(self, criteria: _Filter) -> list[DispatchEntry]:
+        with self._lock:
+            newest_rows_first = list(reversed(self._rows.values()))
+        hits = [entry for entry in newest_rows_first if criteria.matches(entry)]
+        # A stable sort keeps equal fire_times newest row first, like the SQL backend's id order.
+        hits.sort(key=lambda entry: entry.fire_time, reverse=True)
+        return hits[: criteria.limit]
+
+
+class SqlDispatchRegistry(DispatchRegistry):
+    """The dispatch log in ``postburner_dispatches`` (PostgreSQL or SQLite).
+
+    Every mutating call is its own short transaction, committed before it returns, so a claim
+    is durable before the job runs. Claims rely on ``INSERT ... ON CONFLICT DO NOTHING`` and
+    on compare-and-set updates checked by row count; they assume READ COMMITTED (PostgreSQL's
+    default) or SQLite's serialized writers.
+    """
+
+    def __init__(
+        self,
+        session_factory: SessionFactory,
+        *,
+        node_id: str | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.node_id = node_id or default_node_id()
+        self._session_factory = session_factory
+        self._clock = clock
+
+    def for_node(self, node_id: str) -> SqlDispatchRegistry:
+        return SqlDispatchRegistry(self._session_factory, node_id=node_id, clock=self._clock)
+
+    def claim(
+        self,
+        key: str,
+        fire_time: datetime,
+        *,
+        lease_seconds: float,
+        max_attempts: int,
+        now: datetime,
+    ) -> Claim:
+        with self._session_factory() as session, session.begin():
+            return self.claim_in(
+                session,
+                key,
+                fire_time,
+                lease_seconds=lease_seconds,
+                max_attempts=max_attempts,
+                now=now,
+            )
+
+    def claim_in(
+        self,
+        session: Executor,
+        key: str,
+        fire_time: datetime,
+        *,
+        lease_seconds: float,
+        max_attempts: int,
+        now: datetime,
+    ) -> Claim:
+        """:meth:`claim` inside the caller's open transaction (the caller commits).
+
+        The worker uses it to check its execution row and claim the occurrence atomically.
+        """
+        ident, now, lease_until = _claim_arguments(key, fire_time, lease_seconds, max_attempts, now)
+        fresh = _fresh_row(ident, self.node_id, now, lease_until)
+        for _ in range(_CLAIM_ROUNDS):
+            if _insert_absent(session, [fresh]):
+                return Claim(ClaimOutcome.ACQUIRED, DispatchEntry(**fresh))
+            claim = self._settle(session, ident, now, lease_until, max_attempts)
+            if claim is not None:
+                return claim
+        raise PostburnerError(
+            f"claim of {key!r} at {ident[1].isoformat()} did not settle after "
+            f"{_CLAIM_ROUNDS} rounds of contention; the delivery must not run"
+        )
+
+    def claim_many_in(self, session: Executor, requests: Sequence[ClaimRequest]) -> list[Claim]:
+        """:meth:`claim_in` for a batch, in the caller's open transaction, answers in order.
+
+        Occurrences without a row are claimed by one multi-row INSERT that skips existing
+        rows; the rest (already in the log, or named twice in the batch) are decided one by
+        one exactly as :meth:`claim_in` decides them, after the INSERT.
+        """
+        checked = [
+            _claim_arguments(r.key, r.fire_time, r.lease_seconds, r.max_attempts, r.now)
+            for r in requests
+        ]
+        fresh: dict[tuple[str, datetime], dict[str, Any]] = {}
+        for request, (ident, now, lease_until) in zip(requests, checked, strict=True):
+            fresh.setdefault(ident, _fresh_row(ident, request.node_id, now, lease_until))
+        inserted = _insert_absent_idents(session, list(fresh.values()))
+        claims: list[Claim] = []
+        for request, (ident, _now, _lease_until) in zip(requests, checked, strict=True):
+            if ident in inserted:
+                inserted.discard(ident)  # only the first request of an occurrence acquired it
+                claims.append(Claim(ClaimOutcome.ACQUIRED, DispatchEntry(**fresh[ident])))
+                continue
+            registry = self if request.node_id == self.node_id else self.for_node(request.node_id)
+            claims.append(
+                registry.claim_in(
+                    session,
+                    request.key,
+                    request.fire_time,
+                    lease_seconds=request.lease_seconds,
+                    max_attempts=request.max_attempts,
+                    now=request.now,
+                )
+            )
+        return claims
+
+    def record_missed(self, key: str, fire_times: Sequence[datetime], *, now: datetime) -> int:
+        with self._session_factory() as session, session.begin():
+            return insert_missed(session, key, fire_times, node_id=self.node_id, now=now)
+
+    def find_dispatch(self, key: str, fire_time: datetime) -> DispatchEntry | None:
+        with self._session_factory() as session:
+            return _load(session, (key, require_aware("fire_time", fire_time)))
+
+    def cleanup(self, recovery_window: float = 86400, *, now: datetime | None = None) -> int:
+        now, cutoff = _cleanup_arguments(recovery_window, now, self._clock)
+        statement = delete(DispatchRecord).where(
+            DispatchRecord.fire_time < cutoff, not_(_live_lease(now))
+        )
+        with self._session_factory() as session, session.begin():
+            return session.connection().execute(statement).rowcount
+
+    def _settle(
+        self,
+        session: Executor,
+        ident: tuple[str, datetime],
+        now: datetime,
+        lease_until: datetime,
+        max_attempts: int,
+    ) -> Claim | None:
+        """Classify an existing row and apply the outcome; None when the row changed meanwhile."""
+        current = _load(session, ident)
+        if current is None:  # deleted since our insert conflicted: try the insert again
+            return None
+        outcome = _decide(current, now=now, max_attempts=max_attempts)
+        changes = _claim_changes(outcome, current, self.node_id, now, lease_until)
+        if changes is None:
+            return Claim(outcome, current)
+        if _compare_and_set(session, current, now, changes):
+            return Claim(outcome, replace(current, **changes), previous=current)
+        return None
+
+    def finish_in(
+        self,
+        session: Executor,
+        key: str,
+        fire_time: datetime,
+        *,
+        attempt: int,
+        now: datetime,
+        failed: bool = False,
+    ) -> bool:
+        """:meth:`complete` (or :meth:`fail`) inside the caller's open transaction."""
+        status = DispatchStatus.FAILED if failed else DispatchStatus.COMPLETED
+        statement = _owned_update(key, require_aware("fire_time", fire_time), attempt)
+        result = connection_of(session).execute(statement.values(**_final_changes(status, now)))
+        return result.rowcount == 1
+
+    def _update_owned(
+        self,
+        key: str,
+        fire_time: datetime,
+        attempt: int,
+        changes: dict[str, Any],
+        *,
+        unreleased: bool = False,
+    ) -> bool:
+        statement = _owned_update(key, fire_time, attempt).values(**changes)
+        if unreleased:
+            statement = statement.where(_not_released())
+        with self._session_factory() as session, session.begin():
+            return session.connection().execute(statement).rowcount == 1
+
+    def _find(self, criteria: _Filter) -> list[DispatchEntry]:
+        statement = (
+            select(DispatchRecord)
+            .where(*criteria.conditions())
+            .order_by(DispatchRecord.fire_time.desc(), DispatchRecord.id.desc())
+            .limit(criteria.limit)
+        )
+        with self._session_factory() as session:
+            return [_entry_of(row) for row in session.scalars(statement)]
+
+
+@dataclass(frozen=True, slots=True)
+class _Filter:
+    """Checked criteria of the ``find_by_*`` queries, applicable in memory and in SQL."""
+
+    field: Literal["key", "node_id"] | None
+    value: str | None
+    status: DispatchStatus | None
+    since: datetime | None
+    until: datetime | None
+    limit: int
+
+    @classmethod
+    def of(
+        cls,
+        field: Literal["key", "node_id"] | None,
+        value: str | None,
+        status: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        limit: int,
+    ) -> _Filter:
+        if limit < 1:
+            raise ValueError(f"limit: must be at least 1, got {limit!r}")
+        return cls(
+            field,
+            value,
+            None if status is None else _status(status),
+            None if since is None else require_aware("since", since),
+            None if until is None else require_aware("until", until),
+            limit,
+        )
+
+    def matches(self, entry: DispatchEntry) -> bool:
+        return (
+            (self.field is None or getattr(entry, self.field) == self.value)
+            and (self.status is None or entry.status is self.status)
+            and (self.since is None or entry.fire_time >= self.since)
+            and (self.until is None or entry.fire_time < self.until)
+        )
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        conditions: list[ColumnElement[bool]] = []
+        if self.field is not None:
+            conditions.append(getattr(DispatchRecord, self.field) == self.value)
+        if self.status is not None:
+            conditions.append(DispatchRecord.status == self.status)
+        if self.since is not None:
+            conditions.append(DispatchRecord.fire_time >= self.since)
+        if self.until is not None:
+            conditions.append(DispatchRecord.fire_time < self.until)
+        return conditions
+
+
+# --- the state machine, shared by both backends --------------------------------------------
+
+
+def _decide(current: DispatchEntry, *, now: datetime, max_attempts: int) -> ClaimOutcome:
+    """What a claim on an existing row amounts to."""
+    if current.status is not DispatchStatus.DISPATCHED:
+        return ClaimOutcome.FINISHED
+    if current.lease_live(now):
+        return ClaimOutcome.BUSY
+    if current.attempt < max_attempts:
+        return ClaimOutcome.TAKEN_OVER
+    return ClaimOutcome.EXHAUSTED
+
+
+def _claim_changes(
+    outcome: ClaimOutcome,
+    current: DispatchEntry,
+    node_id: str,
+    now: datetime,
+    lease_until: datetime,
+) -> dict[str, Any] | None:
+    """The column changes an outcome makes to the row; None when it leaves the row alone."""
+    if outcome is ClaimOutcome.TAKEN_OVER:
+        return {
+            "attempt": current.attempt + 1,
+            "node_id": node_id,
+            "dispatched_at": now,
+            "lease_expires_at": lease_until,
+            "updated_at": now,
+        }
+    if outcome is ClaimOutcome.EXHAUSTED:
+        return _final_changes(DispatchStatus.FAILED, now)
+    return None
+
+
+def _fresh_row(
+    ident: tuple[str, datetime], node_id: str, now: datetime, lease_until: datetime
+) -> dict[str, Any]:
+    return {
+        "key": ident[0],
+        "fire_time": ident[1],
+        "dispatched_at": now,
+        "node_id": node_id,
+        "status": DispatchStatus.DISPATCHED,
+        "attempt": 1,
+        "lease_expires_at": lease_until,
+        "updated_at": now,
+    }
+
+
+def _missed_rows(
+    key: str, fire_times: Iterable[datetime], node_id: str, now: datetime
+) -> list[dict[str, Any]]:
+    unique = dict.fromkeys(require_aware("fire_times", fire_time) for fire_time in fire_times)
+    return [
+        {
+            "key": key,
+            "fire_time": fire_time,
+            "dispatched_at": now,
+            "node_id": node_id,
+            "status": DispatchStatus.MISSED,
+            "attempt": 0,
+            "lease_expires_at": None,
+            "updated_at": now,
+        }
+        for fire_time in unique
+    ]
+
+
+def _owned_update(key: str, fire_time: datetime, attempt: int) -> Update:
+    """UPDATE of the row only while ``attempt`` owns it (``dispatched`` as that attempt)."""
+    return update(DispatchRecord).where(
+        DispatchRecord.key == key,
+        DispatchRecord.fire_time == fire_time,
+        DispatchRecord.status == DispatchStatus.DISPATCHED,
+        DispatchRecord.attempt == attempt,
+    )
+
+
+#: The row of ``b_key``/``b_fire_time`` while attempt ``b_attempt`` owns it (executemany).
+_OWNED_BY_BOUND_ATTEMPT = (
+    DispatchRecord.key == bindparam("b_key"),
+    DispatchRecord.fire_time == bindparam("b_fire_time"),
+    DispatchRecord.status == DispatchStatus.DISPATCHED,
+    DispatchRecord.attempt == bindparam("b_attempt"),
+)
+_FINISH_OWNED = (
+    update(DispatchRecord)
+    .where(*_OWNED_BY_BOUND_ATTEMPT)
+    .values(
+        status=bindparam("status"),
+        lease_expires_at=bindparam("lease_expires_at"),
+        updated_at=bindparam("updated_at"),
+    )
+)
+
+
+_RELEASE_OWNED = (
+    update(DispatchRecord)
+    .where(*_OWNED_BY_BOUND_ATTEMPT)
+    .values(lease_expires_at=bindparam("lease_expires_at"), updated_at=bindparam("updated_at"))
+)
+
+
+def _final_changes(status: DispatchStatus, now: datetime) -> dict[str, Any]:
+    return {"status": status, "lease_expires_at": None, "updated_at": require_aware("now", now)}
+
+
+def _owned_by(entry: DispatchEntry, attempt: int) -> bool:
+    return entry.status is DispatchStatus.DISPATCHED and entry.attempt == attempt
+
+
+# A claim and a renewal set the lease past updated_at; release_for_retry sets both to one
+# instant. So a released lease (the attempt failed, a retry may take over) is told apart
+# from one that merely expired (its holder could not reach the database for a while).
+def _released(entry: DispatchEntry) -> bool:
+    return entry.lease_expires_at is not None and entry.lease_expires_at <= entry.updated_at
+
+
+def _not_released() -> ColumnElement[bool]:
+    return or_(
+        DispatchRecord.lease_expires_at.is_(None),
+        DispatchRecord.lease_expires_at > DispatchRecord.updated_at,
+    )
+
+
+# --- SQL helpers --------------------------------------------------------------------------
+
+
+def finish_many_in(session: Executor, requests: Sequence[FinishRequest]) -> None:
+    """Close a batch of attempts (``completed``, or ``failed`` when ``failed``) in the caller's
+    open transaction, with one executemany UPDATE; a row no longer owned by its attempt (a
+    takeover happened) is left alone, as :meth:`DispatchRegistry.complete` leaves it."""
+    if not requests:
+        return
+    params = [
+        _owned_params(
+            request,
+            _final_changes(
+                DispatchStatus.FAILED if request.failed else DispatchStatus.COMPLETED, request.now
+            ),
+        )
+        for request in requests
+    ]
+    connection_of(session).execute(_FINISH_OWNED, params)
+
+
+def release_many_in(session: Executor, requests: Sequence[FinishRequest]) -> None:
+    """:meth:`DispatchRegistry.release_for_retry` for a batch of failed attempts, in the
+    caller's open transaction: each lease ends at its ``now`` (the next delivery takes over as
+    the next attempt); ``failed`` is ignored. A row its attempt no longer owns is left alone."""
+    if not requests:
+        return
+    params = [
+        _owned_params(
+            request,
+            {
+                "lease_expires_at": require_aware("now", request.now),
+                "updated_at": require_aware("now", request.now),
+            },
+        )
+        for request in requests
+    ]
+    connection_of(session).execute(_RELEASE_OWNED, params)
+
+
+def _owned_params(request: FinishRequest, changes: dict[str, Any]) -> dict[str, Any]:
+    """One row's parameters for the statements over :data:`_OWNED_BY_BOUND_ATTEMPT`."""
+    return {
+        "b_key": request.key,
+        "b_fire_time": require_aware("fire_time", request.fire_time),
+        "b_attempt": request.attempt,
+        **changes,
+    }
+
+
+def _insert_absent(session: Executor, rows: list[dict[str, Any]]) -> int:
+    """Insert ``rows``, skipping existing occurrences; how many went in."""
+    return len(_insert_absent_idents(session, rows))
+
+
+def _insert_absent_idents(
+    session: Executor, rows: list[dict[str, Any]]
+) -> set[tuple[str, datetime]]:
+    """Insert ``rows``, skipping existing occurrences; the ``(key, fire_time)`` that went in.
+
+    Executed as one executemany: SQLAlchemy's "insertmanyvalues" sends multi-row INSERTs of a
+    cached statement, paged to the driver's parameter limits, RETURNING what was inserted.
+    """
+    if not rows:
+        return set()
+    connection = connection_of(session)
+    statement = _insert_ignoring(connection.dialect.name)
+    inserted = connection.execute(statement, rows)
+    return {(key, require_aware("fire_time", fire_time)) for key, fire_time in inserted}
+
+
+_INSERT_IGNORING: dict[str, Any] = {}
+
+
+def _insert_ignoring(dialect: str) -> Any:
+    """The INSERT ... ON CONFLICT DO NOTHING RETURNING of ``dialect``, built once."""
+    statement = _INSERT_IGNORING.get(dialect)
+    if statement is not None:
+        return statement
+    if dialect == "postgresql":
+        statement = postgresql.insert(DispatchRecord)
+    elif dialect == "sqlite":
+        statement = sqlite.insert(DispatchRecord)
+    else:
+        raise ConfigurationError(
+            f"the dispatch log supports PostgreSQL and SQLite, not {dialect!r}"
+        )
+    statement = statement.on_conflict_do_nothing(index_elements=["key", "fire_time"]).returning(
+        DispatchRecord.key, DispatchRecord.fire_time
+    )
+    _INSERT_IGNORING[dialect] = statement
+    return statement
+
+
+def _compare_and_set(
+    session: Executor, seen: DispatchEntry, now: datetime, changes: dict[str, Any]
+) -> bool:
+    """Apply ``changes`` only if the row is still the expired attempt we saw."""
+    statement = (
+        update(DispatchRecord)
+        .where(
+            DispatchRecord.key == seen.key,
+            DispatchRecord.fire_time == seen.fire_time,
+            DispatchRecord.status == DispatchStatus.DISPATCHED,
+            DispatchRecord.attempt == seen.attempt,
+            DispatchRecord.lease_expires_at <= now,
+        )
+        .values(**changes)
+    )
+    return connection_of(session).execute(statement).rowcount == 1
+
+
+def _load(session: Executor, ident: tuple[str, datetime]) -> DispatchEntry | None:
+    key, fire_time = ident
+    table = DispatchRecord.__table__
+    row = (
+        connection_of(session)
+        .execute(select(table).where(table.c.key == key, table.c.fire_time == fire_time))
+        .one_or_none()
+    )
+    return None if row is None else _entry_of(row)
+
+
+def _live_lease(now: datetime) -> ColumnElement[bool]:
+    return and_(
+        DispatchRecord.status == DispatchStatus.DISPATCHED,
+        or_(DispatchRecord.lease_expires_at.is_(None), DispatchRecord.lease_expires_at > now),
+    )
+
+
+def _entry_of(row: Any) -> DispatchEntry:
+    """A :class:`DispatchEntry` from an ORM object or a Core row (same attribute names)."""
+    return DispatchEntry(
+        key=row.key,
+        fire_time=row.fire_time,
+        dispatched_at=row.dispatched_at,
+        node_id=row.node_id,
+        status=DispatchStatus(row.status),
+        attempt=row.attempt,
+        lease_expires_at=row.lease_expires_at,
+        updated_at=row.updated_at,
+    )
+
+
+# --- argument checks ----------------------------------------------------------------------
+
+
+def _lease(lease_seconds: float) -> timedelta:
+    if not lease_seconds > 0:
+        raise ValueError(f"lease_seconds: must be positive, got {lease_seconds!r}")
+    return timedelta(seconds=lease_seconds)
+
+
+def _check_max_attempts(max_attempts: int) -> int:
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts: must be at least 1, got {max_attempts!r}")
+    return max_attempts
+
+
+def _status(value: str) -> DispatchStatus:
+    try:
+        return DispatchStatus(value)
+    except ValueError:
+        allowed = ", ".join(status.value for status in DispatchStatus)
+        raise ValueError(f"status: {value!r} is not one of {allowed}") from None
+
+
+def _claim_arguments(
+    key: str, fire_time: datetime, lease_seconds: float, max_attempts: int, now: datetime
+) -> tuple[tuple[str, datetime], datetime, datetime]:
+    """Checked claim arguments: the row identity, ``now`` in UTC, and the lease's end."""
+    _check_max_attempts(max_attempts)
+    now = require_aware("now", now)
+    return (key, require_aware("fire_time", fire_time)), now, now + _lease(lease_seconds)
+
+
+def _cleanup_arguments(
+    recovery_window: float, now: datetime | None, clock: Clock
+) -> tuple[datetime, datetime]:
+    if recovery_window < 0:
+        raise ValueError(f"recovery_window: must not be negative, got {recovery_window!r}")
+    now = require_aware("now", clock() if now is None else now)
+    return now, now - timedelta(seconds=recovery_window)

@@ -1,0 +1,24 @@
+"""The PostgreSQL store: advisory locks, array parameters and the one-statement batch path."""
+
+from __future__ import annotations
+
+from postburner_py.store.base import Capabilities, Store
+from postburner_py.store.sql.gate import SqlGateStore
+from postburner_py.store.sql.reports import SqlReportStore
+from postburner_py.store.sql.schedules import SqlScheduleStore
+
+CAPABILITIES = Capabilities(
+    family="postgresql",
+    advisory_locks=True,
+    single_writer=False,
+    batch_statement=True,
+    array_parameters=True,
+    unparsable_instants=False,
+)
+
+
+class PostgresStore(SqlScheduleStore, SqlGateStore, SqlReportStore, Store):
+    """:class:`~postburner_py.store.base.Store` on PostgreSQL."""
+
+    def __init__(self) -> None:
+        super().__init__(CAPABILITIES)

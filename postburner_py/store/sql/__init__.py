@@ -1,0 +1,1 @@
+"""Generic SQLAlchemy implementations of the facets."""
