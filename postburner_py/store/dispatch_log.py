@@ -34,41 +34,21 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
-from sqlalchemy import (
-    CheckConstraint,
-    ColumnElement,
-    Index,
-    Integer,
-    String,
-    UniqueConstraint,
-    Update,
-    and_,
-    bindparam,
-    delete,
-    not_,
-    or_,
-    select,
-    update,
-)
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import CheckConstraint, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from postburner_py.clock import Clock, require_aware
-from postburner_py.errors import ConfigurationError, PostburnerError
 from postburner_py.store.engine import (
     Base,
     BigIntPK,
     Executor,
     SessionFactory,
     UTCDateTime,
-    connection_of,
     utcnow,
 )
-
-#: How often a claim re-reads the row after losing a compare-and-set before giving up.
-_CLAIM_ROUNDS = 5
+from postburner_py.store.registry import store_for
 
 
 class DispatchStatus(StrEnum):
@@ -195,8 +175,7 @@ def insert_missed(
     What :meth:`SqlDispatchRegistry.record_missed` does, for a caller that must record skipped
     occurrences atomically with other writes (a reconcile pass). Known occurrences are skipped.
     """
-    rows = _missed_rows(key, fire_times, node_id, require_aware("now", now))
-    return _insert_absent(session, rows) if rows else 0
+    return store_for(session).record_missed(session, key, fire_times, node_id=node_id, now=now)
 
 
 def default_node_id() -> str:
@@ -243,19 +222,18 @@ class DispatchRegistry(ABC):
         of its own attempt must not hold the retry off. Returns whether it was renewed.
         """
         now = require_aware("now", now)
-        changes = {"lease_expires_at": now + _lease(lease_seconds), "updated_at": now}
         fire_time = require_aware("fire_time", fire_time)
-        return self._update_owned(key, fire_time, attempt, changes, unreleased=True)
+        return self._renew(key, fire_time, attempt, now + _lease(lease_seconds), now)
 
     def complete(self, key: str, fire_time: datetime, *, attempt: int, now: datetime) -> bool:
         """Mark the occurrence completed if ``attempt`` still owns it; returns whether it did."""
-        changes = _final_changes(DispatchStatus.COMPLETED, now)
-        return self._update_owned(key, require_aware("fire_time", fire_time), attempt, changes)
+        fire_time, now = require_aware("fire_time", fire_time), require_aware("now", now)
+        return self._end(key, fire_time, attempt, DispatchStatus.COMPLETED, now)
 
     def fail(self, key: str, fire_time: datetime, *, attempt: int, now: datetime) -> bool:
         """Mark the occurrence failed for good if ``attempt`` still owns it."""
-        changes = _final_changes(DispatchStatus.FAILED, now)
-        return self._update_owned(key, require_aware("fire_time", fire_time), attempt, changes)
+        fire_time, now = require_aware("fire_time", fire_time), require_aware("now", now)
+        return self._end(key, fire_time, attempt, DispatchStatus.FAILED, now)
 
     def release_for_retry(
         self,
@@ -279,8 +257,7 @@ class DispatchRegistry(ABC):
             self.fail(key, fire_time, attempt=attempt, now=now)
             return False
         now = require_aware("now", now)
-        changes = {"lease_expires_at": now, "updated_at": now}
-        return self._update_owned(key, require_aware("fire_time", fire_time), attempt, changes)
+        return self._release(key, require_aware("fire_time", fire_time), attempt, now)
 
     @abstractmethod
     def record_missed(self, key: str, fire_times: Sequence[datetime], *, now: datetime) -> int:
@@ -293,6 +270,20 @@ class DispatchRegistry(ABC):
     def find_dispatch(self, key: str, fire_time: datetime) -> DispatchEntry | None:
         """The row of one occurrence, or None."""
 
+    def find(
+        self,
+        *,
+        key: str | None = None,
+        node_id: str | None = None,
+        status: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[DispatchEntry]:
+        """Rows matching every given filter (``since <= fire_time < until``), newest
+        ``fire_time`` first (then newest row first), at most ``limit``."""
+        return self._find(_Filter.of(key, node_id, status, since, until, limit))
+
     def find_by_key(
         self,
         key: str,
@@ -303,7 +294,7 @@ class DispatchRegistry(ABC):
         limit: int = 100,
     ) -> list[DispatchEntry]:
         """Rows of one key, newest ``fire_time`` first, with ``since <= fire_time < until``."""
-        return self._find(_Filter.of("key", key, status, since, until, limit))
+        return self.find(key=key, status=status, since=since, until=until, limit=limit)
 
     def find_by_node(
         self,
@@ -315,7 +306,7 @@ class DispatchRegistry(ABC):
         limit: int = 100,
     ) -> list[DispatchEntry]:
         """Rows whose latest attempt ran on ``node_id``, newest ``fire_time`` first."""
-        return self._find(_Filter.of("node_id", node_id, status, since, until, limit))
+        return self.find(node_id=node_id, status=status, since=since, until=until, limit=limit)
 
     def find_by_status(
         self,
@@ -326,7 +317,7 @@ class DispatchRegistry(ABC):
         limit: int = 100,
     ) -> list[DispatchEntry]:
         """Rows with ``status``, newest ``fire_time`` first."""
-        return self._find(_Filter.of(None, None, status, since, until, limit))
+        return self.find(status=status, since=since, until=until, limit=limit)
 
     @abstractmethod
     def cleanup(self, recovery_window: float = 86400, *, now: datetime | None = None) -> int:
@@ -346,17 +337,21 @@ class DispatchRegistry(ABC):
         return entry is not None and entry.status is not DispatchStatus.MISSED
 
     @abstractmethod
-    def _update_owned(
-        self,
-        key: str,
-        fire_time: datetime,
-        attempt: int,
-        changes: dict[str, Any],
-        *,
-        unreleased: bool = False,
+    def _renew(
+        self, key: str, fire_time: datetime, attempt: int, lease_until: datetime, now: datetime
     ) -> bool:
-        """Apply ``changes`` if the row is ``dispatched`` as ``attempt`` (and, with
-        ``unreleased``, its lease was not given up for a retry); whether it was."""
+        """Set the lease to ``lease_until`` if the row is ``dispatched`` as ``attempt`` and its
+        lease was not given up for a retry; whether it was."""
+
+    @abstractmethod
+    def _end(
+        self, key: str, fire_time: datetime, attempt: int, status: DispatchStatus, now: datetime
+    ) -> bool:
+        """Give the row its final ``status`` if it is ``dispatched`` as ``attempt``."""
+
+    @abstractmethod
+    def _release(self, key: str, fire_time: datetime, attempt: int, now: datetime) -> bool:
+        """End the lease at ``now`` if the row is ``dispatched`` as ``attempt``."""
 
     @abstractmethod
     def _find(self, criteria: _Filter) -> list[DispatchEntry]:
@@ -390,22 +385,22 @@ class MemoryDispatchRegistry(DispatchRegistry):
         max_attempts: int,
         now: datetime,
     ) -> Claim:
-        ident, now, lease_until = _claim_arguments(key, fire_time, lease_seconds, max_attempts, now)
+        ident, now, lease_until = claim_arguments(key, fire_time, lease_seconds, max_attempts, now)
         with self._lock:
             current = self._rows.get(ident)
             if current is None:
-                entry = DispatchEntry(**_fresh_row(ident, self.node_id, now, lease_until))
+                entry = DispatchEntry(**fresh_row(ident, self.node_id, now, lease_until))
                 self._rows[ident] = entry
                 return Claim(ClaimOutcome.ACQUIRED, entry)
-            outcome = _decide(current, now=now, max_attempts=max_attempts)
-            changes = _claim_changes(outcome, current, self.node_id, now, lease_until)
+            outcome = decide(current, now=now, max_attempts=max_attempts)
+            changes = claim_changes(outcome, current, self.node_id, now, lease_until)
             if changes is None:
                 return Claim(outcome, current)
             self._rows[ident] = replace(current, **changes)
             return Claim(outcome, self._rows[ident], previous=current)
 
     def record_missed(self, key: str, fire_times: Sequence[datetime], *, now: datetime) -> int:
-        rows = _missed_rows(key, fire_times, self.node_id, require_aware("now", now))
+        rows = missed_rows(key, fire_times, self.node_id, require_aware("now", now))
         with self._lock:
             fresh = [row for row in rows if (key, row["fire_time"]) not in self._rows]
             for row in fresh:
@@ -456,6 +451,21 @@ class MemoryDispatchRegistry(DispatchRegistry):
             self._rows[(key, fire_time)] = replace(current, **changes)
             return True
 
+    def _renew(
+        self, key: str, fire_time: datetime, attempt: int, lease_until: datetime, now: datetime
+    ) -> bool:
+        changes = {"lease_expires_at": lease_until, "updated_at": now}
+        return self._update_owned(key, fire_time, attempt, changes, unreleased=True)
+
+    def _end(
+        self, key: str, fire_time: datetime, attempt: int, status: DispatchStatus, now: datetime
+    ) -> bool:
+        return self._update_owned(key, fire_time, attempt, _final_changes(status, now))
+
+    def _release(self, key: str, fire_time: datetime, attempt: int, now: datetime) -> bool:
+        changes = {"lease_expires_at": now, "updated_at": now}
+        return self._update_owned(key, fire_time, attempt, changes)
+
     def _find(self, criteria: _Filter) -> list[DispatchEntry]:
         with self._lock:
             newest_rows_first = list(reversed(self._rows.values()))
@@ -466,7 +476,8 @@ class MemoryDispatchRegistry(DispatchRegistry):
 
 
 class SqlDispatchRegistry(DispatchRegistry):
-    """The dispatch log in ``postburner_dispatches`` (PostgreSQL or SQLite).
+    """The dispatch log in ``postburner_dispatches`` (PostgreSQL or SQLite), through the
+    store's gate facet (:class:`~postburner_py.store.contract.gate.GateStore`).
 
     Every mutating call is its own short transaction, committed before it returns, so a claim
     is durable before the job runs. Claims rely on ``INSERT ... ON CONFLICT DO NOTHING`` and
@@ -521,52 +532,13 @@ class SqlDispatchRegistry(DispatchRegistry):
 
         The worker uses it to check its execution row and claim the occurrence atomically.
         """
-        ident, now, lease_until = _claim_arguments(key, fire_time, lease_seconds, max_attempts, now)
-        fresh = _fresh_row(ident, self.node_id, now, lease_until)
-        for _ in range(_CLAIM_ROUNDS):
-            if _insert_absent(session, [fresh]):
-                return Claim(ClaimOutcome.ACQUIRED, DispatchEntry(**fresh))
-            claim = self._settle(session, ident, now, lease_until, max_attempts)
-            if claim is not None:
-                return claim
-        raise PostburnerError(
-            f"claim of {key!r} at {ident[1].isoformat()} did not settle after "
-            f"{_CLAIM_ROUNDS} rounds of contention; the delivery must not run"
-        )
+        request = ClaimRequest(key, fire_time, self.node_id, lease_seconds, max_attempts, now)
+        return self.claim_many_in(session, [request])[0]
 
     def claim_many_in(self, session: Executor, requests: Sequence[ClaimRequest]) -> list[Claim]:
-        """:meth:`claim_in` for a batch, in the caller's open transaction, answers in order.
-
-        Occurrences without a row are claimed by one multi-row INSERT that skips existing
-        rows; the rest (already in the log, or named twice in the batch) are decided one by
-        one exactly as :meth:`claim_in` decides them, after the INSERT.
-        """
-        checked = [
-            _claim_arguments(r.key, r.fire_time, r.lease_seconds, r.max_attempts, r.now)
-            for r in requests
-        ]
-        fresh: dict[tuple[str, datetime], dict[str, Any]] = {}
-        for request, (ident, now, lease_until) in zip(requests, checked, strict=True):
-            fresh.setdefault(ident, _fresh_row(ident, request.node_id, now, lease_until))
-        inserted = _insert_absent_idents(session, list(fresh.values()))
-        claims: list[Claim] = []
-        for request, (ident, _now, _lease_until) in zip(requests, checked, strict=True):
-            if ident in inserted:
-                inserted.discard(ident)  # only the first request of an occurrence acquired it
-                claims.append(Claim(ClaimOutcome.ACQUIRED, DispatchEntry(**fresh[ident])))
-                continue
-            registry = self if request.node_id == self.node_id else self.for_node(request.node_id)
-            claims.append(
-                registry.claim_in(
-                    session,
-                    request.key,
-                    request.fire_time,
-                    lease_seconds=request.lease_seconds,
-                    max_attempts=request.max_attempts,
-                    now=request.now,
-                )
-            )
-        return claims
+        """:meth:`claim_in` for a batch, in the caller's open transaction, answers in order
+        (:meth:`~postburner_py.store.contract.gate.GateStore.claim`)."""
+        return store_for(session).claim(session, requests)
 
     def record_missed(self, key: str, fire_times: Sequence[datetime], *, now: datetime) -> int:
         with self._session_factory() as session, session.begin():
@@ -574,84 +546,55 @@ class SqlDispatchRegistry(DispatchRegistry):
 
     def find_dispatch(self, key: str, fire_time: datetime) -> DispatchEntry | None:
         with self._session_factory() as session:
-            return _load(session, (key, require_aware("fire_time", fire_time)))
+            fire_time = require_aware("fire_time", fire_time)
+            return store_for(session).find_dispatch(session, key, fire_time)
 
     def cleanup(self, recovery_window: float = 86400, *, now: datetime | None = None) -> int:
         now, cutoff = _cleanup_arguments(recovery_window, now, self._clock)
-        statement = delete(DispatchRecord).where(
-            DispatchRecord.fire_time < cutoff, not_(_live_lease(now))
-        )
         with self._session_factory() as session, session.begin():
-            return session.connection().execute(statement).rowcount
+            return store_for(session).delete_dispatches(session, before=cutoff, now=now)
 
-    def _settle(
-        self,
-        session: Executor,
-        ident: tuple[str, datetime],
-        now: datetime,
-        lease_until: datetime,
-        max_attempts: int,
-    ) -> Claim | None:
-        """Classify an existing row and apply the outcome; None when the row changed meanwhile."""
-        current = _load(session, ident)
-        if current is None:  # deleted since our insert conflicted: try the insert again
-            return None
-        outcome = _decide(current, now=now, max_attempts=max_attempts)
-        changes = _claim_changes(outcome, current, self.node_id, now, lease_until)
-        if changes is None:
-            return Claim(outcome, current)
-        if _compare_and_set(session, current, now, changes):
-            return Claim(outcome, replace(current, **changes), previous=current)
-        return None
-
-    def finish_in(
-        self,
-        session: Executor,
-        key: str,
-        fire_time: datetime,
-        *,
-        attempt: int,
-        now: datetime,
-        failed: bool = False,
+    def _renew(
+        self, key: str, fire_time: datetime, attempt: int, lease_until: datetime, now: datetime
     ) -> bool:
-        """:meth:`complete` (or :meth:`fail`) inside the caller's open transaction."""
-        status = DispatchStatus.FAILED if failed else DispatchStatus.COMPLETED
-        statement = _owned_update(key, require_aware("fire_time", fire_time), attempt)
-        result = connection_of(session).execute(statement.values(**_final_changes(status, now)))
-        return result.rowcount == 1
-
-    def _update_owned(
-        self,
-        key: str,
-        fire_time: datetime,
-        attempt: int,
-        changes: dict[str, Any],
-        *,
-        unreleased: bool = False,
-    ) -> bool:
-        statement = _owned_update(key, fire_time, attempt).values(**changes)
-        if unreleased:
-            statement = statement.where(_not_released())
         with self._session_factory() as session, session.begin():
-            return session.connection().execute(statement).rowcount == 1
+            return store_for(session).renew_lease(
+                session, key, fire_time, attempt=attempt, lease_until=lease_until, now=now
+            )
+
+    def _end(
+        self, key: str, fire_time: datetime, attempt: int, status: DispatchStatus, now: datetime
+    ) -> bool:
+        with self._session_factory() as session, session.begin():
+            return store_for(session).end_attempt(
+                session, key, fire_time, attempt=attempt, status=status, now=now
+            )
+
+    def _release(self, key: str, fire_time: datetime, attempt: int, now: datetime) -> bool:
+        with self._session_factory() as session, session.begin():
+            return store_for(session).release_lease(
+                session, key, fire_time, attempt=attempt, now=now
+            )
 
     def _find(self, criteria: _Filter) -> list[DispatchEntry]:
-        statement = (
-            select(DispatchRecord)
-            .where(*criteria.conditions())
-            .order_by(DispatchRecord.fire_time.desc(), DispatchRecord.id.desc())
-            .limit(criteria.limit)
-        )
         with self._session_factory() as session:
-            return [_entry_of(row) for row in session.scalars(statement)]
+            return store_for(session).find(
+                session,
+                key=criteria.key,
+                node_id=criteria.node_id,
+                status=criteria.status,
+                since=criteria.since,
+                until=criteria.until,
+                limit=criteria.limit,
+            )
 
 
 @dataclass(frozen=True, slots=True)
 class _Filter:
-    """Checked criteria of the ``find_by_*`` queries, applicable in memory and in SQL."""
+    """Checked criteria of :meth:`DispatchRegistry.find`, applicable in memory and in SQL."""
 
-    field: Literal["key", "node_id"] | None
-    value: str | None
+    key: str | None
+    node_id: str | None
     status: DispatchStatus | None
     since: datetime | None
     until: datetime | None
@@ -660,8 +603,8 @@ class _Filter:
     @classmethod
     def of(
         cls,
-        field: Literal["key", "node_id"] | None,
-        value: str | None,
+        key: str | None,
+        node_id: str | None,
         status: str | None,
         since: datetime | None,
         until: datetime | None,
@@ -670,8 +613,8 @@ class _Filter:
         if limit < 1:
             raise ValueError(f"limit: must be at least 1, got {limit!r}")
         return cls(
-            field,
-            value,
+            key,
+            node_id,
             None if status is None else _status(status),
             None if since is None else require_aware("since", since),
             None if until is None else require_aware("until", until),
@@ -680,29 +623,18 @@ class _Filter:
 
     def matches(self, entry: DispatchEntry) -> bool:
         return (
-            (self.field is None or getattr(entry, self.field) == self.value)
+            (self.key is None or entry.key == self.key)
+            and (self.node_id is None or entry.node_id == self.node_id)
             and (self.status is None or entry.status is self.status)
             and (self.since is None or entry.fire_time >= self.since)
             and (self.until is None or entry.fire_time < self.until)
         )
 
-    def conditions(self) -> list[ColumnElement[bool]]:
-        conditions: list[ColumnElement[bool]] = []
-        if self.field is not None:
-            conditions.append(getattr(DispatchRecord, self.field) == self.value)
-        if self.status is not None:
-            conditions.append(DispatchRecord.status == self.status)
-        if self.since is not None:
-            conditions.append(DispatchRecord.fire_time >= self.since)
-        if self.until is not None:
-            conditions.append(DispatchRecord.fire_time < self.until)
-        return conditions
-
 
 # --- the state machine, shared by both backends --------------------------------------------
 
 
-def _decide(current: DispatchEntry, *, now: datetime, max_attempts: int) -> ClaimOutcome:
+def decide(current: DispatchEntry, *, now: datetime, max_attempts: int) -> ClaimOutcome:
     """What a claim on an existing row amounts to."""
     if current.status is not DispatchStatus.DISPATCHED:
         return ClaimOutcome.FINISHED
@@ -713,7 +645,7 @@ def _decide(current: DispatchEntry, *, now: datetime, max_attempts: int) -> Clai
     return ClaimOutcome.EXHAUSTED
 
 
-def _claim_changes(
+def claim_changes(
     outcome: ClaimOutcome,
     current: DispatchEntry,
     node_id: str,
@@ -734,7 +666,7 @@ def _claim_changes(
     return None
 
 
-def _fresh_row(
+def fresh_row(
     ident: tuple[str, datetime], node_id: str, now: datetime, lease_until: datetime
 ) -> dict[str, Any]:
     return {
@@ -749,7 +681,7 @@ def _fresh_row(
     }
 
 
-def _missed_rows(
+def missed_rows(
     key: str, fire_times: Iterable[datetime], node_id: str, now: datetime
 ) -> list[dict[str, Any]]:
     unique = dict.fromkeys(require_aware("fire_times", fire_time) for fire_time in fire_times)
@@ -768,41 +700,6 @@ def _missed_rows(
     ]
 
 
-def _owned_update(key: str, fire_time: datetime, attempt: int) -> Update:
-    """UPDATE of the row only while ``attempt`` owns it (``dispatched`` as that attempt)."""
-    return update(DispatchRecord).where(
-        DispatchRecord.key == key,
-        DispatchRecord.fire_time == fire_time,
-        DispatchRecord.status == DispatchStatus.DISPATCHED,
-        DispatchRecord.attempt == attempt,
-    )
-
-
-#: The row of ``b_key``/``b_fire_time`` while attempt ``b_attempt`` owns it (executemany).
-_OWNED_BY_BOUND_ATTEMPT = (
-    DispatchRecord.key == bindparam("b_key"),
-    DispatchRecord.fire_time == bindparam("b_fire_time"),
-    DispatchRecord.status == DispatchStatus.DISPATCHED,
-    DispatchRecord.attempt == bindparam("b_attempt"),
-)
-_FINISH_OWNED = (
-    update(DispatchRecord)
-    .where(*_OWNED_BY_BOUND_ATTEMPT)
-    .values(
-        status=bindparam("status"),
-        lease_expires_at=bindparam("lease_expires_at"),
-        updated_at=bindparam("updated_at"),
-    )
-)
-
-
-_RELEASE_OWNED = (
-    update(DispatchRecord)
-    .where(*_OWNED_BY_BOUND_ATTEMPT)
-    .values(lease_expires_at=bindparam("lease_expires_at"), updated_at=bindparam("updated_at"))
-)
-
-
 def _final_changes(status: DispatchStatus, now: datetime) -> dict[str, Any]:
     return {"status": status, "lease_expires_at": None, "updated_at": require_aware("now", now)}
 
@@ -818,144 +715,7 @@ def _released(entry: DispatchEntry) -> bool:
     return entry.lease_expires_at is not None and entry.lease_expires_at <= entry.updated_at
 
 
-def _not_released() -> ColumnElement[bool]:
-    return or_(
-        DispatchRecord.lease_expires_at.is_(None),
-        DispatchRecord.lease_expires_at > DispatchRecord.updated_at,
-    )
-
-
-# --- SQL helpers --------------------------------------------------------------------------
-
-
-def finish_many_in(session: Executor, requests: Sequence[FinishRequest]) -> None:
-    """Close a batch of attempts (``completed``, or ``failed`` when ``failed``) in the caller's
-    open transaction, with one executemany UPDATE; a row no longer owned by its attempt (a
-    takeover happened) is left alone, as :meth:`DispatchRegistry.complete` leaves it."""
-    if not requests:
-        return
-    params = [
-        _owned_params(
-            request,
-            _final_changes(
-                DispatchStatus.FAILED if request.failed else DispatchStatus.COMPLETED, request.now
-            ),
-        )
-        for request in requests
-    ]
-    connection_of(session).execute(_FINISH_OWNED, params)
-
-
-def release_many_in(session: Executor, requests: Sequence[FinishRequest]) -> None:
-    """:meth:`DispatchRegistry.release_for_retry` for a batch of failed attempts, in the
-    caller's open transaction: each lease ends at its ``now`` (the next delivery takes over as
-    the next attempt); ``failed`` is ignored. A row its attempt no longer owns is left alone."""
-    if not requests:
-        return
-    params = [
-        _owned_params(
-            request,
-            {
-                "lease_expires_at": require_aware("now", request.now),
-                "updated_at": require_aware("now", request.now),
-            },
-        )
-        for request in requests
-    ]
-    connection_of(session).execute(_RELEASE_OWNED, params)
-
-
-def _owned_params(request: FinishRequest, changes: dict[str, Any]) -> dict[str, Any]:
-    """One row's parameters for the statements over :data:`_OWNED_BY_BOUND_ATTEMPT`."""
-    return {
-        "b_key": request.key,
-        "b_fire_time": require_aware("fire_time", request.fire_time),
-        "b_attempt": request.attempt,
-        **changes,
-    }
-
-
-def _insert_absent(session: Executor, rows: list[dict[str, Any]]) -> int:
-    """Insert ``rows``, skipping existing occurrences; how many went in."""
-    return len(_insert_absent_idents(session, rows))
-
-
-def _insert_absent_idents(
-    session: Executor, rows: list[dict[str, Any]]
-) -> set[tuple[str, datetime]]:
-    """Insert ``rows``, skipping existing occurrences; the ``(key, fire_time)`` that went in.
-
-    Executed as one executemany: SQLAlchemy's "insertmanyvalues" sends multi-row INSERTs of a
-    cached statement, paged to the driver's parameter limits, RETURNING what was inserted.
-    """
-    if not rows:
-        return set()
-    connection = connection_of(session)
-    statement = _insert_ignoring(connection.dialect.name)
-    inserted = connection.execute(statement, rows)
-    return {(key, require_aware("fire_time", fire_time)) for key, fire_time in inserted}
-
-
-_INSERT_IGNORING: dict[str, Any] = {}
-
-
-def _insert_ignoring(dialect: str) -> Any:
-    """The INSERT ... ON CONFLICT DO NOTHING RETURNING of ``dialect``, built once."""
-    statement = _INSERT_IGNORING.get(dialect)
-    if statement is not None:
-        return statement
-    if dialect == "postgresql":
-        statement = postgresql.insert(DispatchRecord)
-    elif dialect == "sqlite":
-        statement = sqlite.insert(DispatchRecord)
-    else:
-        raise ConfigurationError(
-            f"the dispatch log supports PostgreSQL and SQLite, not {dialect!r}"
-        )
-    statement = statement.on_conflict_do_nothing(index_elements=["key", "fire_time"]).returning(
-        DispatchRecord.key, DispatchRecord.fire_time
-    )
-    _INSERT_IGNORING[dialect] = statement
-    return statement
-
-
-def _compare_and_set(
-    session: Executor, seen: DispatchEntry, now: datetime, changes: dict[str, Any]
-) -> bool:
-    """Apply ``changes`` only if the row is still the expired attempt we saw."""
-    statement = (
-        update(DispatchRecord)
-        .where(
-            DispatchRecord.key == seen.key,
-            DispatchRecord.fire_time == seen.fire_time,
-            DispatchRecord.status == DispatchStatus.DISPATCHED,
-            DispatchRecord.attempt == seen.attempt,
-            DispatchRecord.lease_expires_at <= now,
-        )
-        .values(**changes)
-    )
-    return connection_of(session).execute(statement).rowcount == 1
-
-
-def _load(session: Executor, ident: tuple[str, datetime]) -> DispatchEntry | None:
-    key, fire_time = ident
-    table = DispatchRecord.__table__
-    row = (
-        connection_of(session)
-        .execute(select(table).where(table.c.key == key, table.c.fire_time == fire_time))
-        .one_or_none()
-    )
-    return None if row is None else _entry_of(row)
-
-
-def _live_lease(now: datetime) -> ColumnElement[bool]:
-    return and_(
-        DispatchRecord.status == DispatchStatus.DISPATCHED,
-        or_(DispatchRecord.lease_expires_at.is_(None), DispatchRecord.lease_expires_at > now),
-    )
-
-
-def _entry_of(row: Any) -> DispatchEntry:
+def entry_of(row: Any) -> DispatchEntry:
     """A :class:`DispatchEntry` from an ORM object or a Core row (same attribute names)."""
     return DispatchEntry(
         key=row.key,
@@ -992,7 +752,7 @@ def _status(value: str) -> DispatchStatus:
         raise ValueError(f"status: {value!r} is not one of {allowed}") from None
 
 
-def _claim_arguments(
+def claim_arguments(
     key: str, fire_time: datetime, lease_seconds: float, max_attempts: int, now: datetime
 ) -> tuple[tuple[str, datetime], datetime, datetime]:
     """Checked claim arguments: the row identity, ``now`` in UTC, and the lease's end."""

@@ -34,24 +34,9 @@ from collections import deque
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import (
-    CheckConstraint,
-    ColumnElement,
-    Float,
-    Index,
-    Integer,
-    String,
-    Table,
-    Text,
-    bindparam,
-    delete,
-    insert,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import CheckConstraint, Float, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from postburner_py.clock import Clock, require_aware
@@ -63,9 +48,9 @@ from postburner_py.store.engine import (
     JSONType,
     SessionFactory,
     UTCDateTime,
-    connection_of,
     utcnow,
 )
+from postburner_py.store.registry import store_for
 
 DEFAULT_RETENTION = timedelta(days=30)
 DEFAULT_BUFFER_SIZE = 1000
@@ -144,8 +129,8 @@ class HistoryEntry:
     expires_at: datetime
 
 
-_COLUMNS = tuple(field.name for field in fields(HistoryEntry) if field.name != "id")
-_TERMINAL_COLUMNS = (
+COLUMNS = tuple(field.name for field in fields(HistoryEntry) if field.name != "id")
+TERMINAL_COLUMNS = (
     "status",
     "worker_id",
     "finished_at",
@@ -155,28 +140,6 @@ _TERMINAL_COLUMNS = (
     "results",
     "error_message",
     "error_stack",
-)
-_HISTORY_T = cast(Table, HistoryRecord.__table__)
-_INSERT_RETURNING_ID = insert(_HISTORY_T).returning(_HISTORY_T.c.id, sort_by_parameter_order=True)
-_FINISH_STARTED = (
-    update(_HISTORY_T)
-    .where(_HISTORY_T.c.id == bindparam("b_id"), _HISTORY_T.c.status == HistoryStatus.STARTED)
-    .values({name: bindparam(name) for name in _TERMINAL_COLUMNS})
-)
-
-
-_CLOSE_LOST = (
-    update(_HISTORY_T)
-    .where(
-        _HISTORY_T.c.correlation_id == bindparam("b_correlation_id"),
-        _HISTORY_T.c.attempt <= bindparam("b_attempt"),
-        _HISTORY_T.c.status == HistoryStatus.STARTED,
-    )
-    .values(
-        status=HistoryStatus.FAILED,
-        finished_at=bindparam("b_finished_at"),
-        error_message=bindparam("b_error_message"),
-    )
 )
 
 
@@ -296,42 +259,7 @@ class HistoryStore:
         multi-row INSERT; the entries with their ids, in the same order."""
         if not entries:
             return []
-        rows = [{name: getattr(entry, name) for name in _COLUMNS} for entry in entries]
-        ids = connection_of(session).execute(_INSERT_RETURNING_ID, rows).scalars().all()
-        return [replace(entry, id=row_id) for entry, row_id in zip(entries, ids, strict=True)]
-
-    def complete_started(
-        self, session: Executor, finished: list[tuple[HistoryEntry, dict[str, Any]]]
-    ) -> list[HistoryEntry]:
-        """Close many started rows in the caller's transaction with one executemany UPDATE.
-
-        Each pair is a stored start entry and its terminal changes (from
-        :func:`terminal_changes`). A row that is no longer ``started`` is left
-        alone. The terminal entries go to the ring buffer once the caller committed: call
-        :meth:`observe` with the returned entries then.
-        """
-        if not finished:
-            return []
-        params = [{"b_id": _record_id(entry), **changes} for entry, changes in finished]
-        connection_of(session).execute(_FINISH_STARTED, params)
-        return [replace(entry, **changes) for entry, changes in finished]
-
-    def close_lost(self, session: Executor, lost: list[LostAttempt]) -> None:
-        """Close the attempts of lost workers as ``failed`` with their explanation, in the
-        caller's transaction (the one that takes their occurrences over), with one
-        executemany UPDATE; rows already closed are left alone."""
-        if not lost:
-            return
-        params = [
-            {
-                "b_correlation_id": item.correlation_id,
-                "b_attempt": item.attempt,
-                "b_finished_at": require_aware("finished_at", item.finished_at),
-                "b_error_message": item.error_message,
-            }
-            for item in lost
-        ]
-        connection_of(session).execute(_CLOSE_LOST, params)
+        return store_for(session).insert_started(session, entries)
 
     def record_completion(
         self,
@@ -394,11 +322,11 @@ class HistoryStore:
 
     def get_by_job_id(self, job_id: str) -> list[HistoryEntry]:
         """Every stored attempt of ``job_id``, newest first."""
-        return self._select(HistoryRecord.job_id == job_id)
+        return self._find(job_id=job_id)
 
     def get_by_correlation_id(self, correlation_id: str) -> list[HistoryEntry]:
         """Every stored attempt of one occurrence, newest first."""
-        return self._select(HistoryRecord.correlation_id == correlation_id)
+        return self._find(correlation_id=correlation_id)
 
     def query(
         self,
@@ -412,18 +340,14 @@ class HistoryStore:
 
         ``status`` is one of ``started``, ``completed``, ``failed``, ``partial_success``.
         """
-        conditions: list[ColumnElement[bool]] = []
-        if from_ is not None:
-            conditions.append(HistoryRecord.started_at >= require_aware("from_", from_))
-        if to is not None:
-            conditions.append(HistoryRecord.started_at < require_aware("to", to))
-        if task_identifier is not None:
-            conditions.append(HistoryRecord.task_identifier == task_identifier)
-        if status is not None:
-            conditions.append(HistoryRecord.status == _status(status))
+        since = None if from_ is None else require_aware("from_", from_)
+        before = None if to is None else require_aware("to", to)
+        wanted = None if status is None else _status(status)
         if limit < 1:
             raise ValueError(f"limit: must be at least 1, got {limit!r}")
-        return self._select(*conditions, limit=limit)
+        return self._find(
+            from_=since, to=before, task_identifier=task_identifier, status=wanted, limit=limit
+        )
 
     def recent(self, n: int | None = None) -> list[HistoryEntry]:
         """Entries of the ring buffer in insertion order; with ``n``, the last ``n``."""
@@ -444,9 +368,9 @@ class HistoryStore:
         """Delete stored entries whose ``expires_at`` has passed; return how many."""
         if self._session_factory is None:
             return 0
-        statement = delete(HistoryRecord).where(HistoryRecord.expires_at <= self._now("now", now))
+        now = self._now("now", now)
         with self._session_factory() as session, session.begin():
-            return session.connection().execute(statement).rowcount
+            return store_for(session).expire_history(session, now=now)
 
     def _insert(self, entry: HistoryEntry, session: Executor | None) -> HistoryEntry:
         if session is not None:
@@ -466,24 +390,20 @@ class HistoryStore:
         if session is None and self._session_factory is None:
             entry = _finish_unstored(record, changes, correlation_id)
         elif session is not None:
-            entry = _finish_stored(session, _record_id(record), changes, correlation_id)
+            entry = store_for(session).finish_history(
+                session, _record_id(record), changes, correlation_id
+            )
         else:
             with self._database() as own, own.begin():
-                entry = _finish_stored(own, _record_id(record), changes, correlation_id)
+                entry = store_for(own).finish_history(
+                    own, _record_id(record), changes, correlation_id
+                )
         self.observe(entry)
         return entry
 
-    def _select(
-        self, *conditions: ColumnElement[bool], limit: int | None = None
-    ) -> list[HistoryEntry]:
-        statement = (
-            select(HistoryRecord)
-            .where(*conditions)
-            .order_by(HistoryRecord.started_at.desc(), HistoryRecord.id.desc())
-            .limit(limit)
-        )
+    def _find(self, **criteria: Any) -> list[HistoryEntry]:
         with self._database() as session:
-            return [_entry_of(row) for row in session.scalars(statement)]
+            return store_for(session).find_history(session, **criteria)
 
     def _database(self) -> Session:
         if self._session_factory is None:
@@ -507,33 +427,6 @@ def _correct_start(
         changes["queue_time_ms"] = _milliseconds(changes["started_at"] - record.run_at)
 
 
-def _finish_stored(
-    session: Executor, record_id: int, changes: dict[str, Any], correlation_id: str | None
-) -> HistoryEntry:
-    """One conditional UPDATE; on a miss, load the row to say precisely what is wrong."""
-    values = dict(changes)
-    conditions = [HistoryRecord.id == record_id, HistoryRecord.status == HistoryStatus.STARTED]
-    if correlation_id is not None:
-        values["correlation_id"] = correlation_id
-        conditions.append(
-            or_(
-                HistoryRecord.correlation_id.is_(None),
-                HistoryRecord.correlation_id == correlation_id,
-            )
-        )
-    table = cast(Table, HistoryRecord.__table__)
-    connection = connection_of(session)
-    statement = update(table).where(*conditions).values(**values).returning(*table.c)
-    row = connection.execute(statement).first()
-    if row is not None:
-        return _entry_of(row)
-    current = connection.execute(select(table).where(table.c.id == record_id)).first()
-    if current is None:
-        raise LookupError(f"record: no history row with id {record_id}")
-    _check_open(record_id, current.status, current.correlation_id, correlation_id)
-    raise LookupError(f"record: history row {record_id} changed meanwhile")
-
-
 def _finish_unstored(
     record: HistoryEntry | int, changes: dict[str, Any], correlation_id: str | None
 ) -> HistoryEntry:
@@ -542,7 +435,7 @@ def _finish_unstored(
             "record: a history id needs a database; without one pass the HistoryEntry "
             "that record_start returned"
         )
-    _check_open(record.id, record.status, record.correlation_id, correlation_id)
+    check_open(record.id, record.status, record.correlation_id, correlation_id)
     if correlation_id is not None:
         changes["correlation_id"] = correlation_id
     return replace(record, **changes)
@@ -556,7 +449,7 @@ def _record_id(record: HistoryEntry | int) -> int:
     return record.id
 
 
-def _check_open(
+def check_open(
     record_id: int | None, status: str, stored_correlation: str | None, given: str | None
 ) -> None:
     """Refuse a second terminal record and a correlation id that contradicts the row's."""
@@ -625,9 +518,9 @@ def _json_value(results: Any) -> Any:
     return results
 
 
-def _entry_of(row: Any) -> HistoryEntry:
+def entry_of(row: Any) -> HistoryEntry:
     """A :class:`HistoryEntry` from an ORM object or a Core row (same attribute names)."""
-    values = {name: getattr(row, name) for name in _COLUMNS}
+    values = {name: getattr(row, name) for name in COLUMNS}
     values["status"] = HistoryStatus(row.status)
     return HistoryEntry(id=row.id, **values)
 

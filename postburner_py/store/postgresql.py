@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from postburner_py.store.base import Capabilities, Store
-from postburner_py.store.sql.gate import SqlGateStore
+from postburner_py.store.postgres_gate import PostgresGateStore
 from postburner_py.store.sql.reports import SqlReportStore
 from postburner_py.store.sql.schedules import SqlScheduleStore
 
@@ -17,8 +17,8 @@ CAPABILITIES = Capabilities(
 )
 
 
-class PostgresStore(SqlScheduleStore, SqlGateStore, SqlReportStore, Store):
+class PostgresStore(SqlScheduleStore, PostgresGateStore, SqlReportStore, Store):
     """:class:`~postburner_py.store.base.Store` on PostgreSQL."""
 
-    def __init__(self) -> None:
-        super().__init__(CAPABILITIES)
+    def __init__(self, capabilities: Capabilities = CAPABILITIES) -> None:
+        super().__init__(capabilities)

@@ -14,10 +14,12 @@ batches the deliveries of all its threads):
 Locking the row serialises admission with ``skip()``: either the skip sees the claim and
 refuses, or the admission sees the skip and does not run.
 
-On PostgreSQL the ledger's fast path (:mod:`postburner_py.worker.fast_path`) first takes the whole
-batch through one statement (:mod:`postburner_py.store.postgres_batch`), which fences and claims
-what it
-can decide for good; the rest comes here (:meth:`Admitter.fast_requests`,
+Every statement is a method of the store's gate facet
+(:class:`~postburner_py.store.contract.gate.GateStore`); this module decides. Where the store
+has a one-statement batch (``capabilities.batch_statement``: PostgreSQL), the ledger's fast path
+(:mod:`postburner_py.worker.fast_path`) first takes the whole batch through
+:meth:`~postburner_py.store.contract.gate.GateStore.settle_and_admit`, which fences and claims
+what it can decide for good; the rest comes here (:meth:`Admitter.prepare`,
 :meth:`Admitter.fast_answer`).
 """
 
@@ -28,17 +30,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Table, bindparam, select, update
+from sqlalchemy import Connection
 
 from postburner_py.errors import JobNotAllowedError
 from postburner_py.keys import idempotency_key, occurrence_key, one_off_key
 from postburner_py.queue.signing import JobBody
-from postburner_py.schedules.one_off import FAILED as DELAYED_FAILED
 from postburner_py.schedules.one_off import PENDING as DELAYED_PENDING
-from postburner_py.schedules.one_off import DelayedJob
-from postburner_py.store import postgres_batch as pg_batch
+from postburner_py.store import store_for
+from postburner_py.store.contract.gate import AdmittedRow, BatchRow, Delivery, admitted_row
 from postburner_py.store.dispatch_log import (
     Claim,
     ClaimOutcome,
@@ -49,7 +50,7 @@ from postburner_py.store.dispatch_log import (
     insert_missed,
 )
 from postburner_py.store.history import HistoryEntry, HistoryStore, LostAttempt
-from postburner_py.store.models import DEFAULT_MAX_ATTEMPTS, SCHEDULED, Schedule, ScheduleExecution
+from postburner_py.store.models import DEFAULT_MAX_ATTEMPTS, SCHEDULED
 from postburner_py.validation import DEFAULT_PRIORITY, check_job_allowed
 from postburner_py.worker.ledger import UNDECIDED
 
@@ -125,7 +126,7 @@ class FastAdmission:
     an :class:`Admission` on the asking thread."""
 
     request: AdmitRequest
-    row: pg_batch.BatchRow | None
+    row: BatchRow | None
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,8 @@ class Admitter:
     def _claim_each(self, connection: Connection, runnable: list[_Runnable]) -> list[Admission]:
         """Claims through the dispatch registry (one multi-row INSERT for the fresh ones),
         then one multi-row INSERT of the start records."""
-        claims = self.registry.claim_many_in(
+        store = store_for(connection)
+        claims = store.claim(
             connection, [_claim_request(request, occurrence) for _, request, occurrence in runnable]
         )
         self._close_lost(connection, runnable, claims)
@@ -179,7 +181,7 @@ class Admitter:
             for (_, request, occurrence), claim in zip(runnable, claims, strict=True)
             if claim.should_run
         ]
-        stored = iter(self.history.insert_started(connection, starts))
+        stored = iter(store.insert_started(connection, starts))
         return [
             Admission(None, occurrence, claim, next(stored) if claim.should_run else None)
             for (_, _, occurrence), claim in zip(runnable, claims, strict=True)
@@ -196,10 +198,11 @@ class Admitter:
                 continue
             lost.append(self._lost_attempt(request, occurrence, claim))
             if claim.outcome is ClaimOutcome.EXHAUSTED and occurrence.kind == "delayed":
-                spent.append({"b_id": occurrence.row_id, "b_updated_at": request.now})
-        self.history.close_lost(connection, lost)
-        if spent:
-            connection.execute(_FAIL_DELAYED, spent)
+                spent.append((occurrence.row_id, request.now))
+        store = store_for(connection)
+        if lost:
+            store.close_lost(connection, lost)
+        store.fail_spent_one_offs(connection, spent)
 
     def _lost_attempt(
         self, request: AdmitRequest, occurrence: Occurrence, claim: Claim
@@ -234,7 +237,7 @@ class Admitter:
         request.wire = _delivery(request, request.start).wire()
         return request
 
-    def fast_answer(self, request: AdmitRequest, row: pg_batch.BatchRow | None) -> Any:
+    def fast_answer(self, request: AdmitRequest, row: BatchRow | None) -> Any:
         """What the fast path decided for ``request`` (a :class:`FastAdmission`), or
         :data:`~postburner_py.worker.ledger.UNDECIDED` when this handler's transaction must decide:
         a
@@ -253,7 +256,7 @@ class Admitter:
         request = answer.request
         if answer.row is None:
             return Admission(Outcome.FENCED)
-        row = pg_batch.admitted_row(answer.row.data)
+        row = admitted_row(answer.row.data)
         if not row.live or row.run_at != request.body.run_at:
             return Admission(Outcome.FENCED)
         occurrence = _admitted_occurrence(request.body.kind, row)
@@ -366,9 +369,9 @@ def _lease_until(request: AdmitRequest, occurrence: Occurrence) -> datetime:
     return request.now + timedelta(seconds=occurrence.ttr)
 
 
-def _delivery(request: AdmitRequest, start: HistoryEntry) -> pg_batch.Delivery:
+def _delivery(request: AdmitRequest, start: HistoryEntry) -> Delivery:
     assert start.correlation_id is not None and start.queue_time_ms is not None
-    return pg_batch.Delivery(
+    return Delivery(
         kind=request.body.kind,
         id=request.body.id,
         key=start.schedule_name or "",
@@ -382,7 +385,7 @@ def _delivery(request: AdmitRequest, start: HistoryEntry) -> pg_batch.Delivery:
     )
 
 
-def _admitted_occurrence(kind: str, row: pg_batch.AdmittedRow) -> Occurrence:
+def _admitted_occurrence(kind: str, row: AdmittedRow) -> Occurrence:
     return _delayed_occurrence(row) if kind == "delayed" else _occurrence(row)
 
 
@@ -413,40 +416,6 @@ def _claim_request(request: AdmitRequest, occurrence: Occurrence) -> ClaimReques
 
 # --- loading ------------------------------------------------------------------------------
 
-_EXECUTION_T = cast(Table, ScheduleExecution.__table__)
-_SCHEDULE_T = cast(Table, Schedule.__table__)
-_DELAYED_T = cast(Table, DelayedJob.__table__)
-_EXECUTIONS = (
-    select(
-        _EXECUTION_T.c.id,
-        _EXECUTION_T.c.schedule_id,
-        _EXECUTION_T.c.run_at,
-        _EXECUTION_T.c.next_run_at,
-        _EXECUTION_T.c.status,
-        _EXECUTION_T.c.cached_schedule,
-        _SCHEDULE_T.c.max_attempts,
-        _SCHEDULE_T.c.timeout,
-        _SCHEDULE_T.c.no_retry_on,
-    )
-    .outerjoin(_SCHEDULE_T, _SCHEDULE_T.c.id == _EXECUTION_T.c.schedule_id)
-    .where(_EXECUTION_T.c.id.in_(bindparam("ids", expanding=True)))
-    .order_by(_EXECUTION_T.c.id)
-    .with_for_update(of=_EXECUTION_T)
-)
-_DELAYED = (
-    select(_DELAYED_T)
-    .where(_DELAYED_T.c.id.in_(bindparam("ids", expanding=True)))
-    .order_by(_DELAYED_T.c.id)
-    .with_for_update()
-)
-
-
-_FAIL_DELAYED = (
-    update(_DELAYED_T)
-    .where(_DELAYED_T.c.id == bindparam("b_id"), _DELAYED_T.c.status == DELAYED_PENDING)
-    .values(status=DELAYED_FAILED, updated_at=bindparam("b_updated_at"))
-)
-
 
 def load_locked(
     connection: Connection, bodies: Sequence[JobBody]
@@ -456,8 +425,9 @@ def load_locked(
     the caller compares ``run_at`` with the body's (fencing)."""
     delayed = sorted({body.id for body in bodies if body.kind == "delayed"})
     executions = sorted({body.id for body in bodies if body.kind != "delayed"})
-    delayed_rows = _rows(connection, _DELAYED, delayed)
-    execution_rows = _rows(connection, _EXECUTIONS, executions)
+    delayed_rows, execution_rows = store_for(connection).lock_occurrences(
+        connection, delayed_ids=delayed, execution_ids=executions
+    )
     found = {
         ("delayed", row.id): _delayed_occurrence(row)
         for row in delayed_rows
@@ -469,10 +439,6 @@ def load_locked(
         if row.status == SCHEDULED
     )
     return found
-
-
-def _rows(connection: Connection, statement: Any, ids: list[int]) -> list[Any]:
-    return list(connection.execute(statement, {"ids": ids})) if ids else []
 
 
 def _occurrence(row: Any) -> Occurrence:

@@ -1,9 +1,9 @@
-"""The worker ledger's fast path on PostgreSQL: a whole batch in one autocommitted statement.
+"""The worker ledger's fast path where the store has a one-statement batch (PostgreSQL).
 
 The ledger (:mod:`postburner_py.worker.ledger`) hands each batch here first. Every settlement and
-every admission goes into one statement (:func:`postburner_py.store.postgres_batch.run_batch`): one
-round
-trip, no BEGIN, no COMMIT. Settlements always complete there. An admission completes there
+every admission goes into one statement
+(:meth:`~postburner_py.store.contract.gate.GateStore.settle_and_admit`): one round trip, no
+BEGIN, no COMMIT. Settlements always complete there. An admission completes there
 when the statement fences it or claims it; the statement leaves alone what it cannot decide
 for good (a refusal, a late occurrence, an occurrence claimed before or named twice), and
 those go through :class:`~postburner_py.worker.admission.Admitter` in the ledger's transaction,
@@ -22,17 +22,11 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from postburner_py.keys import occurrence_key
-from postburner_py.store import postgres_batch as pg_batch
+from postburner_py.store import store_for
+from postburner_py.store.contract.gate import GateStore
 from postburner_py.worker.admission import Admitter
 from postburner_py.worker.ledger import UNDECIDED, BatchHandler, Ledger
 from postburner_py.worker.settlement import Settler
-
-#: Run once on the ledger's PostgreSQL connection. The batch statement reaches every row
-#: through a key; on a young table the planner's statistics make a sequential scan look
-#: cheaper, and the prepared statement's cached plan keeps it while the table grows (seen:
-#: a settlement taking 1.8 ms instead of 0.9 ms after 3,000 jobs).
-SESSION_SETUP = ("SET enable_seqscan = off",)
-
 
 #: Seconds a batch of outcomes waits for an admission to share its commit: a worker thread
 #: hands in its outcome, reserves its next job and asks for its admission within about a
@@ -41,24 +35,31 @@ LINGER = 0.002
 
 
 def worker_ledger(engine: Engine, admitter: Admitter, settler: Settler) -> Ledger:
-    """The worker's ledger for ``admitter`` and ``settler``: on PostgreSQL with the fast path."""
-    if engine.dialect.name != "postgresql":
+    """The worker's ledger for ``admitter`` and ``settler``: with the fast path where the
+    store has a one-statement batch (``capabilities.batch_statement``)."""
+    store = store_for(engine)
+    if not store.capabilities.batch_statement:
         return Ledger(engine, linger=LINGER)
     return Ledger(
         engine,
-        fast_path=PgFastPath(admitter, settler),
-        session_setup=SESSION_SETUP,
+        fast_path=BatchFastPath(admitter, settler, store),
+        # The batch statement reaches every row through a key; on a young table the planner's
+        # statistics make a sequential scan look cheaper, and the prepared statement's cached
+        # plan keeps it while the table grows (seen: a settlement taking 1.8 ms instead of
+        # 0.9 ms after 3,000 jobs).
+        session_setup=store.batch_session_setup,
         linger=LINGER,
-        before_transaction=pg_batch.end_autocommit,
+        before_transaction=store.end_batch,
     )
 
 
-class PgFastPath:
+class BatchFastPath:
     """The :data:`~postburner_py.worker.ledger.FastPath` for one admitter and one settler."""
 
-    def __init__(self, admitter: Admitter, settler: Settler) -> None:
+    def __init__(self, admitter: Admitter, settler: Settler, store: GateStore) -> None:
         self.admitter = admitter
         self.settler = settler
+        self.store = store
 
     def __call__(
         self, connection: Connection, requests: Sequence[tuple[BatchHandler, Any]]
@@ -77,7 +78,7 @@ class PgFastPath:
             return answers
         admissions = [self.admitter.prepare(requests[n][1]) for n in admitting]
         settings = self.admitter.pb.settings
-        rows = pg_batch.run_batch(
+        rows = self.store.settle_and_admit(
             connection,
             [_wire(item.wire) for item in settlements],
             [_wire(item.wire) for item in admissions],

@@ -3,7 +3,9 @@
 For each finished attempt: close its history row (completed, partial success or failed, with
 the real start instant and the lateness), then in the dispatch log complete it, fail it for
 good, or end its lease so the retry delivery takes over as the next attempt; a one-off job's
-row is closed with it. Each of those is one statement for the whole batch. The worker deletes,
+row is closed with it: :meth:`~postburner_py.store.contract.gate.GateStore.settle`, one
+statement of each kind for the whole batch (on PostgreSQL the fast path's one statement does
+it: :meth:`~postburner_py.store.contract.gate.GateStore.settle_and_admit`). The worker deletes,
 releases or buries the Beanstalkd job only once the batch committed.
 """
 
@@ -12,21 +14,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, update
+from sqlalchemy import Connection
 
 from postburner_py.schedules.one_off import COMPLETED as DELAYED_COMPLETED
 from postburner_py.schedules.one_off import FAILED as DELAYED_FAILED
-from postburner_py.schedules.one_off import PENDING as DELAYED_PENDING
-from postburner_py.schedules.one_off import DelayedJob
-from postburner_py.store import postgres_batch as pg_batch
-from postburner_py.store.dispatch_log import (
-    DispatchStatus,
-    FinishRequest,
-    finish_many_in,
-    release_many_in,
-)
+from postburner_py.store import store_for
+from postburner_py.store.contract.gate import Closing
+from postburner_py.store.dispatch_log import DispatchStatus
 from postburner_py.store.history import HistoryEntry, HistoryStatus, HistoryStore, terminal_changes
 from postburner_py.worker.admission import Occurrence
 
@@ -79,23 +75,13 @@ class Settler:
     def __call__(
         self, connection: Connection, settlements: Sequence[Settlement]
     ) -> list[HistoryEntry]:
-        finished = [(item.started, _changes(item)) for item in settlements]
-        entries = self.history.complete_started(connection, finished)
-        closing = [item for item in settlements if item.closes_occurrence]
-        finish_many_in(connection, [_finish_request(item) for item in closing])
-        release_many_in(connection, [_finish_request(item) for item in settlements if item.retry])
-        one_offs = [
-            {
-                "b_id": item.occurrence.row_id,
-                "b_status": _delayed_status(item),
-                "b_updated_at": item.finished_at,
-            }
-            for item in closing
-            if item.occurrence.kind == "delayed"
-        ]
-        if one_offs:
-            connection.execute(_CLOSE_DELAYED, one_offs)
-        return entries
+        if not settlements:
+            return []
+        finished = [(item, _changes(item)) for item in settlements]
+        store_for(connection).settle(
+            connection, [_closing(item, changes) for item, changes in finished]
+        )
+        return [replace(item.started, **changes) for item, changes in finished]
 
     def prepare(self, settlement: Settlement) -> Settlement:
         """``settlement``, given its terminal entry and its fast-path JSON (filled in place,
@@ -121,12 +107,12 @@ def _changes(item: Settlement) -> dict[str, Any]:
     )
 
 
-def _closing(item: Settlement, changes: dict[str, Any]) -> pg_batch.Closing:
+def _closing(item: Settlement, changes: dict[str, Any]) -> Closing:
     one_off = item.occurrence.kind == "delayed" and item.closes_occurrence
     final_status = None
     if item.closes_occurrence:
         final_status = DispatchStatus.FAILED if item.failed_for_good else DispatchStatus.COMPLETED
-    return pg_batch.Closing(
+    return Closing(
         history_id=_stored_id(item.started),
         changes=changes,
         key=item.occurrence.key,
@@ -144,23 +130,5 @@ def _stored_id(entry: HistoryEntry) -> int:
     return entry.id
 
 
-def _finish_request(item: Settlement) -> FinishRequest:
-    return FinishRequest(
-        key=item.occurrence.key,
-        fire_time=item.occurrence.run_at,
-        attempt=item.attempt,
-        now=item.finished_at,
-        failed=item.failed_for_good,
-    )
-
-
 def _delayed_status(item: Settlement) -> str:
     return DELAYED_FAILED if item.failed_for_good else DELAYED_COMPLETED
-
-
-_DELAYED_T = cast(Table, DelayedJob.__table__)
-_CLOSE_DELAYED = (
-    update(_DELAYED_T)
-    .where(_DELAYED_T.c.id == bindparam("b_id"), _DELAYED_T.c.status == DELAYED_PENDING)
-    .values(status=bindparam("b_status"), updated_at=bindparam("b_updated_at"))
-)
