@@ -483,10 +483,11 @@ def terminal_changes(
     results: Any = None,
     error: BaseException | str | None = None,
 ) -> dict[str, Any]:
-    """The column values that close ``started`` as ``status`` (for
-    :meth:`HistoryStore.complete_started`): the real start ``began_at`` corrects the start
-    instant and the lateness, as the ``started_at`` argument of the terminal records does;
-    an ``error`` is kept as message and formatted stack, as :meth:`record_failure` keeps it."""
+    """The column values that close ``started`` as ``status`` (a
+    :class:`~postburner_py.store.contract.gate.Closing`'s ``changes``): the real start
+    ``began_at`` corrects the start instant and the lateness, as the ``started_at`` argument
+    of the terminal records does; an ``error`` is kept as message and formatted stack, as
+    :meth:`record_failure` keeps it."""
     changes = _terminal(worker_id, execution_time_ms, require_aware("finished_at", finished_at))
     changes["status"] = status
     changes["started_at"] = require_aware("began_at", began_at)
