@@ -359,3 +359,78 @@ def test_a_setting_keeps_the_value_stored_first(store: Store, pb: Postburner) ->
     with pb.engine.begin() as connection:
         second = store.setting(connection, "contract-key", "two", NOW)
     assert (first, second) == ("one", "one")
+
+
+def test_schedules_with_waiting_ignores_an_occurrence_a_worker_started(
+    store: Store, plain: Session
+) -> None:
+    due = NOW - timedelta(minutes=1)
+    (schedule_id,) = _add_schedules(plain, 1)
+    _plan_and_insert(store, plain, [schedule_id], run_at=due)
+    assert store.schedules_with_waiting(plain, [schedule_id], NOW) == {schedule_id}
+    assert store.latest_live_run_at(plain, [schedule_id]) == {schedule_id: due}
+    assert store.latest_accounted(plain, [schedule_id], NOW) == {schedule_id: due}
+    name = plain.scalar(select(Schedule.name))
+    assert not store.occurrence_claimed(plain, str(name), due)
+    started = {"key": name, "fire_time": due, "dispatched_at": NOW, "node_id": "w", "attempt": 1}
+    plain.add(DispatchRecord(**started, status="dispatched", updated_at=NOW))
+    plain.commit()
+    assert store.schedules_with_waiting(plain, [schedule_id], NOW) == set()
+    assert store.occurrence_claimed(plain, str(name), due)
+    plain.rollback()
+
+
+def test_the_one_statement_insert_snapshots_every_cacheable_attribute() -> None:
+    import re
+
+    from postburner_py.store import queries
+    from postburner_py.store.models import CACHEABLE_ATTRIBUTES
+
+    statement = queries.load("schedules")["insert_executions"]
+    built = statement[statement.index("jsonb_build_object(") : statement.index("),\n")]
+    assert re.findall(r"'(\w+)', ", built) == list(CACHEABLE_ATTRIBUTES)
+
+
+def test_unqueued_executions_are_live_rows_without_a_job_past_their_claim(
+    store: Store, plain: Session
+) -> None:
+    lookback, grace = timedelta(hours=12), timedelta(seconds=60)
+    ids = _add_schedules(plain, 2)
+    (claimed, _, _), (released, _, _) = sorted(_plan_and_insert(store, plain, ids))
+    store.release_claims(plain, [released])  # a failed put: claimable again at once
+    plain.commit()
+    assert store.unqueued_executions(plain, NOW, lookback, grace) == [released]
+    later = NOW + grace * 2  # the other claim has expired: its putter died
+    assert store.unqueued_executions(plain, later, lookback, grace) == [claimed, released]
+    rows = store.claim_unqueued(plain, [claimed, released], later, lookback, grace)
+    assert sorted(row.id for row in rows) == [claimed, released]
+    store.mark_claimed(plain, [released], later)
+    plain.commit()
+    assert store.unqueued_executions(plain, later, lookback, grace) == [claimed]
+
+
+def test_retired_jobs_are_found_and_forgotten(store: Store, plain: Session) -> None:
+    lookback = timedelta(hours=12)
+    (execution_id, _, _) = _plan_and_insert(store, plain, _add_schedules(plain, 1))[0]
+    store.record_puts(plain, [PutRef(execution_id, 3, "server-a")])
+    assert store.retired_jobs(plain, "execution", NOW, lookback) == []
+    retired = store.supersede_executions(plain, [execution_id], NOW, still="live")
+    assert retired == [(execution_id, 3, "server-a")]
+    found = store.retired_jobs(plain, "execution", NOW, lookback)
+    assert [tuple(row) for row in found] == [(execution_id, 3, "server-a")]
+    store.forget_retired_jobs(plain, "execution", [execution_id], NOW, lookback)
+    plain.commit()
+    assert store.retired_jobs(plain, "execution", NOW, lookback) == []
+    assert store.retired_jobs(plain, "delayed", NOW, lookback) == []
+
+
+def test_retire_executions_of_a_deleted_schedule_returns_their_jobs(
+    store: Store, plain: Session
+) -> None:
+    (schedule_id,) = _add_schedules(plain, 1)
+    (execution_id, _, _) = _plan_and_insert(store, plain, [schedule_id])[0]
+    store.record_puts(plain, [PutRef(execution_id, 8, "server-a")])
+    assert store.retire_executions_of(plain, schedule_id) == [(execution_id, 8, "server-a")]
+    assert store.retire_executions_of(plain, schedule_id) == []
+    assert store.live_executions(plain, schedule_id) == []
+    plain.commit()
