@@ -128,3 +128,27 @@ def test_the_store_knows_nothing_of_the_roles_above_it() -> None:
             if any(target.startswith(f"postburner_py.{role}") for role in above)
         )
         assert leaks == [] or leaks == ["postburner_py.queue.beanstalk"], (module, leaks)
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    stack = [start]
+    while stack:
+        for target in graph.get(stack.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                stack.append(target)
+    return seen
+
+
+def test_the_worker_imports_no_watchdog_code() -> None:
+    graph = import_graph()
+    workers = sorted(module for module in graph if module.startswith("postburner_py.worker"))
+    assert "postburner_py.worker.chainer" in workers
+    for module in workers:
+        watchdog = sorted(
+            target
+            for target in _reachable(graph, module)
+            if target.startswith("postburner_py.watchdog")
+        )
+        assert watchdog == [], (module, watchdog)
