@@ -20,7 +20,7 @@ from sqlalchemy import event, func, select, text
 from postburner_py import Postburner, Schedule, ScheduleExecution
 from postburner_py.cli.status import collect_status
 from postburner_py.errors import UnplannableScheduleError
-from postburner_py.schedules.lifecycle import chain_next_many
+from postburner_py.schedules.chaining import chain_next_many
 from postburner_py.watchdog.process import tick
 from tests.factories import ManualClock, create_schedule
 from tests.test_watchdog import _bulk_schedules

@@ -599,12 +599,12 @@ _KILLED_PASS = """
 import sys, time
 from datetime import datetime
 from postburner_py import Postburner
-from postburner_py.watchdog import reconcile_pass
+from postburner_py.schedules import chaining
 from postburner_py.queue.beanstalk import BeanstalkQueue
 from postburner_py.watchdog.process import tick
 
 database_url, beanstalkd_url, namespace, now = sys.argv[1:5]
-reconcile_pass.PUT_CHUNK = 100
+chaining.PUT_CHUNK = 100
 put_many = BeanstalkQueue.put_many
 calls = []
 

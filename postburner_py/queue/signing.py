@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from postburner_py.errors import PayloadTooLargeError, SignatureError
 from postburner_py.queue.beanstalk import MAX_JOB_SIZE
-from postburner_py.store.engine import insert_ignoring_conflicts
+from postburner_py.store import store_for
 
 BODY_VERSION = 1
 SECRET_SETTING = "signing_secret"
@@ -145,16 +145,7 @@ def _parse_instant(text: str) -> datetime:
 
 def load_or_create_secret(engine: Engine) -> bytes:
     """The shared signing secret from the settings table, created once if absent."""
-    from postburner_py.store.models import Setting
-
-    table = Setting.__table__
+    candidate = secrets.token_urlsafe(32)
     with engine.begin() as connection:
-        value = connection.scalar(select(table.c.value).where(table.c.key == SECRET_SETTING))
-        if value is None:
-            candidate = secrets.token_urlsafe(32)
-            statement = insert_ignoring_conflicts(engine.dialect.name, Setting).values(
-                key=SECRET_SETTING, value=candidate, updated_at=datetime.now(UTC)
-            )
-            connection.execute(statement)
-            value = connection.scalar(select(table.c.value).where(table.c.key == SECRET_SETTING))
-    return str(value).encode()
+        value = store_for(engine).setting(connection, SECRET_SETTING, candidate, datetime.now(UTC))
+    return value.encode()

@@ -9,26 +9,25 @@ does not know about, and the dispatch log stops a re-put job from running twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
-from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from postburner_py.errors import QueueUnavailableError, UnplannableScheduleError
 from postburner_py.queue.operations import JobRef, delete_jobs, put_execution, remove_job
 from postburner_py.schedules.planning import PLANNING_ERRORS, planning, reason
-from postburner_py.store.locking import begin_locked
+from postburner_py.store import store_for
 from postburner_py.store.models import (
-    LIVE_STATUSES,
     PENDING,
-    SCHEDULED,
     SKIPPED,
     SUPERSEDED,
+    LifecycleRules,
     Schedule,
     ScheduleExecution,
+    register_lifecycle,
 )
 from postburner_py.timegrid.occurrences import NextOccurrence, plan_next
 
@@ -64,51 +63,26 @@ def enqueue_execution(pb: Postburner, execution_id: int, *, now: datetime) -> No
 
 
 def _claim_for_put(session: Session, execution_id: int, now: datetime) -> ScheduleExecution | None:
-    table = ScheduleExecution
-    claimable = or_(
-        table.status == PENDING,
-        and_(
-            table.status == SCHEDULED,
-            or_(table.enqueued_at.is_(None), table.enqueued_at < now - ENQUEUE_GRACE),
-        ),
+    claimed = store_for(session).claim_for_put(session, execution_id, now, ENQUEUE_GRACE)
+    execution = (
+        session.get(ScheduleExecution, execution_id, populate_existing=True) if claimed else None
     )
-    result = session.execute(
-        update(table)
-        .where(table.id == execution_id, table.beanstalk_job_id.is_(None), claimable)
-        .values(status=SCHEDULED, enqueued_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    claimed = session.get(table, execution_id, populate_existing=True) if _rows(result) else None
     session.commit()
-    return claimed
+    return execution
 
 
 def _release_claim(session: Session, execution_id: int) -> None:
-    session.execute(
-        update(ScheduleExecution)
-        .where(ScheduleExecution.id == execution_id, ScheduleExecution.beanstalk_job_id.is_(None))
-        .values(enqueued_at=None)
-        .execution_options(synchronize_session=False)
-    )
+    store_for(session).release_claim(session, execution_id)
     session.commit()
 
 
 def _record_job(pb: Postburner, session: Session, execution_id: int, ref: JobRef) -> None:
-    table = ScheduleExecution
-    result = session.execute(
-        update(table)
-        .where(table.id == execution_id, table.status.in_(LIVE_STATUSES))
-        .values(beanstalk_job_id=ref.job_id, beanstalk_server_id=ref.server_id)
-        .execution_options(synchronize_session=False)
-    )
+    job_id, server_id = cast("int", ref.job_id), cast("str", ref.server_id)
+    recorded = store_for(session).record_job(session, execution_id, job_id, server_id)
     session.commit()
-    if not _rows(result):
+    if not recorded:
         # Skipped or superseded while the put was in flight: take the job back out.
         remove_job(pb, ref)
-
-
-def _rows(result: Any) -> int:
-    return int(result.rowcount)
 
 
 # --- skip and supersede ----------------------------------------------------------------------
@@ -140,8 +114,7 @@ def _retire(
 ) -> int | None:
     """Retire one live execution under its row lock; its schedule id (0 if orphaned) or None."""
     with pb.work_session() as session:
-        statement = select(ScheduleExecution).where(ScheduleExecution.id == execution_id)
-        execution = session.scalars(statement.with_for_update()).one()
+        execution = store_for(session).execution_for_update(session, execution_id)
         if not execution.is_live or (refuse_if_started and occurrence_started(session, execution)):
             return None
         execution.status = status
@@ -152,7 +125,7 @@ def _retire(
 
 def _is_enabled(pb: Postburner, schedule_id: int) -> bool:
     with pb.session() as session:
-        return bool(session.scalar(select(Schedule.enabled).where(Schedule.id == schedule_id)))
+        return store_for(session).schedule_enabled(session, schedule_id)
 
 
 def occurrence_started(session: Session, execution: ScheduleExecution) -> bool:
@@ -162,16 +135,7 @@ def occurrence_started(session: Session, execution: ScheduleExecution) -> bool:
 
 def occurrence_claimed(session: Session, key: str, fire_time: datetime) -> bool:
     """True when the dispatch log holds a claim (not a ``missed`` record) for the occurrence."""
-    from postburner_py.store.dispatch_log import DispatchRecord
-
-    found = session.scalar(
-        select(DispatchRecord.id).where(
-            DispatchRecord.key == key,
-            DispatchRecord.fire_time == fire_time,
-            DispatchRecord.status != "missed",
-        )
-    )
-    return found is not None
+    return store_for(session).occurrence_claimed(session, key, fire_time)
 
 
 def remove_jobs(pb: Postburner, session: Session, refs: list[JobRef]) -> None:
@@ -182,12 +146,7 @@ def remove_jobs(pb: Postburner, session: Session, refs: list[JobRef]) -> None:
         log.warning("could not remove %d job(s), the watchdog retries: %s", len(refs), exc)
         return
     if gone:
-        session.execute(
-            update(ScheduleExecution)
-            .where(ScheduleExecution.id.in_(gone))
-            .values(beanstalk_job_id=None, beanstalk_server_id=None)
-            .execution_options(synchronize_session=False)
-        )
+        store_for(session).forget_jobs(session, gone)
         session.commit()
 
 
@@ -219,7 +178,10 @@ def reconcile_schedule(
     """
     now = now or pb.clock()
     with pb.work_session() as session:
-        if not begin_locked(session, pb.settings.namespace, [schedule_id], blocking=blocking):
+        store = store_for(session)
+        if not store.lock_schedules(
+            session, pb.settings.namespace, [schedule_id], blocking=blocking
+        ):
             return False
         outcome = converge(pb, session, schedule_id, now)
         session.commit()
@@ -245,7 +207,7 @@ def converge(pb: Postburner, session: Session, schedule_id: int, now: datetime) 
         unloadable = None
     except PLANNING_ERRORS as exc:  # SQLite: a column holds what cannot be loaded
         schedule, unloadable = None, _unloadable(session, schedule_id, exc)
-    live = _live_executions(session, schedule_id)
+    live = store_for(session).live_executions(session, schedule_id)
     outcome = Convergence(invalid=unloadable)
     waiting = _not_started(session, [e for e in live if e.run_at <= now])
     future = [e for e in live if e.run_at > now]
@@ -272,8 +234,8 @@ def converge(pb: Postburner, session: Session, schedule_id: int, now: datetime) 
 
 
 def _unloadable(session: Session, schedule_id: int, exc: Exception) -> UnplannableScheduleError:
-    name = session.scalar(select(Schedule.name).where(Schedule.id == schedule_id))
-    return UnplannableScheduleError(str(name or f"#{schedule_id}"), reason(exc))
+    name = store_for(session).schedule_name(session, schedule_id)
+    return UnplannableScheduleError(name or f"#{schedule_id}", reason(exc))
 
 
 def _plan(
@@ -293,48 +255,22 @@ def _plan(
         return plan, grid.next_after(plan.run_at)
 
 
-def _live_executions(session: Session, schedule_id: int) -> list[ScheduleExecution]:
-    statement = (
-        select(ScheduleExecution)
-        .where(
-            ScheduleExecution.schedule_id == schedule_id,
-            ScheduleExecution.status.in_(LIVE_STATUSES),
-        )
-        .order_by(ScheduleExecution.run_at)
-        .execution_options(populate_existing=True)
-    )
-    return list(session.scalars(statement))
-
-
 def _not_started(session: Session, executions: list[ScheduleExecution]) -> list[ScheduleExecution]:
     """The due executions that no worker has claimed yet (waiting in the queue)."""
-    from postburner_py.store.dispatch_log import DispatchRecord
-
     if not executions:
         return []
-    keys = {str(e.cached_schedule["name"]) for e in executions}
-    rows = session.execute(
-        select(DispatchRecord.key, DispatchRecord.fire_time).where(
-            DispatchRecord.key.in_(keys),
-            DispatchRecord.fire_time.in_([e.run_at for e in executions]),
-        )
-    )
-    claimed = {(key, fire_time) for key, fire_time in rows}
-    return [e for e in executions if (str(e.cached_schedule["name"]), e.run_at) not in claimed]
+    occurrences = [(str(e.cached_schedule["name"]), e.run_at) for e in executions]
+    claimed = store_for(session).claimed_occurrences(session, occurrences)
+    return [
+        e
+        for e, occurrence in zip(executions, occurrences, strict=True)
+        if occurrence not in claimed
+    ]
 
 
 def _baseline(session: Session, schedule: Schedule, now: datetime) -> datetime:
     """The last instant this schedule is accounted for (latest run or skip, or resumed_at)."""
-    table = ScheduleExecution
-    latest = session.scalar(
-        select(func.max(table.run_at)).where(
-            table.schedule_id == schedule.id,
-            or_(
-                table.status == SKIPPED,
-                and_(table.status.in_(LIVE_STATUSES), table.run_at <= now),
-            ),
-        )
-    )
+    latest = store_for(session).latest_accounted(session, [schedule.id], now).get(schedule.id)
     candidates = [t for t in (latest, schedule.resumed_at) if t is not None]
     return max(candidates) if candidates else now
 
@@ -387,51 +323,4 @@ def _record_missed(
         )
 
 
-def chain_next(pb: Postburner, schedule_id: int, run_at: datetime, *, now: datetime) -> None:
-    """Make sure the occurrence after ``run_at`` exists (the worker calls this first).
-
-    Cheap when it does: one query. Otherwise the watchdog's creation path for this one
-    schedule, under a try-lock: if someone else holds the schedule's lock, they are converging
-    it already. A retry of the same occurrence finds the next one in place and creates nothing.
-    """
-    chain_next_many(pb, {schedule_id: run_at}, now=now)
-
-
-def chain_next_many(pb: Postburner, run_at: Mapping[int, datetime], *, now: datetime) -> None:
-    """:func:`chain_next` for many schedules (schedule id to the ``run_at`` just reached):
-    one query finds the schedules without a live execution after it, one creation pass per
-    distinct instant (usually one: chaining happens once ``run_at`` has come) creates theirs."""
-    after = {schedule_id: max(at, now) for schedule_id, at in run_at.items()}
-    latest = _latest_live_run_at(pb, list(after))
-    missing: dict[datetime, list[int]] = {}
-    for schedule_id, instant in after.items():
-        newest = latest.get(schedule_id)
-        if newest is None or newest <= instant:
-            missing.setdefault(instant, []).append(schedule_id)
-    if not missing:
-        return
-    from postburner_py.watchdog.reconcile_pass import PassReport, create_missing
-
-    report = PassReport()
-    for instant, schedule_ids in sorted(missing.items()):
-        # The watchdog's lean creation path: try-lock, re-check, one INSERT, one put.
-        create_missing(pb, sorted(schedule_ids), instant, report)
-    # The schedules that could not be chained are left for the watchdog, which reports them.
-    for problem in report.problems:
-        log.warning("chaining: %s", problem)
-    for name, why in report.invalid_schedules.items():
-        log.warning("chaining: schedule %r cannot be planned, nothing queued: %s", name, why)
-
-
-def _latest_live_run_at(pb: Postburner, schedule_ids: list[int]) -> dict[int, datetime]:
-    statement = (
-        select(ScheduleExecution.schedule_id, func.max(ScheduleExecution.run_at))
-        .where(
-            ScheduleExecution.schedule_id.in_(schedule_ids),
-            ScheduleExecution.status.in_(LIVE_STATUSES),
-        )
-        .group_by(ScheduleExecution.schedule_id)
-    )
-    with pb.session() as session:
-        rows = session.execute(statement)
-        return {schedule_id: newest for schedule_id, newest in rows if schedule_id is not None}
+register_lifecycle(cast("LifecycleRules", sys.modules[__name__]))

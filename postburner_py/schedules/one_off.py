@@ -14,74 +14,39 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BigInteger, Float, Index, Integer, String, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from postburner_py import validation
 from postburner_py.errors import DuplicateJobError, QueueUnavailableError, ScheduleValidationError
-from postburner_py.keys import one_off_key
 from postburner_py.queue.beanstalk import validate_queue_name
 from postburner_py.queue.operations import JobRef, remove_job
 from postburner_py.queue.signing import JobBody, encode_body
-from postburner_py.store.engine import Base, BigIntPK, JSONType, UTCDateTime, utcnow
+from postburner_py.store import store_for
+from postburner_py.store.models import DelayedJob, DelayedStatus
 
 if TYPE_CHECKING:
     from postburner_py.app import Postburner
 
 log = logging.getLogger("postburner_py.delayed_jobs")
 
-PENDING = "pending"
-COMPLETED = "completed"
-FAILED = "failed"
-CANCELLED = "cancelled"
-DELAYED_STATUSES = (PENDING, COMPLETED, FAILED, CANCELLED)
-#: The dispatch-log key prefix of one-off jobs (schedule names may not start with it).
+PENDING = DelayedStatus.PENDING
+COMPLETED = DelayedStatus.COMPLETED
+FAILED = DelayedStatus.FAILED
+CANCELLED = DelayedStatus.CANCELLED
 
-
-class DelayedJob(Base):
-    """A one-off job due at ``run_at``."""
-
-    __tablename__ = "postburner_delayed_jobs"
-
-    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(String(255))
-    job_class: Mapped[str] = mapped_column(String(255))
-    args: Mapped[list[Any]] = mapped_column(JSONType)
-    kwargs: Mapped[dict[str, Any]] = mapped_column(JSONType)
-    queue: Mapped[str] = mapped_column(String(100))
-    priority: Mapped[int] = mapped_column(BigInteger)
-    ttr: Mapped[int] = mapped_column(Integer)
-    max_attempts: Mapped[int] = mapped_column(Integer)
-    timeout: Mapped[float | None] = mapped_column(Float)
-    no_retry_on: Mapped[list[str] | None] = mapped_column(JSONType)
-    run_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    status: Mapped[str] = mapped_column(String(16))
-    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    beanstalk_job_id: Mapped[int | None] = mapped_column(BigInteger)
-    beanstalk_server_id: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
-
-    __table_args__ = (
-        Index(
-            "uq_postburner_delayed_jobs_pending_job_id",
-            "job_id",
-            unique=True,
-            postgresql_where=text("status = 'pending'"),
-            sqlite_where=text("status = 'pending'"),
-        ),
-        Index("ix_postburner_delayed_jobs_status_run_at", "status", "run_at"),
-    )
-
-    @property
-    def occurrence_key(self) -> str:
-        """The dispatch-log key of this job's single occurrence."""
-        return one_off_key(self.job_id)
-
-    def __repr__(self) -> str:
-        when = self.run_at.isoformat()
-        return f"<DelayedJob {self.job_id!r} {self.job_class} at {when} {self.status}>"
+__all__ = [
+    "CANCELLED",
+    "COMPLETED",
+    "FAILED",
+    "PENDING",
+    "DelayedJob",
+    "DelayedStatus",
+    "cancel",
+    "delayed_body",
+    "enqueue_at",
+    "job_state",
+    "put_delayed",
+]
 
 
 def enqueue_at(
@@ -186,12 +151,8 @@ def delayed_body(pb: Postburner, row: DelayedJob) -> bytes:
 def put_delayed(pb: Postburner, row: DelayedJob, *, now: datetime) -> None:
     """Put ``row`` into Beanstalkd and record where it went (only while still pending)."""
     with pb.work_session() as session:
-        claimed = session.execute(
-            update(DelayedJob)
-            .where(DelayedJob.id == row.id, DelayedJob.status == PENDING)
-            .where(DelayedJob.beanstalk_job_id.is_(None))
-            .values(enqueued_at=now)
-        ).rowcount  # type: ignore[attr-defined]
+        store = store_for(session)
+        claimed = store.claim_delayed(session, row.id, now)
         session.commit()
         if not claimed:
             return
@@ -205,17 +166,11 @@ def put_delayed(pb: Postburner, row: DelayedJob, *, now: datetime) -> None:
                 ttr=row.ttr,
             )
         except QueueUnavailableError:
-            session.execute(
-                update(DelayedJob).where(DelayedJob.id == row.id).values(enqueued_at=None)
-            )
+            store.set_delayed_job(session, row.id, None, None)
             session.commit()
             raise
         server = pb.queue.server_id()
-        session.execute(
-            update(DelayedJob)
-            .where(DelayedJob.id == row.id)
-            .values(beanstalk_job_id=job, beanstalk_server_id=server)
-        )
+        store.set_delayed_job(session, row.id, job, server)
         session.commit()
     row.beanstalk_job_id, row.beanstalk_server_id = job, server
 
@@ -224,11 +179,10 @@ def cancel(pb: Postburner, job_id: str) -> bool:
     """Cancel a pending one-off job; False when none is pending or it has already started
     (:func:`job_state` then says what became of it: ``completed``, ``failed`` (its attempts
     are spent, a worker lost included), ``cancelled``, or ``pending`` while it runs)."""
-    from postburner_py.schedules.lifecycle import occurrence_claimed
-
     with pb.work_session() as session:
-        row = _pending(session, job_id)
-        if row is None or occurrence_claimed(session, row.occurrence_key, row.run_at):
+        store = store_for(session)
+        row = store.pending_delayed_for_update(session, job_id)
+        if row is None or store.occurrence_claimed(session, row.occurrence_key, row.run_at):
             return False
         row.status = CANCELLED
         session.commit()
@@ -242,16 +196,5 @@ def cancel(pb: Postburner, job_id: str) -> bool:
 def job_state(pb: Postburner, job_id: str) -> str | None:
     """The status of the newest one-off job with ``job_id`` (None: there is none). Once it
     is ``completed``, ``failed`` or ``cancelled`` the job_id may be enqueued again."""
-    statement = (
-        select(DelayedJob.status)
-        .where(DelayedJob.job_id == job_id)
-        .order_by(DelayedJob.id.desc())
-        .limit(1)
-    )
     with pb.work_session() as session:
-        return session.scalar(statement)
-
-
-def _pending(session: Session, job_id: str) -> DelayedJob | None:
-    statement = select(DelayedJob).where(DelayedJob.job_id == job_id, DelayedJob.status == PENDING)
-    return session.scalars(statement.with_for_update()).one_or_none()
+        return store_for(session).delayed_status(session, job_id)

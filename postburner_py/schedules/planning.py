@@ -13,13 +13,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
-
-from sqlalchemy import String, and_, func, not_, or_, select, type_coerce
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING, Any
 
 from postburner_py.errors import UnplannableScheduleError
+from postburner_py.store import store_for
 from postburner_py.timegrid.grid import TimeGrid, make_grid
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 #: What the time grid raises for a bad stored value: ScheduleValidationError (a ValueError)
 #: for a bad field, ValueError/OverflowError for a grid without a point in years 1-9999,
@@ -84,56 +85,14 @@ class PlanChecker:
         return self._reasons[spec]
 
 
-#: The datetime columns planning reads. SQLite stores whatever raw SQL writes into them, and
-#: a value that is not an instant cannot even be loaded (the driver's parse raises).
-_INSTANT_COLUMNS = ("anchor", "resumed_at")
-_ISO_DATE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*"
-
-
 def unloadable_schedules(
     session: Session, *, enabled_only: bool
 ) -> dict[int, UnplannableScheduleError]:
-    """SQLite: the schedules whose ``anchor`` or ``resumed_at`` holds something that is not
-    an instant, in one query (on PostgreSQL the column types make this impossible: ``{}``).
+    """The schedules whose ``anchor`` or ``resumed_at`` holds something that is not an
+    instant, in one query (only where instants are stored as text, i.e. SQLite; elsewhere the
+    column types make this impossible: ``{}``).
 
     Such a row cannot be loaded, so it is found in SQL and set aside before the others are
-    loaded in batches.
+    loaded in batches (``Store.unparsable_schedules``).
     """
-    if session.get_bind().dialect.name != "sqlite":
-        return {}
-    from postburner_py.store.models import Schedule
-
-    columns = [type_coerce(getattr(Schedule, name), String) for name in _INSTANT_COLUMNS]
-    unparsable = [
-        and_(
-            column.is_not(None),
-            or_(
-                func.typeof(column) != "text",
-                not_(column.op("GLOB", is_comparison=True)(_ISO_DATE_GLOB)),
-                func.julianday(column).is_(None),
-            ),
-        )
-        for column in columns
-    ]
-    statement = select(Schedule.id, Schedule.name, *columns).where(or_(*unparsable))
-    if enabled_only:
-        statement = statement.where(Schedule.enabled)
-    found = {}
-    for schedule_id, name, *values in session.execute(statement):
-        bad = [
-            f"{column}: stored value {value!r} is not an instant"
-            for column, value in zip(_INSTANT_COLUMNS, values, strict=True)
-            if value is not None and not _parses(value)
-        ]
-        found[int(schedule_id)] = UnplannableScheduleError(
-            str(name), "; ".join(bad) or "unreadable"
-        )
-    return found
-
-
-def _parses(value: object) -> bool:
-    try:
-        datetime.fromisoformat(str(value))
-    except ValueError:
-        return False
-    return isinstance(value, str)
+    return store_for(session).unparsable_schedules(session, enabled_only=enabled_only)

@@ -13,18 +13,17 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event, inspect, update
+from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session, sessionmaker
 
 from postburner_py.errors import QueueUnavailableError
 from postburner_py.queue.operations import JobRef
-from postburner_py.store.models import (
-    CACHEABLE_ATTRIBUTES,
-    LIVE_STATUSES,
-    SUPERSEDED,
-    Schedule,
-    ScheduleExecution,
-)
+
+# The lifecycle rules register themselves with the models on import: every session these
+# hooks are installed on can run ``schedule.reconcile()`` and the execution methods.
+from postburner_py.schedules import lifecycle
+from postburner_py.store import store_for
+from postburner_py.store.models import CACHEABLE_ATTRIBUTES, Schedule
 from postburner_py.validation import check_job_allowed
 
 if TYPE_CHECKING:
@@ -88,14 +87,7 @@ def _touched(session: Session) -> set[Schedule]:
 
 def _retire_executions_of(session: Session, schedule_id: int) -> None:
     """A deleted schedule's live executions are superseded in the same transaction."""
-    table = ScheduleExecution
-    rows = session.execute(
-        update(table)
-        .where(table.schedule_id == schedule_id, table.status.in_(LIVE_STATUSES))
-        .values(status=SUPERSEDED)
-        .returning(table.id, table.beanstalk_job_id, table.beanstalk_server_id)
-        .execution_options(synchronize_session=False)
-    ).all()
+    rows = store_for(session).retire_executions_of(session, schedule_id)
     orphans: list[JobRef] = session.info.setdefault(_ORPHANED_JOBS, [])
     orphans.extend(JobRef(row[0], row[1], row[2]) for row in rows if row[1] is not None)
 
@@ -112,7 +104,6 @@ def _after_commit(session: Session) -> None:
     if not ids and not orphans:
         return
     pb: Postburner = session.info["postburner"]
-    from postburner_py.schedules.lifecycle import reconcile_schedule
     from postburner_py.watchdog.reconcile_pass import reconcile_pass
 
     if orphans:
@@ -121,7 +112,10 @@ def _after_commit(session: Session) -> None:
         _guarded(lambda: reconcile_pass(pb, now=pb.clock()), f"{len(ids)} schedules")
         return
     for schedule_id in sorted(ids):
-        _guarded(functools.partial(reconcile_schedule, pb, schedule_id), f"schedule {schedule_id}")
+        _guarded(
+            functools.partial(lifecycle.reconcile_schedule, pb, schedule_id),
+            f"schedule {schedule_id}",
+        )
 
 
 def _guarded(work: Callable[[], object], what: str) -> None:
@@ -148,7 +142,5 @@ def _after_rollback(session: Session) -> None:
 
 
 def _forget_removed(pb: Postburner, orphans: list[JobRef]) -> None:
-    from postburner_py.schedules.lifecycle import remove_jobs
-
     with pb.session() as session:
-        remove_jobs(pb, session, orphans)
+        lifecycle.remove_jobs(pb, session, orphans)

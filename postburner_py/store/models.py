@@ -1,7 +1,11 @@
-"""ORM models: :class:`Schedule` (what runs, when) and :class:`ScheduleExecution` (one run).
+"""ORM models: :class:`Schedule` (what runs, when), :class:`ScheduleExecution` (one run),
+:class:`DelayedJob` (a one-off job), :class:`WatchdogHeartbeat` and :class:`Setting`.
 
 Model methods that touch the queue reach it through the session that loaded them: sessions
 made by :meth:`postburner_py.Postburner.session` carry their ``Postburner`` in ``session.info``.
+The rules they apply (:mod:`postburner_py.schedules.lifecycle`) register themselves with
+:func:`register_lifecycle` when imported (the session hooks import them), so this module
+imports no role above the store.
 """
 
 from __future__ import annotations
@@ -9,7 +13,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -31,6 +36,7 @@ from postburner_py.errors import (
     PostburnerError,
     ScheduleValidationError,
 )
+from postburner_py.keys import one_off_key
 from postburner_py.store.engine import Base as Base
 from postburner_py.store.engine import BigIntPK, JSONType, UTCDateTime, utcnow
 from postburner_py.timegrid import grid as timegrid
@@ -39,12 +45,30 @@ from postburner_py.timegrid.grid import TimeGrid
 if TYPE_CHECKING:
     from postburner_py.app import Postburner
 
-PENDING = "pending"
-SCHEDULED = "scheduled"
-SKIPPED = "skipped"
-SUPERSEDED = "superseded"
+
+class ExecutionStatus(StrEnum):
+    """The stored status of a :class:`ScheduleExecution` (equal to the stored text)."""
+
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    SKIPPED = "skipped"
+    SUPERSEDED = "superseded"
+
+
+class DelayedStatus(StrEnum):
+    """The stored status of a :class:`DelayedJob` (equal to the stored text)."""
+
+    PENDING = "pending"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+PENDING = ExecutionStatus.PENDING
+SCHEDULED = ExecutionStatus.SCHEDULED
+SKIPPED = ExecutionStatus.SKIPPED
+SUPERSEDED = ExecutionStatus.SUPERSEDED
 LIVE_STATUSES = (PENDING, SCHEDULED)
-EXECUTION_STATUSES = (PENDING, SCHEDULED, SKIPPED, SUPERSEDED)
 _LIVE_SQL = "status IN ('pending', 'scheduled')"
 
 CACHEABLE_ATTRIBUTES = (
@@ -74,6 +98,40 @@ _SCHEDULE_DEFAULTS: dict[str, Any] = {
     "catch_up": False,
     "enabled": True,
 }
+
+
+class LifecycleRules(Protocol):
+    """What the model methods ask of :mod:`postburner_py.schedules.lifecycle`."""
+
+    def reconcile_schedule(
+        self, pb: Postburner, schedule_id: int, *, blocking: bool = ..., now: datetime | None = ...
+    ) -> bool: ...
+
+    def enqueue_execution(self, pb: Postburner, execution_id: int, *, now: datetime) -> None: ...
+
+    def skip_execution(
+        self, pb: Postburner, execution_id: int, *, now: datetime | None = ...
+    ) -> bool: ...
+
+    def supersede_execution(self, pb: Postburner, execution_id: int) -> bool: ...
+
+
+_LIFECYCLE: list[LifecycleRules] = []
+
+
+def register_lifecycle(rules: LifecycleRules) -> None:
+    """Install the rules the model methods apply (the lifecycle module, on its import)."""
+    _LIFECYCLE[:] = [rules]
+
+
+def lifecycle() -> LifecycleRules:
+    """The registered lifecycle rules; they are imported with the session hooks that every
+    session made by :meth:`postburner_py.Postburner.session` carries."""
+    if not _LIFECYCLE:
+        raise PostburnerError(
+            "the schedule lifecycle is not loaded; import postburner_py.schedules.lifecycle"
+        )
+    return _LIFECYCLE[0]
 
 
 def postburner_of(instance: Base) -> Postburner:
@@ -324,9 +382,8 @@ class Schedule(Base):
 
         Returns False only when ``blocking=False`` and another process holds the lock.
         """
-        from postburner_py.schedules.lifecycle import reconcile_schedule
-
-        return reconcile_schedule(postburner_of(self), self.id, blocking=blocking, now=now)
+        pb = postburner_of(self)
+        return lifecycle().reconcile_schedule(pb, self.id, blocking=blocking, now=now)
 
     def enable(self, *, now: datetime | None = None) -> None:
         """Enable the schedule, commit, and queue its next occurrence."""
@@ -429,10 +486,8 @@ class ScheduleExecution(Base):
 
     def enqueue(self, *, now: datetime | None = None) -> None:
         """Queue this execution in Beanstalkd; idempotent (a queued one is left alone)."""
-        from postburner_py.schedules.lifecycle import enqueue_execution
-
         pb, session = self._committed()
-        enqueue_execution(pb, self.id, now=now or pb.clock())
+        lifecycle().enqueue_execution(pb, self.id, now=now or pb.clock())
         session.refresh(self)
 
     def skip(self, *, now: datetime | None = None) -> bool:
@@ -441,19 +496,15 @@ class ScheduleExecution(Base):
         Returns False (and changes nothing) when already skipped or superseded, or when
         the occurrence has already started.
         """
-        from postburner_py.schedules.lifecycle import skip_execution
-
         pb, session = self._committed()
-        skipped = skip_execution(pb, self.id, now=now)
+        skipped = lifecycle().skip_execution(pb, self.id, now=now)
         session.refresh(self)
         return skipped
 
     def supersede(self) -> bool:
         """Tear down the queued job and mark ``superseded``; False if already skipped/superseded."""
-        from postburner_py.schedules.lifecycle import supersede_execution
-
         pb, session = self._committed()
-        superseded = supersede_execution(pb, self.id)
+        superseded = lifecycle().supersede_execution(pb, self.id)
         session.refresh(self)
         return superseded
 
@@ -491,3 +542,59 @@ class Setting(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class DelayedJob(Base):
+    """A one-off job due at ``run_at``."""
+
+    __tablename__ = "postburner_delayed_jobs"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(255))
+    job_class: Mapped[str] = mapped_column(String(255))
+    args: Mapped[list[Any]] = mapped_column(JSONType)
+    kwargs: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    queue: Mapped[str] = mapped_column(String(100))
+    priority: Mapped[int] = mapped_column(BigInteger)
+    ttr: Mapped[int] = mapped_column(Integer)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    timeout: Mapped[float | None] = mapped_column(Float)
+    no_retry_on: Mapped[list[str] | None] = mapped_column(JSONType)
+    run_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16))
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    beanstalk_job_id: Mapped[int | None] = mapped_column(BigInteger)
+    beanstalk_server_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        Index(
+            "uq_postburner_delayed_jobs_pending_job_id",
+            "job_id",
+            unique=True,
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        Index("ix_postburner_delayed_jobs_status_run_at", "status", "run_at"),
+    )
+
+    @property
+    def occurrence_key(self) -> str:
+        """The dispatch-log key of this job's single occurrence."""
+        return one_off_key(self.job_id)
+
+    def __repr__(self) -> str:
+        when = self.run_at.isoformat()
+        return f"<DelayedJob {self.job_id!r} {self.job_class} at {when} {self.status}>"
+
+
+class WatchdogHeartbeat(Base):
+    """One row per running watchdog: when it started, its last pass, and what that pass did."""
+
+    __tablename__ = "postburner_watchdog_heartbeats"
+
+    node: Mapped[str] = mapped_column(String(255), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_pass_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_report: Mapped[dict[str, Any] | None] = mapped_column(JSONType)

@@ -1,28 +1,29 @@
-"""Named SQL queries kept in ``sql_files/*.sql`` (one query per ``-- name: x`` block).
+"""Named SQL queries kept in ``.sql`` files under ``store/sql_files/`` (procrastinate style).
 
-Each block starts with ``-- name: <name>`` and a ``-- <description>`` line; its text runs to
-the next ``-- name:`` line. :func:`load` reads a file once and answers its queries by name.
+A file holds one query per block: a ``-- name: <name>`` line, one or more ``-- `` lines that
+describe it, then the statement. :func:`load` returns a file's queries by name; it reads each
+file once.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from pathlib import Path
+from importlib import resources
 
-_DIRECTORY = Path(__file__).with_name("sql_files")
-_NAME = re.compile(r"^-- name: *(\w+) *$", re.MULTILINE)
+_NAME = re.compile(r"^--\s*name:\s*(?P<name>\w+)\s*$", re.MULTILINE)
 
 
 @functools.cache
 def load(stem: str) -> dict[str, str]:
-    """The queries of ``sql_files/<stem>.sql``, by name (comment lines dropped)."""
-    text = (_DIRECTORY / f"{stem}.sql").read_text(encoding="utf-8")
-    parts = _NAME.split(text)
+    """The queries of ``sql_files/<stem>.sql``: name -> SQL text (description lines dropped)."""
+    source = resources.files("postburner_py.store").joinpath(f"sql_files/{stem}.sql")
+    text = source.read_text(encoding="utf-8")
     queries: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        if name in queries:
-            raise ValueError(f"{stem}.sql: the query {name!r} is defined twice")
+    matches = list(_NAME.finditer(text))
+    for index, match in enumerate(matches):
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
+        body = text[match.end() : end]
         lines = [line for line in body.splitlines() if not line.lstrip().startswith("--")]
-        queries[name] = "\n".join(lines).strip()
+        queries[match.group("name")] = "\n".join(lines).strip().rstrip(";")
     return queries

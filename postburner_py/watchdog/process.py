@@ -28,15 +28,14 @@ from datetime import datetime, timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import String, delete, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.orm import Mapped, mapped_column
 
 from postburner_py.errors import ConfigurationError, QueueUnavailableError
-from postburner_py.store.engine import Base, JSONType, UTCDateTime
+from postburner_py.schedules.chaining import PassReport
+from postburner_py.store import store_for
+from postburner_py.store.models import WatchdogHeartbeat
 from postburner_py.watchdog.queue_audit import audit_queue
-from postburner_py.watchdog.reconcile_pass import LOOKBACK, PassReport, reconcile_pass
+from postburner_py.watchdog.reconcile_pass import LOOKBACK, reconcile_pass
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -64,17 +63,6 @@ __all__ = [
     "tick",
     "watchdog_health",
 ]
-
-
-class WatchdogHeartbeat(Base):
-    """One row per running watchdog: when it started, its last pass, and what that pass did."""
-
-    __tablename__ = "postburner_watchdog_heartbeats"
-
-    node: Mapped[str] = mapped_column(String(255), primary_key=True)
-    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    last_pass_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    last_report: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
 
 @dataclass(frozen=True)
@@ -122,7 +110,7 @@ def watchdog_health(
     ``stale_after`` (a timedelta or seconds)."""
     limit = stale_after if isinstance(stale_after, timedelta) else timedelta(seconds=stale_after)
     with pb.session() as session:
-        beats = session.scalars(select(WatchdogHeartbeat).order_by(WatchdogHeartbeat.node)).all()
+        beats = store_for(session).heartbeats(session)
     return [_health_of(beat, now, limit) for beat in beats]
 
 
@@ -316,16 +304,13 @@ class Watchdog:
             values["last_pass_at"] = now
         row = {"node": self.node, "started_at": self.started_at, "last_pass_at": None, **values}
         with self.pb.session() as session:
-            dialect = session.get_bind().dialect.name
-            module = postgresql if dialect == "postgresql" else sqlite
-            statement = module.insert(WatchdogHeartbeat).values(row)
-            session.execute(statement.on_conflict_do_update(index_elements=["node"], set_=values))
+            store_for(session).beat(session, row, values)
             session.commit()
 
     def forget_heartbeat(self) -> None:
         """Delete this watchdog's heartbeat row (a clean stop is not an outage)."""
         with self.pb.session() as session:
-            session.execute(delete(WatchdogHeartbeat).where(WatchdogHeartbeat.node == self.node))
+            store_for(session).forget_heartbeat(session, self.node)
             session.commit()
 
     # -- process --------------------------------------------------------------------------

@@ -27,32 +27,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import (
-    ColumnElement,
-    and_,
-    bindparam,
-    case,
-    func,
-    literal_column,
-    or_,
-    select,
-    update,
-)
-
 from postburner_py.errors import QueueUnavailableError, ScheduleValidationError, SignatureError
 from postburner_py.queue.beanstalk import QueuedJob
 from postburner_py.queue.signing import decode_body
-from postburner_py.schedules.one_off import PENDING as DELAYED_PENDING
-from postburner_py.schedules.one_off import DelayedJob
-from postburner_py.store.models import ScheduleExecution
+from postburner_py.schedules.chaining import PassReport, chunks
+from postburner_py.store import store_for
+from postburner_py.store.contract.schedules import JobKind
 from postburner_py.watchdog.reconcile_pass import (
-    LIVE,
     REPAIR_BATCH,
-    PassReport,
-    chunks,
-    delayed_not_started,
-    execution_occurrence_key,
-    not_started,
     queue_unqueued,
     queue_unqueued_delayed,
 )
@@ -71,41 +53,24 @@ _TUBE_STATES = (
     "current-jobs-reserved",
     "current-jobs-buried",
 )
-Model = type[ScheduleExecution] | type[DelayedJob]
 Requeue = Callable[["Postburner", datetime, PassReport, Sequence[int]], None]
 
 
 @dataclass(frozen=True)
 class Kind:
-    """One kind of row that owns a Beanstalkd job, as the audit needs to see it."""
+    """One kind of row that owns a Beanstalkd job: the job body's kind, and how to put the
+    rows whose job is lost back."""
 
-    name: str  # the job body's kind
-    model: Model
-    live: ColumnElement[bool]  # the rows whose job should be in Beanstalkd
-    key: ColumnElement[str]  # the body's occurrence key
-    queue: ColumnElement[str]
-    not_started: ColumnElement[bool]
+    name: JobKind
     requeue: Requeue
 
 
 def _kinds() -> tuple[Kind, ...]:
     executions = Kind(
-        "execution",
-        ScheduleExecution,
-        LIVE,
-        execution_occurrence_key(),
-        ScheduleExecution.cached_schedule["queue"].as_string(),
-        not_started(),
-        lambda pb, now, report, ids: queue_unqueued(pb, now, report, ids=ids),
+        "execution", lambda pb, now, report, ids: queue_unqueued(pb, now, report, ids=ids)
     )
     delayed = Kind(
-        "delayed",
-        DelayedJob,
-        DelayedJob.status == DELAYED_PENDING,
-        DelayedJob.job_id.expression,
-        DelayedJob.queue.expression,
-        delayed_not_started(),
-        lambda pb, now, report, ids: queue_unqueued_delayed(pb, now, report, ids=ids),
+        "delayed", lambda pb, now, report, ids: queue_unqueued_delayed(pb, now, report, ids=ids)
     )
     return executions, delayed
 
@@ -145,48 +110,22 @@ def audit_queue(pb: Postburner, *, now: datetime, report: PassReport | None = No
 # --- the cheap comparison ---------------------------------------------------------------------
 
 
-def _foreign(kind: Kind, server_id: str, now: datetime, window: timedelta) -> ColumnElement[bool]:
-    """A job put on another server, for a row that may still be waiting to run."""
-    model = kind.model
-    return and_(
-        model.beanstalk_server_id.is_distinct_from(server_id),
-        or_(model.run_at > now, and_(model.run_at > now - window, kind.not_started)),
-    )
-
-
-def _with_job(kind: Kind, now: datetime, window: timedelta) -> ColumnElement[bool]:
-    model = kind.model
-    return and_(kind.live, model.beanstalk_job_id.is_not(None), model.run_at > now - window)
-
-
 def compare(pb: Postburner, now: datetime) -> Suspicion:
     """One ``stats``, one grouped query per kind, one ``stats-tube`` per tube in use."""
     server_id = pb.queue.server_id()
     expected: Counter[str] = Counter()
     foreign = 0
+    window = pb.settings.catch_up_window
     with pb.session() as session:
+        store = store_for(session)
         for kind in _kinds():
-            for queue, want, strangers in session.execute(_tally(kind, server_id, now, pb)):
+            tally = store.audit_tally(session, kind.name, server_id, now, window, MARGIN)
+            for queue, want, strangers in tally:
                 if queue:
                     expected[queue] += want or 0
                 foreign += strangers or 0
     short = tuple(sorted(queue for queue, want in expected.items() if _tube_short(pb, queue, want)))
     return Suspicion(server_id, foreign > 0, short)
-
-
-def _tally(kind: Kind, server_id: str, now: datetime, pb: Postburner) -> Any:
-    """Per queue: the future jobs expected on this server, and the jobs from another server."""
-    model, window = kind.model, pb.settings.catch_up_window
-    # CASE evaluates in order, so the dispatch-log probe only runs for foreign job ids.
-    foreign = case((_foreign(kind, server_id, now, window), 1), else_=0)
-    expected = case(
-        (and_(model.beanstalk_server_id == server_id, model.run_at > now + MARGIN), 1), else_=0
-    )
-    return (
-        select(kind.queue, func.sum(expected), func.sum(foreign))
-        .where(_with_job(kind, now, window))
-        .group_by(literal_column("1"))  # the queue: a bound JSON key defeats GROUP BY <expr>
-    )
 
 
 def _tube_short(pb: Postburner, queue: str, expected: int) -> bool:
@@ -212,8 +151,8 @@ def _verify(
         job = pb.queue.peek(row.beanstalk_job_id)
         (present if _is_job_of(job, kind, row, secret) else lost).append(row)
     moved = [row for row in present if row.beanstalk_server_id != suspicion.server_id]
-    _adopt(pb, kind.model, moved, suspicion.server_id)
-    _forget(pb, kind.model, lost)
+    _adopt(pb, kind.name, moved, suspicion.server_id)
+    _forget(pb, kind.name, lost)
     report.verified += len(present)
     report.missing += len(lost)
     if lost:
@@ -223,19 +162,11 @@ def _verify(
 
 def _suspects(pb: Postburner, kind: Kind, now: datetime, suspicion: Suspicion) -> Sequence[Any]:
     """Rows with a foreign job id, and the future rows of the tubes that are short."""
-    model, window = kind.model, pb.settings.catch_up_window
-    in_short_tube = and_(
-        kind.queue.in_(suspicion.short_queues),
-        model.beanstalk_server_id == suspicion.server_id,
-        model.run_at > now,
-    )
-    condition = and_(
-        _with_job(kind, now, window),
-        or_(_foreign(kind, suspicion.server_id, now, window), in_short_tube),
-    )
-    columns = (model.id, model.beanstalk_job_id, model.beanstalk_server_id, model.run_at)
+    window = pb.settings.catch_up_window
     with pb.session() as session:
-        return session.execute(select(*columns, kind.key.label("key")).where(condition)).all()
+        return store_for(session).audit_suspects(
+            session, kind.name, suspicion.server_id, suspicion.short_queues, now, window
+        )
 
 
 def _is_job_of(job: QueuedJob | None, kind: Kind, row: Any, secret: bytes) -> bool:
@@ -254,36 +185,17 @@ def _is_job_of(job: QueuedJob | None, kind: Kind, row: Any, secret: bytes) -> bo
     )
 
 
-def _adopt(pb: Postburner, model: Model, rows: list[Any], server_id: str) -> None:
+def _adopt(pb: Postburner, kind: JobKind, rows: list[Any], server_id: str) -> None:
     """Record the current server id for jobs that survived the restart (binlog)."""
-    statement = (
-        update(model)
-        .where(model.id == bindparam("eid"), model.beanstalk_job_id == bindparam("job"))
-        .values(beanstalk_server_id=server_id)
-    )
-    _executemany(pb, statement, [{"eid": row.id, "job": row.beanstalk_job_id} for row in rows])
-
-
-def _forget(pb: Postburner, model: Model, rows: list[Any]) -> None:
-    """Clear the job ids of lost jobs (unless the row changed meanwhile): they are re-put next."""
-    statement = (
-        update(model)
-        .where(
-            model.id == bindparam("eid"),
-            model.beanstalk_job_id == bindparam("job"),
-            model.beanstalk_server_id.is_not_distinct_from(bindparam("server")),
-        )
-        .values(beanstalk_job_id=None, beanstalk_server_id=None, enqueued_at=None)
-    )
-    params = [
-        {"eid": row.id, "job": row.beanstalk_job_id, "server": row.beanstalk_server_id}
-        for row in rows
-    ]
-    _executemany(pb, statement, params)
-
-
-def _executemany(pb: Postburner, statement: Any, params: list[dict[str, Any]]) -> None:
-    for chunk in chunks(params, REPAIR_BATCH * 10):
+    for chunk in chunks(rows, REPAIR_BATCH * 10):
         with pb.work_session() as session:
-            session.connection().execute(statement, list(chunk))
+            store_for(session).adopt_jobs(session.connection(), kind, chunk, server_id)
+            session.commit()
+
+
+def _forget(pb: Postburner, kind: JobKind, rows: list[Any]) -> None:
+    """Clear the job ids of lost jobs (unless the row changed meanwhile): they are re-put next."""
+    for chunk in chunks(rows, REPAIR_BATCH * 10):
+        with pb.work_session() as session:
+            store_for(session).forget_lost_jobs(session.connection(), kind, chunk)
             session.commit()

@@ -4,9 +4,9 @@ A worker thread that starts occurrence N asks for N+1 and goes on; the chainer w
 ``linger`` seconds after a first request (the worker uses 0.1 s: occurrences due together
 start together, and their chaining should not compete with their starts), then takes every
 request waiting and chains them together
-(:func:`~postburner_py.schedules.lifecycle.chain_next_many`:
-one query, then one creation pass), so a thousand occurrences due in the same second cost a
-few passes instead of a thousand. Chaining is requested once ``run_at`` has come, so N+1
+(:func:`~postburner_py.schedules.chaining.chain_next_many`: one query, then one pass of the
+creation path the watchdog uses too), so a thousand occurrences due in the same second cost
+a few passes instead of a thousand. Chaining is requested once ``run_at`` has come, so N+1
 never coexists with N as a second live future. If the process dies before a request is
 served, the watchdog's next pass creates the missing execution.
 """
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from postburner_py.schedules.lifecycle import chain_next_many
+from postburner_py.schedules.chaining import chain_next_many
 
 if TYPE_CHECKING:
     from postburner_py.app import Postburner
