@@ -221,3 +221,20 @@ def test_the_logger_names_stay() -> None:
         and isinstance(node.args[0], ast.Constant)
     }
     assert set(LOGGERS) <= created, sorted(set(LOGGERS) - created)
+
+
+def test_every_named_query_has_a_name_a_description_and_a_statement() -> None:
+    from postburner_py.store import queries
+
+    files = sorted((STORE / "sql_files").glob("*.sql"))
+    assert files, "store/sql_files/ holds the named queries"
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        blocks = re.split(r"^--\s*name:\s*", text, flags=re.MULTILINE)[1:]
+        loaded = queries.load(path.stem)
+        assert len(blocks) == len(loaded), f"{path.name}: a query name is repeated"
+        for block in blocks:
+            name, _, rest = block.partition("\n")
+            assert re.fullmatch(r"\w+", name.strip()), f"{path.name}: bad name {name!r}"
+            assert rest.startswith("-- "), f"{path.name}: {name} has no description line"
+            assert loaded[name.strip()], f"{path.name}: {name} has no statement"
