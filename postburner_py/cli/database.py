@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from postburner_py.cli.parser import (
-    EXIT_OK,
-    postburner,
-)
+from postburner_py.cli.parser import EXIT_OK, postburner
 
 
 def add_init(commands: Any) -> None:

@@ -5,12 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from postburner_py.cli.parser import (
-    EXIT_OK,
-    add_json,
-    postburner,
-    print_json,
-)
+from postburner_py.cli.parser import EXIT_OK, add_json, postburner, print_json
 
 
 def add_sync(commands: Any) -> None:
