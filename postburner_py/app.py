@@ -11,20 +11,21 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from postburner_py.config import Settings, mask_url, redact, resolve_settings
-from postburner_py.errors import ConfigurationError
+from postburner_py.config import Settings, resolve_settings
 from postburner_py.queue.beanstalk import BeanstalkQueue
+from postburner_py.store import Store, store_for
+from postburner_py.store.connect import SQLITE_BUSY_TIMEOUT_MS, make_engine, writer_engine
 from postburner_py.store.engine import utcnow
 
 if TYPE_CHECKING:
     from postburner_py.schedules.one_off import DelayedJob
 
 log = logging.getLogger("postburner_py")
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+__all__ = ["SQLITE_BUSY_TIMEOUT_MS", "Postburner"]
 
 
 class Postburner:
@@ -65,12 +66,14 @@ class Postburner:
             node_id=node_id,
         )
         self.clock = clock
-        self.engine: Engine = _make_engine(self.settings.database_url, engine_options or {})
+        self.engine: Engine = make_engine(self.settings.database_url, engine_options or {})
+        #: The storage seam for this engine's dialect family, decided once.
+        self.store: Store = store_for(self.engine)
         self.session_factory: sessionmaker[Session] = sessionmaker(
             self.engine, expire_on_commit=False, info={"postburner": self}
         )
         #: The engine for read-then-write transactions (``BEGIN IMMEDIATE`` on SQLite).
-        self.writer_engine: Engine = _writer_bind(self.engine)
+        self.writer_engine: Engine = writer_engine(self.engine)
         self.work_session_factory: sessionmaker[Session] = sessionmaker(
             self.writer_engine, expire_on_commit=False, info={"postburner": self}
         )
@@ -93,7 +96,7 @@ class Postburner:
     @property
     def dialect(self) -> str:
         """``postgresql`` or ``sqlite``."""
-        return self.engine.dialect.name
+        return self.store.capabilities.family
 
     def session(self) -> Session:
         """A new ORM session that knows this Postburner (use it as a context manager)."""
@@ -161,65 +164,6 @@ class Postburner:
         """Close the Beanstalkd connections and the database pool."""
         self.queue.close()
         self.engine.dispose()
-
-
-def _make_engine(url: str, options: dict[str, Any]) -> Engine:
-    """The engine of ``url``; a URL SQLAlchemy cannot use raises ConfigurationError (its
-    password masked)."""
-    try:
-        return _create_engine(url, options)
-    except (ArgumentError, ImportError, ValueError) as exc:
-        reason = redact(str(exc).splitlines()[0] if str(exc) else "", database_url=url, secret=None)
-        raise ConfigurationError(
-            f"database_url: {mask_url(url)!r} cannot be used ({reason or type(exc).__name__}); "
-            "give a SQLAlchemy URL such as postgresql+psycopg://app@db.example:5432/app "
-            "or sqlite:///postburner.sqlite3"
-        ) from None
-
-
-def _create_engine(url: str, options: dict[str, Any]) -> Engine:
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    if url.startswith("sqlite"):
-        options.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
-        engine = create_engine(url, **options)
-        event.listen(engine, "connect", _configure_sqlite)
-        event.listen(engine, "begin", _begin_sqlite)
-        return engine
-    options.setdefault("pool_pre_ping", True)
-    options.setdefault("pool_size", 10)
-    return create_engine(url, **options)
-
-
-def _writer_bind(engine: Engine) -> Engine:
-    if engine.dialect.name == "sqlite":
-        return engine.execution_options(sqlite_begin="IMMEDIATE")
-    return engine
-
-
-def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
-    # Let SQLAlchemy issue BEGIN itself (see _begin_sqlite) so transactions are real.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.close()
-
-
-def _begin_sqlite(connection: Any) -> None:
-    options = connection.get_execution_options()
-    mode = options.get("sqlite_begin", "DEFERRED")
-    busy_timeout = options.get("sqlite_busy_timeout")
-    if busy_timeout is None:
-        connection.exec_driver_sql(f"BEGIN {mode}")
-        return
-    connection.exec_driver_sql(f"PRAGMA busy_timeout={int(busy_timeout)}")
-    try:
-        connection.exec_driver_sql(f"BEGIN {mode}")
-    finally:
-        connection.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
 
 
 _unrestricted_warned = threading.Event()

@@ -9,13 +9,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import defer
-
 from postburner_py.errors import PostburnerError, UnplannableScheduleError
 from postburner_py.schedules.planning import planning
 from postburner_py.store.dispatch_log import DispatchEntry, DispatchStatus, SqlDispatchRegistry
-from postburner_py.store.models import LIVE_STATUSES, Schedule, ScheduleExecution
+from postburner_py.store.models import Schedule, ScheduleExecution
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -55,7 +52,7 @@ def skip_occurrence(
         execution = (
             session.get(ScheduleExecution, execution_id)
             if execution_id is not None
-            else _find_by_time(session, schedule, at)
+            else _find_by_time(pb, session, schedule, at)
         )
         if execution is None:
             raise PostburnerError(_not_found(execution_id, schedule, at))
@@ -82,20 +79,11 @@ def _not_found(execution_id: int | None, schedule: str | None, at: datetime | No
 
 
 def _find_by_time(
-    session: object, schedule: str | None, at: datetime | None
+    pb: Postburner, session: Session, schedule: str | None, at: datetime | None
 ) -> ScheduleExecution | None:
-    from sqlalchemy.orm import Session
-
-    assert isinstance(session, Session)
-    return session.scalar(
-        select(ScheduleExecution)
-        .join(Schedule, Schedule.id == ScheduleExecution.schedule_id)
-        .where(
-            Schedule.name == schedule,
-            ScheduleExecution.run_at == at,
-            ScheduleExecution.status.in_(LIVE_STATUSES),
-        )
-    )
+    if schedule is None or at is None:
+        return None
+    return pb.store.live_execution_at(session, schedule, at)
 
 
 # --- enable / disable by name ----------------------------------------------------------------
@@ -128,8 +116,7 @@ def set_enabled(
     """
     with pb.session() as session:
         # Instants load only when needed: a row SQLite cannot load them from can be disabled.
-        lazy = (defer(Schedule.anchor), defer(Schedule.resumed_at))
-        schedule = session.scalar(select(Schedule).where(Schedule.name == name).options(*lazy))
+        schedule = pb.store.schedule_by_name(session, name, defer_instants=True)
         if schedule is None:
             raise PostburnerError(f"no schedule named {name!r}")
         changed = schedule.enabled != enabled
@@ -147,12 +134,7 @@ def _disable(pb: Postburner, session: Session, schedule: Schedule, now: datetime
     for a row that cannot be planned, so it must not need one that can."""
     from postburner_py.schedules.lifecycle import reconcile_schedule
 
-    session.execute(
-        update(Schedule)
-        .where(Schedule.id == schedule.id)
-        .values(enabled=False)
-        .execution_options(synchronize_session=False)
-    )
+    pb.store.disable_schedule(session, schedule.id)
     session.commit()
     with contextlib.suppress(UnplannableScheduleError):  # disabled all the same, retired
         reconcile_schedule(pb, schedule.id, now=now)

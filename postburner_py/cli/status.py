@@ -12,16 +12,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, exists, func, inspect, select, text, union
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, defer
 
 from postburner_py.config import mask_url
 from postburner_py.errors import QueueUnavailableError
 from postburner_py.schedules.planning import PlanChecker, unloadable_schedules
 from postburner_py.store.dispatch_log import DispatchRecord
-from postburner_py.store.history import HistoryRecord
-from postburner_py.store.models import LIVE_STATUSES, Schedule, ScheduleExecution
+from postburner_py.store.history import HistoryRecord, HistoryStatus
+from postburner_py.store.models import Schedule
 
 if TYPE_CHECKING:
     from postburner_py.app import Postburner
@@ -81,8 +79,8 @@ def _settings(pb: Postburner) -> dict[str, Any]:
 def _database_health(pb: Postburner) -> str:
     try:
         with pb.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-            migrated = inspect(connection).has_table(Schedule.__tablename__)
+            pb.store.ping(connection)
+            migrated = pb.store.is_migrated(connection)
     except SQLAlchemyError as exc:
         return f"unreachable: {_first_line(exc)}"
     return OK if migrated else "not migrated: run `postburner migrate`"
@@ -108,20 +106,12 @@ def _queues(pb: Postburner, schedules: list[dict[str, Any]]) -> dict[str, dict[s
 def schedule_rows(pb: Postburner, *, now: datetime | None = None) -> list[dict[str, Any]]:
     """Every schedule, by name, with its next queued run and its last outcome (JSON-ready)."""
     now = now or pb.clock()
-    next_run = (
-        select(func.min(ScheduleExecution.run_at))
-        .where(
-            ScheduleExecution.schedule_id == Schedule.id,
-            ScheduleExecution.status.in_(LIVE_STATUSES),
-            ScheduleExecution.run_at > now,
-        )
-        .scalar_subquery()
-    )
+    store = pb.store
     with pb.session() as session:
         unloadable = unloadable_schedules(session, enabled_only=False)
-        rows = _schedules(session, next_run, unloadable)
-        dispatches = _last_dispatches(session)
-        runs = _last_runs(session)
+        rows = store.schedules_with_next_run(session, now, unloadable=unloadable)
+        dispatches = store.last_dispatches(session)
+        runs = store.last_runs(session)
     checker = PlanChecker(now)
     return [
         _schedule_row(
@@ -135,65 +125,6 @@ def schedule_rows(pb: Postburner, *, now: datetime | None = None) -> list[dict[s
         )
         for schedule, next_run_at in rows
     ]
-
-
-def _schedules(session: Session, next_run: Any, unloadable: dict[int, Any]) -> list[Any]:
-    """Every schedule by name; the rows whose instants cannot be loaded without them."""
-    statement = select(Schedule, next_run).order_by(Schedule.name)
-    if not unloadable:
-        return list(session.execute(statement).all())
-    broken = Schedule.id.in_(sorted(unloadable))
-    lean = statement.where(broken).options(defer(Schedule.anchor), defer(Schedule.resumed_at))
-    rows = [*session.execute(statement.where(~broken)).all(), *session.execute(lean).all()]
-    return sorted(rows, key=lambda row: row[0].name)
-
-
-def _newest_occurrences() -> Any:
-    """Per dispatch log key, the newest fire time: the schedule's last occurrence."""
-    return (
-        select(DispatchRecord.key, func.max(DispatchRecord.fire_time).label("fire_time"))
-        .group_by(DispatchRecord.key)
-        .subquery()
-    )
-
-
-def _last_dispatches(session: Session) -> dict[str, DispatchRecord]:
-    """The newest dispatch log row of every key."""
-    newest = _newest_occurrences()
-    statement = select(DispatchRecord).join(
-        newest,
-        (DispatchRecord.key == newest.c.key) & (DispatchRecord.fire_time == newest.c.fire_time),
-    )
-    return {row.key: row for row in session.scalars(statement)}
-
-
-def _last_runs(session: Session) -> dict[str, HistoryRecord]:
-    """Per schedule, the newest attempt of its last occurrence, in one query.
-
-    Paired by occurrence: the history row's ``(schedule_name, run_at)`` is the newest
-    dispatch's ``(key, fire_time)``. A schedule with history but no dispatch row left
-    (retention deleted it) gets its newest history row.
-    """
-    newest = _newest_occurrences()
-    history = HistoryRecord
-    paired = (
-        select(func.max(history.id))
-        .join(
-            newest,
-            and_(history.schedule_name == newest.c.key, history.run_at == newest.c.fire_time),
-        )
-        .group_by(history.schedule_name)
-    )
-    undispatched = (
-        select(func.max(history.id))
-        .where(
-            history.schedule_name.is_not(None),
-            ~exists().where(DispatchRecord.key == history.schedule_name),
-        )
-        .group_by(history.schedule_name)
-    )
-    statement = select(history).where(history.id.in_(union(paired, undispatched)))
-    return {str(row.schedule_name): row for row in session.scalars(statement)}
 
 
 def _schedule_row(
@@ -301,6 +232,6 @@ def _last_outcome(item: dict[str, Any]) -> str:
         outcome = f"{run['started_at']} {run['status']}"
     else:
         return "-"
-    if run is not None and run["status"] == "failed" and run["error"]:
+    if run is not None and run["status"] == HistoryStatus.FAILED and run["error"]:
         outcome += f" (error: {str(run['error']).splitlines()[0][:80]})"
     return outcome

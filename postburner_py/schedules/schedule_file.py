@@ -33,21 +33,16 @@ import os
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from postburner_py.errors import ScheduleFileError, ScheduleValidationError
 from postburner_py.schedules.placeholders import NAMES, is_escaped, render_arguments
-from postburner_py.store.models import (
-    CACHEABLE_ATTRIBUTES,
-    LIVE_STATUSES,
-    Schedule,
-    ScheduleExecution,
-)
+from postburner_py.store.models import CACHEABLE_ATTRIBUTES, Schedule
 from postburner_py.timegrid import grid as timegrid
 from postburner_py.validation import check_job_allowed
 
@@ -59,6 +54,7 @@ __all__ = [
     "QueueMove",
     "ScheduleChange",
     "ScheduleSpec",
+    "SyncAction",
     "SyncPlan",
     "default_env",
     "load_schedule_file",
@@ -101,12 +97,23 @@ MAX_ALIASES = 10_000
 MAX_EXPANDED_NODES = 200_000
 _REQUEUE_FIELDS = frozenset(CACHEABLE_ATTRIBUTES) | {"enabled"}
 
-Action = Literal["create", "update", "disable", "delete"]
+
+class SyncAction(StrEnum):
+    """What sync does to one schedule (equal to the strings of ``--json``'s ``action``)."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    DISABLE = "disable"
+    DELETE = "delete"
+
+
+#: The type of :attr:`ScheduleChange.action` (a plain string of the same value also matches).
+Action = SyncAction
 _VERBS: tuple[tuple[Action, str, str], ...] = (
-    ("create", "create", "created"),
-    ("update", "update", "updated"),
-    ("disable", "disable", "disabled"),
-    ("delete", "delete", "deleted"),
+    (SyncAction.CREATE, "create", "created"),
+    (SyncAction.UPDATE, "update", "updated"),
+    (SyncAction.DISABLE, "disable", "disabled"),
+    (SyncAction.DELETE, "delete", "deleted"),
 )
 
 
@@ -520,7 +527,7 @@ class SyncPlan:
     changes: tuple[ScheduleChange, ...]
     unchanged: tuple[str, ...]
 
-    def of(self, action: Action) -> list[ScheduleChange]:
+    def of(self, action: Action | str) -> list[ScheduleChange]:
         """The changes with ``action``."""
         return [change for change in self.changes if change.action == action]
 
@@ -610,24 +617,13 @@ def sync(
         path, env=env, allowed_job_prefixes=pb.settings.allowed_job_prefixes, now=now
     )
     with pb.session() if dry_run else pb.work_session() as session:
-        existing = {schedule.name: schedule for schedule in session.scalars(select(Schedule))}
-        queued = _queued_run_ats(session, now)
+        existing = {schedule.name: schedule for schedule in pb.store.all_schedules(session)}
+        queued = pb.store.queued_run_ats(session, now)
         changes, unchanged = _plan(specs, existing, queued, prune=prune, now=now)
         if not dry_run:
             _apply(session, changes, specs, existing)
             session.commit()
     return SyncPlan(str(path), env, dry_run, tuple(changes), tuple(unchanged))
-
-
-def _queued_run_ats(session: Session, now: datetime) -> dict[int, datetime]:
-    """The earliest live future ``run_at`` of every schedule that has one."""
-    table = ScheduleExecution
-    rows = session.execute(
-        select(table.schedule_id, func.min(table.run_at))
-        .where(table.status.in_(LIVE_STATUSES), table.run_at > now, table.schedule_id.is_not(None))
-        .group_by(table.schedule_id)
-    )
-    return {schedule_id: run_at for schedule_id, run_at in rows if schedule_id is not None}
 
 
 def _plan(
@@ -662,7 +658,7 @@ def _change_for(
     if current is None:
         upcoming = wanted.next_run_at(now) if wanted.enabled else None
         move = QueueMove(None, upcoming) if upcoming is not None else None
-        return ScheduleChange("create", wanted.name, move=move)
+        return ScheduleChange(SyncAction.CREATE, wanted.name, move=move)
     differing = {
         name: (getattr(current, name), getattr(wanted, name))
         for name in SCHEDULE_FIELDS
@@ -677,7 +673,7 @@ def _change_for(
         )
     if move is not None and move.old_run_at is None and move.new_run_at is None:
         move = None
-    return ScheduleChange("update", wanted.name, differing, move)
+    return ScheduleChange(SyncAction.UPDATE, wanted.name, differing, move)
 
 
 def _retirement(
@@ -686,10 +682,10 @@ def _retirement(
     old = queued.get(current.id)
     move = QueueMove(old, None) if old is not None else None
     if prune:
-        return ScheduleChange("delete", current.name, move=move)
+        return ScheduleChange(SyncAction.DELETE, current.name, move=move)
     if not current.enabled:
         return None
-    return ScheduleChange("disable", current.name, {"enabled": (True, False)}, move)
+    return ScheduleChange(SyncAction.DISABLE, current.name, {"enabled": (True, False)}, move)
 
 
 def _comparable(value: Any) -> str:
@@ -711,9 +707,9 @@ def _apply(
 ) -> None:
     wanted = {spec.name: spec.schedule for spec in specs}
     for change in changes:
-        if change.action == "create":
+        if change.action == SyncAction.CREATE:
             session.add(wanted[change.name])
-        elif change.action == "delete":
+        elif change.action == SyncAction.DELETE:
             session.delete(existing[change.name])
         else:
             for name, (_old, new) in change.fields.items():

@@ -1,0 +1,173 @@
+"""The long-running processes: ``worker``, ``watchdog``, ``tick`` (one pass) and ``dev``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from postburner_py.cli.parser import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    add_interval,
+    add_json,
+    concurrency_count,
+    env_list,
+    from_env,
+    not_negative,
+    postburner,
+    print_json,
+    require_servers,
+    tcp_port,
+    watchdog_interval,
+)
+
+
+def add_worker(commands: Any) -> None:
+    command = commands.add_parser("worker", help="run jobs from Beanstalkd until stopped")
+    command.add_argument(
+        "--queue",
+        action="append",
+        default=None,
+        help="queue to work (repeatable; default: default); env POSTBURNER_QUEUES=a,b",
+    )
+    command.add_argument(
+        "--concurrency",
+        type=concurrency_count,
+        default=None,
+        help="jobs run at once (default 1); env POSTBURNER_CONCURRENCY",
+    )
+    command.add_argument(
+        "--prefetch",
+        type=not_negative,
+        default=None,
+        help="jobs held beyond the running ones, admitted ahead of their run_at "
+        "(default: the concurrency; 0: none); env POSTBURNER_PREFETCH",
+    )
+    command.add_argument(
+        "--burst", action="store_true", help="exit once no job is ready (scripts, tests)"
+    )
+    command.add_argument(
+        "--shutdown-grace",
+        type=_grace,
+        default=None,
+        metavar="SECONDS",
+        help="after SIGTERM, wait at most this long for running jobs and their outcomes, then "
+        "exit 1 (default 30); env POSTBURNER_SHUTDOWN_GRACE",
+    )
+    command.set_defaults(handler=_run_worker)
+
+
+def _grace(text: str) -> float:
+    from postburner_py.config import parse_shutdown_grace
+
+    try:
+        seconds = parse_shutdown_grace(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds is None:
+        raise argparse.ArgumentTypeError("shutdown_grace: give a number of seconds >= 0")
+    return seconds
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from postburner_py.worker.process import run_worker
+
+    queues = args.queue or env_list("POSTBURNER_QUEUES") or ["default"]
+    concurrency = args.concurrency or from_env("POSTBURNER_CONCURRENCY", concurrency_count, 1)
+    prefetch = _prefetch(args.prefetch)
+    with postburner(args) as pb:
+        for queue in queues:
+            pb.queue.tube(queue)  # a bad name (option or POSTBURNER_QUEUES) is a usage error
+        require_servers(pb)
+        return run_worker(
+            pb,
+            queues=queues,
+            concurrency=concurrency,
+            prefetch=prefetch,
+            burst=args.burst,
+            shutdown_grace=args.shutdown_grace,
+        )
+
+
+def _prefetch(given: int | None) -> int | None:
+    if given is not None:
+        return given
+    value: int | None = from_env("POSTBURNER_PREFETCH", not_negative, None)
+    return value
+
+
+def add_watchdog(commands: Any) -> None:
+    command = commands.add_parser("watchdog", help="converge the queue to the database, forever")
+    add_interval(command)
+    command.add_argument(
+        "--metrics-port",
+        type=tcp_port,
+        default=None,
+        help="serve Prometheus metrics on this port; env POSTBURNER_METRICS_PORT",
+    )
+    command.add_argument(
+        "--metrics-host",
+        default=None,
+        help="address the metrics server listens on (default 127.0.0.1; 0.0.0.0 for every "
+        "interface, e.g. in a container); env POSTBURNER_METRICS_HOST",
+    )
+    command.set_defaults(handler=_run_watchdog)
+
+
+def _run_watchdog(args: argparse.Namespace) -> int:
+    from postburner_py.watchdog.process import DEFAULT_METRICS_HOST, run_watchdog
+
+    interval = watchdog_interval(args)
+    port = args.metrics_port or from_env("POSTBURNER_METRICS_PORT", tcp_port, None)
+    host = args.metrics_host or os.environ.get("POSTBURNER_METRICS_HOST") or DEFAULT_METRICS_HOST
+    with postburner(args) as pb:
+        require_servers(pb)
+        return run_watchdog(pb, interval=interval, metrics_port=port, metrics_host=host)
+
+
+def add_tick(commands: Any) -> None:
+    command = commands.add_parser("tick", help="run one watchdog pass and print what it did")
+    add_json(command)
+    command.set_defaults(handler=_run_tick)
+
+
+def _run_tick(args: argparse.Namespace) -> int:
+    from postburner_py.watchdog.process import tick
+
+    with postburner(args) as pb:
+        report = tick(pb)
+    if args.json:
+        print_json(report.as_dict())
+    else:
+        print(report.describe())
+    if report.queue_error is not None:
+        print(
+            f"postburner: error: {report.queue_error}; the database half of the pass ran, "
+            "the queue half waits for Beanstalkd",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def add_dev(commands: Any) -> None:
+    command = commands.add_parser(
+        "dev", help="live demo: local beanstalkd, example schedules, watchdog and worker"
+    )
+    command.add_argument("--schedules", help="schedule file (default examples/schedules.yml)")
+    command.add_argument("--env", default="development", help="section of the schedule file")
+    add_interval(command, default=10.0)
+    command.set_defaults(handler=_run_dev)
+
+
+def _run_dev(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from postburner_py.cli.dev import run_dev
+
+    schedule_file = Path(args.schedules) if args.schedules else None
+    interval = watchdog_interval(args)
+    with postburner(args) as pb:
+        return run_dev(pb, schedule_file=schedule_file, env=args.env, interval=interval)
