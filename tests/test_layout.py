@@ -16,9 +16,6 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "postburner_py"
 #: Where SQL and dialect knowledge may live (``migrations/`` is outside the package).
 STORE = PACKAGE / "store"
-UNTIL_THE_FACETS_LAND = pytest.mark.xfail(
-    strict=False, reason="until the gate and schedule facets land"
-)
 
 #: A string that is SQL: a statement keyword, upper case, followed by what makes it SQL.
 SQL_STRING = re.compile(
@@ -121,7 +118,6 @@ def test_the_detectors_find_what_they_look_for() -> None:
     assert sql_uses(prose) == []
 
 
-@UNTIL_THE_FACETS_LAND
 def test_no_dialect_name_test_outside_the_store() -> None:
     found = [
         f"{path}:{line}"
@@ -131,7 +127,6 @@ def test_no_dialect_name_test_outside_the_store() -> None:
     assert found == [], "branch on store_for(...).capabilities instead:\n" + "\n".join(found)
 
 
-@UNTIL_THE_FACETS_LAND
 def test_no_sql_string_outside_the_store_and_the_migrations() -> None:
     found = [
         f"{path}:{line}: {what!r}"

@@ -335,10 +335,14 @@ def application_name(connection: Connection, items: Sequence[object]) -> list[st
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_session_setup_runs_on_every_connection_the_ledger_opens(
+def test_the_connection_setup_runs_on_every_connection_the_ledger_opens(
     pb: Postburner, make_ledger: Callable[..., Ledger], pg_server: Any
 ) -> None:
-    ledger = make_ledger(session_setup=["SET application_name = 'postburner-ledger'"])
+    ledger = make_ledger(
+        prepare_connection=lambda connection: connection.exec_driver_sql(
+            "SET application_name = 'postburner-ledger'"
+        )
+    )
     assert ledger.call(application_name, None) == "postburner-ledger"
     pid = ledger.call(backend_pid, None)
     with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
+from sqlalchemy import Connection
+
 from postburner_py.store import postgres_batch
 from postburner_py.store.contract.gate import BatchRow
 from postburner_py.store.engine import Executor, connection_of
@@ -16,7 +18,9 @@ class PostgresGateStore(SqlGateStore):
     :mod:`postburner_py.store.postgres_batch` (data-modifying CTEs over JSON parameters, one
     autocommitted round trip, prepared once per connection and run on libpq)."""
 
-    batch_session_setup = postgres_batch.SESSION_SETUP
+    def prepare_batch_connection(self, connection: Connection) -> None:
+        for statement in postgres_batch.SESSION_SETUP:
+            connection.exec_driver_sql(statement)
 
     def settle_and_admit(
         self,

@@ -78,7 +78,7 @@ class Ledger:
         max_batch: int = DEFAULT_MAX_BATCH,
         name: str = "ledger",
         fast_path: FastPath | None = None,
-        session_setup: Sequence[str] = (),
+        prepare_connection: Callable[[Connection], None] | None = None,
         linger: float = 0.0,
         before_transaction: Callable[[Connection], None] | None = None,
     ) -> None:
@@ -93,7 +93,7 @@ class Ledger:
         self._engine = engine
         self._max_batch = max_batch
         self._fast_path = fast_path
-        self._session_setup = tuple(session_setup)
+        self._prepare_connection = prepare_connection
         self.fast_answers = 0
         self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._connection: Connection | None = None
@@ -281,8 +281,8 @@ class Ledger:
         """The ledger's connection; a dropped one is replaced (and set up again)."""
         if self._connection is None or self._connection.closed:
             connection = self._engine.connect()
-            for statement in self._session_setup:
-                connection.exec_driver_sql(statement)
+            if self._prepare_connection is not None:
+                self._prepare_connection(connection)
             connection.commit()
             self._connection = connection
         return self._connection

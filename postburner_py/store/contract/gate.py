@@ -31,9 +31,16 @@ from typing import TYPE_CHECKING, Any
 from postburner_py.store.facet import Facet
 
 if TYPE_CHECKING:
-    from postburner_py.store.dispatch_log import Claim, ClaimRequest, DispatchEntry, DispatchStatus
+    from sqlalchemy import Connection
+
+    from postburner_py.store.dispatch_records import (
+        Claim,
+        ClaimRequest,
+        DispatchEntry,
+        DispatchStatus,
+    )
     from postburner_py.store.engine import Executor
-    from postburner_py.store.history import HistoryEntry, HistoryStatus, LostAttempt
+    from postburner_py.store.history_records import HistoryEntry, HistoryStatus, LostAttempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +143,12 @@ class GateStore(Facet, ABC):
     :meth:`settle_and_admit` commits, by being one autocommitted statement).
     """
 
-    #: Statements run once on a connection before :meth:`settle_and_admit` uses it.
-    batch_session_setup: tuple[str, ...] = ()
+    def prepare_batch_connection(self, connection: Connection) -> None:
+        """Set up a fresh connection once before :meth:`settle_and_admit` uses it.
+
+        Session settings only (no rows are read or written); run again on every new
+        connection, since a replaced connection has none of them. The default sets nothing.
+        """
 
     # --- the one-statement batch (capabilities.batch_statement) ---------------------------
 

@@ -13,8 +13,8 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
     from sqlalchemy.orm import Session
 
-    from postburner_py.store.dispatch_log import DispatchRecord
-    from postburner_py.store.history import HistoryRecord
+    from postburner_py.store.dispatch_records import DispatchRecord
+    from postburner_py.store.history_records import HistoryRecord
     from postburner_py.store.models import Schedule, ScheduleExecution
 
 

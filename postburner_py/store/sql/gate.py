@@ -25,13 +25,10 @@ from sqlalchemy import (
 
 from postburner_py.clock import require_aware
 from postburner_py.errors import PostburnerError
-from postburner_py.schedules.one_off import FAILED as DELAYED_FAILED
-from postburner_py.schedules.one_off import PENDING as DELAYED_PENDING
-from postburner_py.schedules.one_off import DelayedJob
-from postburner_py.store import dispatch_log as log_
-from postburner_py.store import history as history_
+from postburner_py.store import dispatch_records as log_
+from postburner_py.store import history_records as history_
 from postburner_py.store.contract.gate import BatchRow, Closing, GateStore
-from postburner_py.store.dispatch_log import (
+from postburner_py.store.dispatch_records import (
     Claim,
     ClaimOutcome,
     ClaimRequest,
@@ -40,8 +37,13 @@ from postburner_py.store.dispatch_log import (
     DispatchStatus,
 )
 from postburner_py.store.engine import Executor, connection_of
-from postburner_py.store.history import HistoryEntry, HistoryRecord, HistoryStatus, LostAttempt
-from postburner_py.store.models import Schedule, ScheduleExecution
+from postburner_py.store.history_records import (
+    HistoryEntry,
+    HistoryRecord,
+    HistoryStatus,
+    LostAttempt,
+)
+from postburner_py.store.models import DelayedJob, DelayedStatus, Schedule, ScheduleExecution
 
 #: How often a claim re-reads the row after losing a compare-and-set before giving up.
 _CLAIM_ROUNDS = 5
@@ -79,8 +81,8 @@ _LOCK_DELAYED = (
 )
 _FAIL_DELAYED = (
     update(_DELAYED_T)
-    .where(_DELAYED_T.c.id == bindparam("b_id"), _DELAYED_T.c.status == DELAYED_PENDING)
-    .values(status=DELAYED_FAILED, updated_at=bindparam("b_updated_at"))
+    .where(_DELAYED_T.c.id == bindparam("b_id"), _DELAYED_T.c.status == DelayedStatus.PENDING)
+    .values(status=DelayedStatus.FAILED, updated_at=bindparam("b_updated_at"))
 )
 
 # --- settlement ---------------------------------------------------------------------------
@@ -108,7 +110,7 @@ _RELEASE_OWNED = (
 )
 _CLOSE_DELAYED = (
     update(_DELAYED_T)
-    .where(_DELAYED_T.c.id == bindparam("b_id"), _DELAYED_T.c.status == DELAYED_PENDING)
+    .where(_DELAYED_T.c.id == bindparam("b_id"), _DELAYED_T.c.status == DelayedStatus.PENDING)
     .values(status=bindparam("b_status"), updated_at=bindparam("b_updated_at"))
 )
 

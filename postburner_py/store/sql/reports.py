@@ -11,8 +11,8 @@ from sqlalchemy.orm import defer
 
 from postburner_py.store import queries
 from postburner_py.store.contract.reports import ReportStore
-from postburner_py.store.dispatch_log import DispatchRecord
-from postburner_py.store.history import HistoryRecord
+from postburner_py.store.dispatch_records import DispatchRecord
+from postburner_py.store.history_records import HistoryRecord
 from postburner_py.store.models import LIVE_STATUSES, Schedule, ScheduleExecution
 
 if TYPE_CHECKING:

@@ -40,7 +40,7 @@ from postburner_py.store.contract.schedules import (
     ScheduleStore,
     StillRule,
 )
-from postburner_py.store.dispatch_log import DispatchRecord
+from postburner_py.store.dispatch_records import DispatchRecord
 from postburner_py.store.engine import utcnow
 from postburner_py.store.models import (
     CACHEABLE_ATTRIBUTES,

@@ -1,0 +1,278 @@
+"""The dispatch log's rows and rules: its table, entries, claims and the state machine.
+
+Pure of any store lookup, so both the stores (``store/sql/gate.py``) and the registries
+(:mod:`postburner_py.store.dispatch_log`) build on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import CheckConstraint, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from postburner_py.clock import Clock, require_aware
+from postburner_py.store.engine import (
+    Base,
+    BigIntPK,
+    UTCDateTime,
+)
+
+
+class DispatchStatus(StrEnum):
+    """Status of a dispatch row."""
+
+    DISPATCHED = "dispatched"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    MISSED = "missed"
+
+
+class ClaimOutcome(StrEnum):
+    """What :meth:`DispatchRegistry.claim` decided."""
+
+    #: First delivery: the row was inserted, this is attempt 1. Run the job.
+    ACQUIRED = "acquired"
+    #: The previous attempt's lease expired and attempts remain: this is the next attempt. Run it.
+    TAKEN_OVER = "taken_over"
+    #: Another attempt holds a live lease. Do not run.
+    BUSY = "busy"
+    #: The occurrence is already completed, failed or missed. Do not run.
+    FINISHED = "finished"
+    #: The lease expired but every attempt was used; the row was marked failed. Do not run.
+    EXHAUSTED = "exhausted"
+
+
+_RUNNABLE = frozenset({ClaimOutcome.ACQUIRED, ClaimOutcome.TAKEN_OVER})
+_STATUS_SQL = "status IN ('dispatched', 'completed', 'failed', 'missed')"
+
+
+class DispatchRecord(Base):
+    """One occurrence ``(key, fire_time)`` and the state of its latest attempt."""
+
+    __tablename__ = "postburner_dispatches"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(255))
+    fire_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    dispatched_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    node_id: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("key", "fire_time", name="uq_postburner_dispatches_key_fire_time"),
+        CheckConstraint(_STATUS_SQL, name="status"),
+        Index("ix_postburner_dispatches_node_id_fire_time", "node_id", "fire_time"),
+        Index("ix_postburner_dispatches_status_fire_time", "status", "fire_time"),
+        Index("ix_postburner_dispatches_fire_time", "fire_time"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchEntry:
+    """A dispatch row as read. ``dispatched_at`` and ``node_id`` describe the latest attempt."""
+
+    key: str
+    fire_time: datetime
+    dispatched_at: datetime
+    node_id: str
+    status: DispatchStatus
+    attempt: int
+    lease_expires_at: datetime | None
+    updated_at: datetime
+
+    def lease_live(self, now: datetime) -> bool:
+        """True while a ``dispatched`` attempt still holds its lease at ``now``."""
+        if self.status is not DispatchStatus.DISPATCHED:
+            return False
+        return self.lease_expires_at is None or self.lease_expires_at > now
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The answer of :meth:`DispatchRegistry.claim`: the outcome and the row it left behind."""
+
+    outcome: ClaimOutcome
+    entry: DispatchEntry
+    #: The row as it was before this claim changed it: the lost attempt of a ``taken_over``
+    #: or ``exhausted`` claim (None for the other outcomes).
+    previous: DispatchEntry | None = None
+
+    @property
+    def attempt(self) -> int:
+        """The attempt number of the row (the caller's own attempt when it may run)."""
+        return self.entry.attempt
+
+    @property
+    def should_run(self) -> bool:
+        """True for ``acquired`` and ``taken_over``: this delivery owns the occurrence."""
+        return self.outcome in _RUNNABLE
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """One claim of a batch (:meth:`SqlDispatchRegistry.claim_many_in`), made as ``node_id``."""
+
+    key: str
+    fire_time: datetime
+    node_id: str
+    lease_seconds: float
+    max_attempts: int
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FinishRequest:
+    """One attempt of a batch to close (:func:`finish_many_in`)."""
+
+    key: str
+    fire_time: datetime
+    attempt: int
+    now: datetime
+    failed: bool = False
+
+
+# --- the state machine, shared by both backends --------------------------------------------
+
+
+def decide(current: DispatchEntry, *, now: datetime, max_attempts: int) -> ClaimOutcome:
+    """What a claim on an existing row amounts to."""
+    if current.status is not DispatchStatus.DISPATCHED:
+        return ClaimOutcome.FINISHED
+    if current.lease_live(now):
+        return ClaimOutcome.BUSY
+    if current.attempt < max_attempts:
+        return ClaimOutcome.TAKEN_OVER
+    return ClaimOutcome.EXHAUSTED
+
+
+def claim_changes(
+    outcome: ClaimOutcome,
+    current: DispatchEntry,
+    node_id: str,
+    now: datetime,
+    lease_until: datetime,
+) -> dict[str, Any] | None:
+    """The column changes an outcome makes to the row; None when it leaves the row alone."""
+    if outcome is ClaimOutcome.TAKEN_OVER:
+        return {
+            "attempt": current.attempt + 1,
+            "node_id": node_id,
+            "dispatched_at": now,
+            "lease_expires_at": lease_until,
+            "updated_at": now,
+        }
+    if outcome is ClaimOutcome.EXHAUSTED:
+        return _final_changes(DispatchStatus.FAILED, now)
+    return None
+
+
+def fresh_row(
+    ident: tuple[str, datetime], node_id: str, now: datetime, lease_until: datetime
+) -> dict[str, Any]:
+    return {
+        "key": ident[0],
+        "fire_time": ident[1],
+        "dispatched_at": now,
+        "node_id": node_id,
+        "status": DispatchStatus.DISPATCHED,
+        "attempt": 1,
+        "lease_expires_at": lease_until,
+        "updated_at": now,
+    }
+
+
+def missed_rows(
+    key: str, fire_times: Iterable[datetime], node_id: str, now: datetime
+) -> list[dict[str, Any]]:
+    unique = dict.fromkeys(require_aware("fire_times", fire_time) for fire_time in fire_times)
+    return [
+        {
+            "key": key,
+            "fire_time": fire_time,
+            "dispatched_at": now,
+            "node_id": node_id,
+            "status": DispatchStatus.MISSED,
+            "attempt": 0,
+            "lease_expires_at": None,
+            "updated_at": now,
+        }
+        for fire_time in unique
+    ]
+
+
+def _final_changes(status: DispatchStatus, now: datetime) -> dict[str, Any]:
+    return {"status": status, "lease_expires_at": None, "updated_at": require_aware("now", now)}
+
+
+def _owned_by(entry: DispatchEntry, attempt: int) -> bool:
+    return entry.status is DispatchStatus.DISPATCHED and entry.attempt == attempt
+
+
+# A claim and a renewal set the lease past updated_at; release_for_retry sets both to one
+# instant. So a released lease (the attempt failed, a retry may take over) is told apart
+# from one that merely expired (its holder could not reach the database for a while).
+def _released(entry: DispatchEntry) -> bool:
+    return entry.lease_expires_at is not None and entry.lease_expires_at <= entry.updated_at
+
+
+def entry_of(row: Any) -> DispatchEntry:
+    """A :class:`DispatchEntry` from an ORM object or a Core row (same attribute names)."""
+    return DispatchEntry(
+        key=row.key,
+        fire_time=row.fire_time,
+        dispatched_at=row.dispatched_at,
+        node_id=row.node_id,
+        status=DispatchStatus(row.status),
+        attempt=row.attempt,
+        lease_expires_at=row.lease_expires_at,
+        updated_at=row.updated_at,
+    )
+
+
+# --- argument checks ----------------------------------------------------------------------
+
+
+def _lease(lease_seconds: float) -> timedelta:
+    if not lease_seconds > 0:
+        raise ValueError(f"lease_seconds: must be positive, got {lease_seconds!r}")
+    return timedelta(seconds=lease_seconds)
+
+
+def _check_max_attempts(max_attempts: int) -> int:
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts: must be at least 1, got {max_attempts!r}")
+    return max_attempts
+
+
+def _status(value: str) -> DispatchStatus:
+    try:
+        return DispatchStatus(value)
+    except ValueError:
+        allowed = ", ".join(status.value for status in DispatchStatus)
+        raise ValueError(f"status: {value!r} is not one of {allowed}") from None
+
+
+def claim_arguments(
+    key: str, fire_time: datetime, lease_seconds: float, max_attempts: int, now: datetime
+) -> tuple[tuple[str, datetime], datetime, datetime]:
+    """Checked claim arguments: the row identity, ``now`` in UTC, and the lease's end."""
+    _check_max_attempts(max_attempts)
+    now = require_aware("now", now)
+    return (key, require_aware("fire_time", fire_time)), now, now + _lease(lease_seconds)
+
+
+def _cleanup_arguments(
+    recovery_window: float, now: datetime | None, clock: Clock
+) -> tuple[datetime, datetime]:
+    if recovery_window < 0:
+        raise ValueError(f"recovery_window: must not be negative, got {recovery_window!r}")
+    now = require_aware("now", clock() if now is None else now)
+    return now, now - timedelta(seconds=recovery_window)
