@@ -12,7 +12,6 @@ Backslashes anywhere else are kept as they are.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,19 +19,6 @@ PLACEHOLDER = re.compile(r"\{\{\s*([a-z_][a-z0-9_.]*)\s*\}\}")
 #: ``{{`` with the backslashes before it, and the placeholder name when one follows.
 _BRACES = re.compile(r"(\\*)\{\{(?:\s*([a-z_][a-z0-9_.]*)\s*\}\})?")
 NAMES = ("fire_time.iso8601", "fire_time.unix", "idempotency_key", "key")
-
-
-def unknown_placeholders(value: Any) -> list[str]:
-    """Placeholder names in ``value`` (nested lists/dicts) that are not in :data:`NAMES`;
-    escaped ones (``\\{{...}}``) are text, not placeholders."""
-    found: list[str] = []
-    _walk(value, lambda text: found.extend(placeholder_names(text)))
-    return sorted({name for name in found if name not in NAMES})
-
-
-def placeholder_names(text: str) -> list[str]:
-    """The names of the unescaped placeholders in ``text``, in order."""
-    return [m.group(2) for m in _BRACES.finditer(text) if m.group(2) and not len(m.group(1)) % 2]
 
 
 def is_escaped(text: str, start: int) -> bool:
@@ -83,14 +69,3 @@ def _fill(match: re.Match[str], values: dict[str, Any]) -> str:
     if slashes % 2 or name not in values:
         return "\\" * (slashes // 2) + braces
     return "\\" * (slashes // 2) + str(values[name])
-
-
-def _walk(value: Any, visit: Callable[[str], None]) -> None:
-    if isinstance(value, str):
-        visit(value)
-    elif isinstance(value, list):
-        for item in value:
-            _walk(item, visit)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _walk(item, visit)

@@ -150,15 +150,16 @@ class Gate:
             return session.get_one(DelayedJob, body.id).status
 
 
-@pytest.fixture(params=["batch", "generic"])
-def gate(
-    request: pytest.FixtureRequest, database_url: str, make_postburner: Callable[..., Postburner]
-) -> Gate:
-    pb = make_postburner(database_url=database_url, clock=ManualClock(DUE - timedelta(hours=1)))
-    stores = _stores(pb.writer_engine.dialect.name)
-    if request.param not in stores:
-        pytest.skip(f"no {request.param} gate path on {pb.writer_engine.dialect.name}")
-    return Gate(pb, stores[request.param], request.param)
+#: Every gate path: (database, path). PostgreSQL has two, SQLite only the generic one.
+GATE_PATHS = [("postgresql", "batch"), ("postgresql", "generic"), ("sqlite", "generic")]
+
+
+@pytest.fixture(params=GATE_PATHS, ids=["-".join(path) for path in GATE_PATHS])
+def gate(request: pytest.FixtureRequest, make_postburner: Callable[..., Postburner]) -> Gate:
+    database, path = request.param
+    url = request.getfixturevalue("postgres_url" if database == "postgresql" else "sqlite_url")
+    pb = make_postburner(database_url=url, clock=ManualClock(DUE - timedelta(hours=1)))
+    return Gate(pb, _stores(pb.writer_engine.dialect.name)[path], path)
 
 
 def _start(body: JobBody, now: Any, node: str) -> HistoryEntry:
