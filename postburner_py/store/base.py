@@ -36,7 +36,9 @@ class Capabilities:
     ``array_parameters``: a list binds as one array parameter (``unnest``), so a batch query
     has one shape whatever its size. ``unparsable_instants``: instants are stored as text, so a
     hand-edited row may hold one that cannot be parsed and must be found in SQL before it is
-    loaded.
+    loaded. ``config_digests``: triggers (installed by PostgreSQL's migration) keep a digest
+    of each schedule's and execution's configuration, so drift is one comparison of two
+    columns; without them the snapshot is compared attribute by attribute.
     """
 
     family: str
@@ -45,6 +47,7 @@ class Capabilities:
     batch_statement: bool
     array_parameters: bool
     unparsable_instants: bool
+    config_digests: bool
 
 
 class Store(ScheduleStore, GateStore, ReportStore):

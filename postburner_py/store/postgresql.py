@@ -14,6 +14,7 @@ CAPABILITIES = Capabilities(
     batch_statement=True,
     array_parameters=True,
     unparsable_instants=False,
+    config_digests=True,
 )
 
 

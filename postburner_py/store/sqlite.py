@@ -14,6 +14,7 @@ CAPABILITIES = Capabilities(
     batch_statement=False,
     array_parameters=False,
     unparsable_instants=True,
+    config_digests=False,
 )
 
 

@@ -40,7 +40,7 @@ from postburner_py.store.contract.schedules import (
     ScheduleStore,
     StillRule,
 )
-from postburner_py.store.dispatch_records import DispatchRecord
+from postburner_py.store.dispatch_records import DispatchRecord, DispatchStatus
 from postburner_py.store.engine import utcnow
 from postburner_py.store.models import (
     CACHEABLE_ATTRIBUTES,
@@ -239,18 +239,12 @@ class SqlScheduleStore(ScheduleStore):
 
     # --- finding the work -------------------------------------------------------------------
 
-    @property
-    def config_digests(self) -> bool:
-        """Whether triggers keep ``config_digest`` of schedules and executions (PostgreSQL's
-        migration installs them; elsewhere the column stays NULL). Not yet a capability flag."""
-        return self.capabilities.family == "postgresql"
-
     def drift_clause(self) -> ColumnElement[bool]:
         """True for a live execution (joined to its schedule) whose snapshot differs from the
         columns. With a config digest (PostgreSQL: triggers recompute it from the row on every
         write) one comparison; otherwise field by field, JSON text first, and on a difference
         the flattened ``json_tree`` of both (so key order and spacing are not drift)."""
-        if self.config_digests:
+        if self.capabilities.config_digests:
             return _E.config_digest.is_distinct_from(_S.config_digest)
         return or_(*(text(_sqlite_field_differs(name)) for name in CACHEABLE_ATTRIBUTES))
 
@@ -604,7 +598,7 @@ class SqlScheduleStore(ScheduleStore):
             select(DispatchRecord.id).where(
                 DispatchRecord.key == key,
                 DispatchRecord.fire_time == fire_time,
-                DispatchRecord.status != "missed",
+                DispatchRecord.status != DispatchStatus.MISSED,
             )
         )
         return found is not None
