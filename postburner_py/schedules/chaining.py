@@ -28,7 +28,6 @@ from postburner_py.queue.signing import JobBody, encode_body
 from postburner_py.schedules.planning import planning, stored_grid
 from postburner_py.store import store_for
 from postburner_py.store.contract.schedules import PlannedExecution, PutRef
-from postburner_py.store.dispatch_log import DispatchStatus
 from postburner_py.timegrid.grid import TimeGrid
 from postburner_py.timegrid.occurrences import NextOccurrence, plan_next
 
@@ -185,15 +184,15 @@ def _create_batch(
     due = [sid for sid, p in plans.items() if p[0].is_due(now)]
     waiting = store.schedules_with_waiting(session, due, now)
     news: list[PlannedExecution] = []
-    missed: list[dict[str, Any]] = []
+    missed: list[tuple[str, datetime]] = []
     for row in schedules:
         if row.id not in plans:
             continue
         plan, following = plans[row.id]
-        missed += _missed_rows(pb, str(row.name), plan, now)
+        missed += _missed(str(row.name), plan)
         if not (plan.is_due(now) and row.id in waiting):
             news.append(PlannedExecution(row, plan.run_at, following))
-    report.missed += store.insert_missed(session, missed)
+    report.missed += store.record_missed(session, missed, node_id=pb.settings.node_id, now=now)
     inserted = store.insert_executions(session, news, now)
     by_key = {(new.row.id, new.run_at): new for new in news}
     return [_queued(by_key[(sid, run_at)], eid) for eid, sid, run_at in inserted]
@@ -286,9 +285,7 @@ def check_puttable(pb: Postburner, queue: Any, priority: Any, ttr: Any) -> None:
             raise PostburnerError(f"{name} {value!r} is not an integer {low}..{_MAX_UINT32}")
 
 
-def _missed_rows(
-    pb: Postburner, key: str, plan: NextOccurrence, now: datetime
-) -> list[dict[str, Any]]:
+def _missed(key: str, plan: NextOccurrence) -> list[tuple[str, datetime]]:
     if plan.missed_total > len(plan.missed):
         log.warning(
             "schedule %s missed %d occurrences; the first %d are in the dispatch log",
@@ -296,21 +293,7 @@ def _missed_rows(
             plan.missed_total,
             len(plan.missed),
         )
-    return [missed_row(pb, key, fire_time, now) for fire_time in plan.missed]
-
-
-def missed_row(pb: Postburner, key: str, fire_time: datetime, now: datetime) -> dict[str, Any]:
-    """The dispatch-log row recording one occurrence ``missed``."""
-    return {
-        "key": key,
-        "fire_time": fire_time,
-        "dispatched_at": now,
-        "node_id": pb.settings.node_id,
-        "status": DispatchStatus.MISSED.value,
-        "attempt": 0,
-        "lease_expires_at": None,
-        "updated_at": now,
-    }
+    return [(key, fire_time) for fire_time in plan.missed]
 
 
 # --- putting and recording --------------------------------------------------------------------

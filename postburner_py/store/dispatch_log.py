@@ -95,7 +95,8 @@ def insert_missed(
     What :meth:`SqlDispatchRegistry.record_missed` does, for a caller that must record skipped
     occurrences atomically with other writes (a reconcile pass). Known occurrences are skipped.
     """
-    return store_for(session).record_missed(session, key, fire_times, node_id=node_id, now=now)
+    occurrences = [(key, fire_time) for fire_time in fire_times]
+    return store_for(session).record_missed(session, occurrences, node_id=node_id, now=now)
 
 
 def default_node_id() -> str:
@@ -320,7 +321,8 @@ class MemoryDispatchRegistry(DispatchRegistry):
             return Claim(outcome, self._rows[ident], previous=current)
 
     def record_missed(self, key: str, fire_times: Sequence[datetime], *, now: datetime) -> int:
-        rows = missed_rows(key, fire_times, self.node_id, require_aware("now", now))
+        occurrences = [(key, fire_time) for fire_time in fire_times]
+        rows = missed_rows(occurrences, self.node_id, require_aware("now", now))
         with self._lock:
             fresh = [row for row in rows if (key, row["fire_time"]) not in self._rows]
             for row in fresh:

@@ -190,9 +190,11 @@ def fresh_row(
 
 
 def missed_rows(
-    key: str, fire_times: Iterable[datetime], node_id: str, now: datetime
+    occurrences: Iterable[tuple[str, datetime]], node_id: str, now: datetime
 ) -> list[dict[str, Any]]:
-    unique = dict.fromkeys(require_aware("fire_times", fire_time) for fire_time in fire_times)
+    """The ``missed`` dispatch rows (attempt 0, no lease) of ``(key, fire_time)`` pairs, each
+    occurrence once."""
+    unique = dict.fromkeys((key, require_aware("fire_times", at)) for key, at in occurrences)
     return [
         {
             "key": key,
@@ -204,7 +206,7 @@ def missed_rows(
             "lease_expires_at": None,
             "updated_at": now,
         }
-        for fire_time in unique
+        for key, fire_time in unique
     ]
 
 

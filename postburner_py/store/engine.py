@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Insert, Integer, MetaData, insert
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import DeclarativeBase, Session
@@ -64,19 +64,6 @@ class Base(DeclarativeBase):
 def utcnow() -> datetime:
     """The current instant, timezone-aware UTC. The default clock."""
     return datetime.now(UTC)
-
-
-def insert_ignoring_conflicts(dialect_name: str, model: type[Base]) -> Insert:
-    """``INSERT ... ON CONFLICT DO NOTHING`` into ``model``'s table on PostgreSQL and SQLite."""
-    if dialect_name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(model).on_conflict_do_nothing()
-    if dialect_name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert(model).on_conflict_do_nothing()
-    return insert(model)
 
 
 #: What makes a new ORM session (``Postburner.session``, a sessionmaker).

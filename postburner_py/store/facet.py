@@ -1,10 +1,11 @@
-"""The common base of every facet: the store's capabilities and its family's insert."""
+"""The common base of every facet: the store's capabilities and its family's INSERT."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Insert, insert
+from sqlalchemy.dialects import postgresql, sqlite
 
 if TYPE_CHECKING:
     from postburner_py.store.base import Capabilities
@@ -17,19 +18,28 @@ class Facet:
     def __init__(self, capabilities: Capabilities) -> None:
         self.capabilities = capabilities
 
-    def insert_ignoring_conflicts(self, model: type[Base]) -> Insert:
+    def insert_ignoring_conflicts(self, model: type[Base]) -> Any:
         """``INSERT`` into ``model``'s table that skips rows violating a unique constraint.
 
         Rows that conflict are left as they are and not returned by ``RETURNING``; the others
         are inserted. Concurrent inserters of the same key never both succeed.
         """
-        family = self.capabilities.family
-        if family == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
+        return self._family_insert(model).on_conflict_do_nothing()
 
-            return pg_insert(model).on_conflict_do_nothing()
-        if family == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+    def upsert(
+        self,
+        model: type[Base],
+        keys: Sequence[str],
+        row: Mapping[str, Any],
+        changes: Mapping[str, Any],
+    ) -> Any:
+        """``INSERT`` of ``row``, updated with ``changes`` when its ``keys`` conflict (one
+        statement: two concurrent upserts of one key leave one row)."""
+        statement = self._family_insert(model).values(dict(row))
+        return statement.on_conflict_do_update(index_elements=list(keys), set_=dict(changes))
 
-            return sqlite_insert(model).on_conflict_do_nothing()
-        return insert(model)
+    def _family_insert(self, model: type[Base]) -> postgresql.Insert | sqlite.Insert:
+        # Both dialects spell ON CONFLICT the same way in SQLAlchemy; the family picks which.
+        if self.capabilities.family == "postgresql":
+            return postgresql.insert(model)
+        return sqlite.insert(model)

@@ -46,7 +46,6 @@ from postburner_py.schedules.chaining import (
     check_puttable,
     chunks,
     create_next_executions,
-    missed_row,
     put_and_record,
 )
 from postburner_py.schedules.lifecycle import ENQUEUE_GRACE, converge
@@ -275,13 +274,9 @@ def _settle_too_late(
         grace=ENQUEUE_GRACE,
     )
     gone = {row[0] for row in retired}
-    missed = [
-        missed_row(pb, str(row.cached_schedule["name"]), row.run_at, now)
-        for row in mine
-        if row.id in gone
-    ]
+    missed = [(str(row.cached_schedule["name"]), row.run_at) for row in mine if row.id in gone]
     report.superseded += len(gone)
-    report.missed += store.insert_missed(session, missed)
+    report.missed += store.record_missed(session, missed, node_id=pb.settings.node_id, now=now)
 
 
 # --- 4b. one-off delayed jobs without a job ---------------------------------------------------

@@ -416,9 +416,8 @@ def test_record_missed_inserts_only_occurrences_without_a_row(gate: Gate) -> Non
     other = DUE + timedelta(hours=1)
 
     with gate.pb.writer_engine.begin() as connection:
-        added = gate.store.record_missed(
-            connection, "job:missed", [DUE, other, other], node_id="watchdog", now=NOW
-        )
+        occurrences = [("job:missed", at) for at in (DUE, other, other)]
+        added = gate.store.record_missed(connection, occurrences, node_id="watchdog", now=NOW)
 
     assert added == 1
     assert [(row.status, row.attempt) for row in gate.dispatches()] == [
@@ -433,7 +432,7 @@ def test_find_filters_by_key_node_status_and_window(gate: Gate) -> None:
     gate.admit([second], node="w-2")
     with gate.pb.writer_engine.begin() as connection:
         gate.store.record_missed(
-            connection, "job:find-a", [DUE + timedelta(hours=1)], node_id="w-2", now=NOW
+            connection, [("job:find-a", DUE + timedelta(hours=1))], node_id="w-2", now=NOW
         )
 
     with gate.pb.writer_engine.connect() as connection:

@@ -198,19 +198,10 @@ def test_claim_for_put_lets_only_one_claimer_through(store: Store, plain: Sessio
     plain.commit()
 
 
-def test_insert_missed_records_each_occurrence_once(store: Store, plain: Session) -> None:
-    row = {
-        "key": "nightly",
-        "fire_time": NOW,
-        "dispatched_at": NOW,
-        "node_id": "test",
-        "status": "missed",
-        "attempt": 0,
-        "lease_expires_at": None,
-        "updated_at": NOW,
-    }
-    assert store.insert_missed(plain, [row]) == 1
-    assert store.insert_missed(plain, [row, {**row, "fire_time": NEXT}]) == 1
+def test_record_missed_records_each_occurrence_once(store: Store, plain: Session) -> None:
+    assert store.record_missed(plain, [("nightly", NOW)], node_id="test", now=NOW) == 1
+    twice = [("nightly", NOW), ("nightly", NEXT)]
+    assert store.record_missed(plain, twice, node_id="test", now=NOW) == 1
     plain.commit()
     assert len(plain.scalars(select(DispatchRecord)).all()) == 2
 

@@ -209,14 +209,15 @@ class GateStore(Facet, ABC):
     def record_missed(
         self,
         connection: Executor,
-        key: str,
-        fire_times: Sequence[datetime],
+        occurrences: Sequence[tuple[str, datetime]],
         *,
         node_id: str,
         now: datetime,
     ) -> int:
-        """Insert ``missed`` rows (attempt 0, no lease) for occurrences without a row; an
-        occurrence that has one is left alone. Returns how many were inserted."""
+        """Insert ``missed`` rows (attempt 0, no lease) for the ``(key, fire_time)``
+        occurrences without a row, in one statement inside the caller's transaction; an
+        occurrence that has one (claimed, or recorded before) is left alone, and one named
+        twice is inserted once. Returns how many were inserted."""
 
     @abstractmethod
     def insert_started(

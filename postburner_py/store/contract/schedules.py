@@ -200,11 +200,6 @@ class ScheduleStore(Facet, ABC):
         """
 
     @abstractmethod
-    def insert_missed(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
-        """Record occurrences ``missed`` in the dispatch log (dispatch-log rows as mappings);
-        an occurrence already there is left as it is. Returns how many were inserted."""
-
-    @abstractmethod
     def record_puts(self, session: Session, refs: Sequence[PutRef]) -> set[int]:
         """Store job ids on rows still live and still without one; the ids of the rows that
         took theirs. A row skipped, superseded or put by someone else meanwhile is left alone

@@ -251,13 +251,12 @@ class SqlGateStore(GateStore):
     def record_missed(
         self,
         connection: Executor,
-        key: str,
-        fire_times: Sequence[datetime],
+        occurrences: Sequence[tuple[str, datetime]],
         *,
         node_id: str,
         now: datetime,
     ) -> int:
-        rows = log_.missed_rows(key, fire_times, node_id, require_aware("now", now))
+        rows = log_.missed_rows(occurrences, node_id, require_aware("now", now))
         return len(self._insert_absent(connection_of(connection), rows)) if rows else 0
 
     def _insert_absent(

@@ -461,12 +461,6 @@ class SqlScheduleStore(ScheduleStore):
         )
         return [(int(row[0]), int(row[1]), row[2].astimezone(UTC)) for row in rows.all()]
 
-    def insert_missed(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
-        if not rows:
-            return 0
-        statement = self.insert_ignoring_conflicts(DispatchRecord).returning(DispatchRecord.id)
-        return len(session.connection().execute(statement, list(rows)).all())
-
     def record_puts(self, session: Session, refs: Sequence[PutRef]) -> set[int]:
         if not refs:
             return set()
@@ -826,32 +820,8 @@ class SqlScheduleStore(ScheduleStore):
         return list(session.scalars(statement).all())
 
     def beat(self, session: Session, row: Mapping[str, Any], changes: Mapping[str, Any]) -> None:
-        statement = self.upsert(WatchdogHeartbeat, ["node"], dict(row), dict(changes))
+        statement = self.upsert(WatchdogHeartbeat, ["node"], row, changes)
         session.execute(statement)
-
-    def upsert(
-        self,
-        model: type[WatchdogHeartbeat],
-        keys: list[str],
-        row: dict[str, Any],
-        changes: dict[str, Any],
-    ) -> Any:
-        """``INSERT`` of ``row``, updated with ``changes`` when its ``keys`` conflict."""
-        if self.capabilities.family == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            return (
-                pg_insert(model)
-                .values(row)
-                .on_conflict_do_update(index_elements=keys, set_=changes)
-            )
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return (
-            sqlite_insert(model)
-            .values(row)
-            .on_conflict_do_update(index_elements=keys, set_=changes)
-        )
 
     def forget_heartbeat(self, session: Session, node: str) -> None:
         session.execute(delete(WatchdogHeartbeat).where(WatchdogHeartbeat.node == node))
