@@ -6,6 +6,7 @@ The CLI refuses each hostile file with one line and exit 2, fast, and writes not
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -56,10 +57,12 @@ HOSTILE = {
 
 @pytest.mark.parametrize("text", HOSTILE.values(), ids=HOSTILE.keys())
 def test_a_hostile_schedule_file_is_refused_while_it_is_parsed(text: str) -> None:
-    started = time.perf_counter()
+    # CPU time, not wall time: the bound is on the work a hostile file causes, which a loaded
+    # machine stealing this process's core does not change.
+    started = time.process_time()
     with pytest.raises(ScheduleFileError) as raised:
         read_entries(text, env="production")
-    assert time.perf_counter() - started < 0.5
+    assert time.process_time() - started < 0.5
     assert "line " in str(raised.value) or "not a valid schedule file" in str(raised.value)
 
 
@@ -95,7 +98,7 @@ def _sync(tmp_path: Path, database_url: str, beanstalkd_url: str, text: str, nam
         POSTBURNER_SECRET="test-secret",
         POSTBURNER_ALLOWED_JOB_PREFIXES="tests.jobs",
     )
-    started = time.perf_counter()
+    started = _children_cpu_seconds()
     result = subprocess.run(
         [sys.executable, "-m", "postburner_py", "sync", str(path)],
         env=env,
@@ -104,7 +107,13 @@ def _sync(tmp_path: Path, database_url: str, beanstalkd_url: str, text: str, nam
         text=True,
         timeout=60,
     )
-    return result, time.perf_counter() - started
+    return result, _children_cpu_seconds() - started
+
+
+def _children_cpu_seconds() -> float:
+    """CPU seconds used by this process's finished children (the bound is on work done)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 @pytest.mark.parametrize(
@@ -122,7 +131,7 @@ def test_sync_of_a_hostile_file_exits_2_with_one_line_and_writes_nothing(
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("postburner: error: ")
-    assert seconds < 10  # the interpreter's start included; parsing itself is sub-millisecond
+    assert seconds < 10  # CPU seconds, the interpreter's start included; parsing is sub-millisecond
     pb: Postburner = make_postburner()
     with pb.session() as session:
         assert session.scalar(select(func.count()).select_from(Schedule)) == 0
