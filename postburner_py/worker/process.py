@@ -304,6 +304,10 @@ class Worker:
             self._counts.append(counts)
         try:
             self._loop(runner, counts)
+        except Exception:
+            # A bug, not a job's failure (those never reach here): say so, and let the
+            # liveness probe see the thread gone.
+            log.exception("serving thread %s ended unexpectedly", worker_id)
         finally:
             until = self._deadline or time.monotonic() + self.shutdown_grace
             counts.update(runner.close(until=until))
