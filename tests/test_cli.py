@@ -176,8 +176,11 @@ def test_status_reports_schedules_with_their_last_outcome(
     )  # fmt: skip
     history.record_failure(started, worker_id="worker-1", execution_time_ms=5, error="boom")
 
-    report = cli.json("status")
-    assert report["healthy"] is True
+    result = cli("status", "--json")
+    report = json.loads(result.stdout)
+    # No worker, no watchdog and a failed last occurrence: unhealthy, each named.
+    assert (result.returncode, report["healthy"]) == (1, False)
+    assert any(problem.startswith("schedule 'report'") for problem in report["problems"])
     rows = {row["name"]: row for row in report["schedules"]}
     assert rows["report"]["last_dispatch"]["status"] == "failed"
     assert rows["report"]["last_dispatch"]["fire_time"] == fire_time.isoformat()
@@ -186,7 +189,7 @@ def test_status_reports_schedules_with_their_last_outcome(
     assert rows["quiet"]["next_run_at"] is not None
     assert report["queues"]["default"]["delayed"] == 2
     text = cli("status")
-    assert text.returncode == 0
+    assert text.returncode == 1
     assert "2025-01-31T10:00:00+00:00 failed (error: boom)" in text.stdout
 
 
