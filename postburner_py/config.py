@@ -1,4 +1,9 @@
-"""Settings: keyword arguments first, then ``POSTBURNER_*`` environment variables, then defaults."""
+"""Settings: keyword arguments first, then ``POSTBURNER_*`` environment variables, then defaults.
+
+:data:`VARIABLES` is the one list of every ``POSTBURNER_*`` variable any part of postburner
+reads: ``postburner init`` writes its environment file from it, and tests check that
+``docs/configuration.md`` documents each one and that no code reads a variable missing here.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from datetime import timedelta
 from typing import TypeVar
 from urllib.parse import unquote
 
-from postburner_py.errors import ConfigurationError
+from postburner_py.errors import ConfigurationError, DatabaseUrlRequiredError
 from postburner_py.validation import allow_rule
 
 DEFAULT_DATABASE_URL = "sqlite:///postburner.sqlite3"
@@ -23,6 +28,158 @@ N = TypeVar("N", int, float)
 #: The longest catch-up window: further back than this nothing is caught up (and the
 #: arithmetic ``now - window`` stays inside the datetime range).
 MAX_CATCH_UP_WINDOW = timedelta(days=366)
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One ``POSTBURNER_*`` variable: what it sets, its default (as documented) and an
+    example value for the environment file ``postburner init`` writes."""
+
+    name: str
+    option: str
+    default: str
+    meaning: str
+    example: str = ""
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable(
+        "POSTBURNER_DATABASE_URL",
+        "--database-url",
+        DEFAULT_DATABASE_URL,
+        "SQLAlchemy URL of the database (PostgreSQL for several machines)",
+        "postgresql+psycopg://postburner:PASSWORD@127.0.0.1:5432/postburner",
+    ),
+    Variable(
+        "POSTBURNER_REQUIRE_DATABASE_URL",
+        "none",
+        "unset",
+        "1: refuse to start on the SQLite default; an explicit database URL is required",
+        "1",
+    ),
+    Variable(
+        "POSTBURNER_BEANSTALKD_URL",
+        "--beanstalkd-url",
+        DEFAULT_BEANSTALKD_URL,
+        "Beanstalkd, beanstalk://host:port",
+        DEFAULT_BEANSTALKD_URL,
+    ),
+    Variable(
+        "POSTBURNER_NAMESPACE",
+        "--namespace",
+        DEFAULT_NAMESPACE,
+        "prefix of the Beanstalkd tubes (<namespace>.<queue>); lets apps share one server",
+        DEFAULT_NAMESPACE,
+    ),
+    Variable(
+        "POSTBURNER_ALLOWED_JOB_PREFIXES",
+        "--allowed-job-prefixes",
+        "empty (any job)",
+        "comma-separated code a worker may run, e.g. myapp.jobs",
+        "myapp.jobs",
+    ),
+    Variable(
+        "POSTBURNER_SECRET",
+        "--secret",
+        "generated, stored in the database",
+        "HMAC key that signs job bodies; the same in every process",
+    ),
+    Variable(
+        "POSTBURNER_CATCH_UP_WINDOW",
+        "--catch-up-window",
+        "3600",
+        "seconds into the past a catch_up schedule still runs a missed occurrence",
+        "3600",
+    ),
+    Variable(
+        "POSTBURNER_NODE_ID",
+        "--node-id",
+        "hostname:pid",
+        "name of this process in the dispatch log and the heartbeats",
+    ),
+    Variable(
+        "POSTBURNER_SHUTDOWN_GRACE",
+        "worker --shutdown-grace",
+        "30",
+        "seconds a stopping worker waits for its running jobs and their outcomes",
+        "30",
+    ),
+    Variable(
+        "POSTBURNER_QUEUES",
+        "worker --queue",
+        "every queue that has schedules, and default",
+        "comma-separated queues a worker serves",
+        "default,reports",
+    ),
+    Variable(
+        "POSTBURNER_CONCURRENCY",
+        "worker --concurrency",
+        "1",
+        "jobs one worker runs at once, 1 .. 1024",
+        "4",
+    ),
+    Variable(
+        "POSTBURNER_PREFETCH",
+        "worker --prefetch",
+        "the concurrency",
+        "jobs a worker holds beyond the running ones, 0 .. 10000",
+        "4",
+    ),
+    Variable(
+        "POSTBURNER_WATCHDOG_INTERVAL",
+        "watchdog --interval",
+        "60",
+        "seconds between watchdog passes, > 0 and <= 86400",
+        "30",
+    ),
+    Variable(
+        "POSTBURNER_METRICS_PORT",
+        "watchdog --metrics-port",
+        "none",
+        "serve Prometheus metrics on this port, 1 .. 65535",
+        "9108",
+    ),
+    Variable(
+        "POSTBURNER_METRICS_HOST",
+        "watchdog --metrics-host",
+        "127.0.0.1",
+        "address the metrics server listens on (0.0.0.0 in a container)",
+        "127.0.0.1",
+    ),
+    Variable(
+        "POSTBURNER_HEALTH_PORT",
+        "worker/watchdog --health-port",
+        "none",
+        "serve the /livez and /readyz probes on this port, 1 .. 65535",
+        "8080",
+    ),
+    Variable(
+        "POSTBURNER_HEALTH_HOST",
+        "worker/watchdog --health-host",
+        "127.0.0.1",
+        "address the probes listen on (0.0.0.0 for a kubelet)",
+        "127.0.0.1",
+    ),
+    Variable(
+        "POSTBURNER_ENV",
+        "sync --env",
+        "production",
+        "the schedule file section merged over defaults",
+        "production",
+    ),
+    Variable("POSTBURNER_JSON", "--json", "unset", "1: listing commands print JSON", "1"),
+    Variable(
+        "POSTBURNER_DEBUG", "--debug", "unset", "1: debug logs, and tracebacks on errors", "1"
+    ),
+    Variable(
+        "POSTBURNER_TZ",
+        "next --tz",
+        "UTC, or the schedule's",
+        "timezone of `postburner next`",
+        "Europe/Prague",
+    ),
+)
+_TRUE = frozenset({"1", "true", "yes", "on"})
 
 
 @dataclass(frozen=True)
@@ -203,7 +360,7 @@ def resolve_settings(
         grace = parse_shutdown_grace(env.get("POSTBURNER_SHUTDOWN_GRACE"))
     return Settings(
         shutdown_grace=defaults.shutdown_grace if grace is None else grace,
-        database_url=database_url or env.get("POSTBURNER_DATABASE_URL") or defaults.database_url,
+        database_url=_database_url(database_url, env) or defaults.database_url,
         beanstalkd_url=(
             beanstalkd_url or env.get("POSTBURNER_BEANSTALKD_URL") or defaults.beanstalkd_url
         ),
@@ -215,6 +372,19 @@ def resolve_settings(
         catch_up_window=window,
         node_id=_validate_node_id(node_id or env.get("POSTBURNER_NODE_ID") or defaults.node_id),
     )
+
+
+def _database_url(given: str | None, env: Mapping[str, str]) -> str | None:
+    """The URL given or set; None for the default, unless the default is refused."""
+    url = given or env.get("POSTBURNER_DATABASE_URL") or None
+    required = env.get("POSTBURNER_REQUIRE_DATABASE_URL", "").strip().lower() in _TRUE
+    if url is None and required:
+        raise DatabaseUrlRequiredError(
+            "database_url: POSTBURNER_REQUIRE_DATABASE_URL is set and no database URL is: "
+            "the SQLite default is refused; set POSTBURNER_DATABASE_URL (e.g. "
+            "postgresql+psycopg://user:password@postgres:5432/postburner) or --database-url"
+        )
+    return url
 
 
 #: The dispatch log's and the job history's column width for a node (worker) id.

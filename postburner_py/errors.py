@@ -16,6 +16,11 @@ class ConfigurationError(PostburnerError, ValueError):
     """A setting (keyword argument or ``POSTBURNER_*`` variable) is invalid."""
 
 
+class DatabaseUrlRequiredError(ConfigurationError):
+    """``POSTBURNER_REQUIRE_DATABASE_URL`` is set and no database URL was given: the embedded
+    SQLite default is refused (in a container it would be a file of that container alone)."""
+
+
 class ScheduleValidationError(PostburnerError, ValueError):
     """A schedule field is invalid; nothing was written.
 

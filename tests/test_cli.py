@@ -17,7 +17,7 @@ import yaml
 from sqlalchemy import select
 
 from postburner_py import Postburner, Schedule, ScheduleExecution
-from postburner_py.cli.admin import STARTER_CONFIG, STARTER_SCHEDULES
+from postburner_py.cli.admin import STARTER_SCHEDULES
 from postburner_py.store.dispatch_log import SqlDispatchRegistry
 from postburner_py.store.history import HistoryStore
 from tests.servers import free_port
@@ -111,7 +111,7 @@ def test_init_writes_the_starter_files_and_never_overwrites(tmp_path: Path) -> N
     run = _cli(tmp_path, "sqlite:///unused.sqlite3", "beanstalk://127.0.0.1:1", "t")
     first = run("init", "--dir", "project")
     assert first.returncode == 0, first.stderr
-    assert (tmp_path / "project" / "postburner.env").read_text() == STARTER_CONFIG
+    assert "POSTBURNER_DATABASE_URL=" in (tmp_path / "project" / "postburner.env").read_text()
     assert (tmp_path / "project" / "schedules.yml").read_text() == STARTER_SCHEDULES
     (tmp_path / "project" / "schedules.yml").write_text("# mine\n")
     second = run("init", "--dir", "project")
@@ -176,8 +176,11 @@ def test_status_reports_schedules_with_their_last_outcome(
     )  # fmt: skip
     history.record_failure(started, worker_id="worker-1", execution_time_ms=5, error="boom")
 
-    report = cli.json("status")
-    assert report["healthy"] is True
+    result = cli("status", "--json")
+    report = json.loads(result.stdout)
+    # No worker, no watchdog and a failed last occurrence: unhealthy, each named.
+    assert (result.returncode, report["healthy"]) == (1, False)
+    assert any(problem.startswith("schedule 'report'") for problem in report["problems"])
     rows = {row["name"]: row for row in report["schedules"]}
     assert rows["report"]["last_dispatch"]["status"] == "failed"
     assert rows["report"]["last_dispatch"]["fire_time"] == fire_time.isoformat()
@@ -186,7 +189,7 @@ def test_status_reports_schedules_with_their_last_outcome(
     assert rows["quiet"]["next_run_at"] is not None
     assert report["queues"]["default"]["delayed"] == 2
     text = cli("status")
-    assert text.returncode == 0
+    assert text.returncode == 1
     assert "2025-01-31T10:00:00+00:00 failed (error: boom)" in text.stdout
 
 

@@ -95,7 +95,7 @@ def _heartbeats(pb: Postburner) -> int:
 
 def test_status_warns_when_no_watchdog_has_passed(cli: Cli) -> None:
     result = cli("status")
-    assert result.returncode == 0
+    assert result.returncode == 1
     assert "no watchdog has passed" in result.stdout
 
 

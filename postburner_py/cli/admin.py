@@ -4,10 +4,12 @@ schedule by name, list the dispatch log, write starter files."""
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from postburner_py.errors import PostburnerError, UnplannableScheduleError
 from postburner_py.schedules.planning import planning
@@ -177,37 +179,70 @@ def list_dispatches(
 
 # --- starter files (postburner init) ---------------------------------------------------------
 
-STARTER_CONFIG = """\
-# postburner configuration. Every setting is a POSTBURNER_* variable; a command-line option
-# of the same name wins over it. Load this file with `set -a; . ./postburner.env; set +a`,
-# systemd's EnvironmentFile= or docker compose's env_file:. Reference: docs/configuration.md.
+ENV_FILE = "postburner.env"
+SECRET_FILE = "postburner-secret.env"
+#: What ``postburner init`` sets, not just documents: docker-compose.yml reads these (its
+#: ``postgres`` service the ``POSTGRES_*`` lines, the postburner services the rest).
+_COMPOSE_VALUES = {
+    "POSTBURNER_BEANSTALKD_URL": "beanstalk://beanstalkd:11300",
+    "POSTBURNER_CONCURRENCY": "4",
+    "POSTBURNER_WATCHDOG_INTERVAL": "30",
+    "POSTBURNER_METRICS_PORT": "9108",
+}
+_ENV_HEADER = """\
+# postburner settings, written by `postburner init`. Every setting is a POSTBURNER_*
+# variable; a command-line option of the same name wins over it. Reference:
+# docs/configuration.md. Keep this file out of version control.
+#
+# Set up for docker-compose.yml (hosts `postgres` and `beanstalkd`; its postgres service
+# reads the POSTGRES_* lines). Elsewhere (systemd's EnvironmentFile=, a Kubernetes Secret,
+# `set -a; . ./postburner.env; set +a`) point the URLs at your servers.
+# The signing secret is in postburner-secret.env, read only by workers and watchdogs.
 
-# SQLAlchemy URL of the database. Default: the SQLite file postburner.sqlite3 in the
-# working directory (fine for one machine; use PostgreSQL for several).
-# POSTBURNER_DATABASE_URL=postgresql+psycopg://postburner:CHANGE-ME@127.0.0.1:5432/postburner
+POSTGRES_USER=postburner
+POSTGRES_PASSWORD={password}
+POSTGRES_DB=postburner
 
-# Beanstalkd. Default: beanstalk://127.0.0.1:11300
-# POSTBURNER_BEANSTALKD_URL=beanstalk://127.0.0.1:11300
-
-# Prefix of the Beanstalkd tubes (<namespace>.<queue>); lets apps share one server.
-# POSTBURNER_NAMESPACE=postburner
-
-# Comma-separated prefixes a job_class must start with. Empty: any importable callable.
-# POSTBURNER_ALLOWED_JOB_PREFIXES=myapp.jobs
-
-# HMAC key that signs job bodies. Unset: a random key generated once by `postburner migrate`
-# and stored in the database. Set it when processes must not read it from the database.
-# POSTBURNER_SECRET=
-
-# Seconds into the past a catch_up schedule still runs missed occurrences. Default: 3600
-# POSTBURNER_CATCH_UP_WINDOW=3600
-
-# Name of this process in the dispatch log. Default: hostname:pid
-# POSTBURNER_NODE_ID=
-
-# Section of the schedule file `postburner sync` applies over "defaults". Default: production
-# POSTBURNER_ENV=production
 """
+_SECRET_FILE_TEXT = """\
+# The HMAC key that signs job bodies (docs/configuration.md, `secret`): the same in every
+# process that queues or runs jobs (workers, watchdogs, your application), and only there.
+# Do not change it while jobs are queued.
+POSTBURNER_SECRET={secret}
+"""
+
+
+def starter_config(password: str) -> str:
+    """The ``postburner.env`` text: the ``POSTGRES_*`` lines, then every variable of
+    :data:`postburner_py.config.VARIABLES` (the secret excepted) with its meaning and
+    default, set where the compose file needs a value, commented out otherwise."""
+    from postburner_py.config import VARIABLES
+
+    values = {
+        **_COMPOSE_VALUES,
+        "POSTBURNER_DATABASE_URL": (
+            f"postgresql+psycopg://postburner:{password}@postgres:5432/postburner"
+        ),
+    }
+    blocks = [
+        _variable_block(variable, values.get(variable.name))
+        for variable in VARIABLES
+        if variable.name != "POSTBURNER_SECRET"
+    ]
+    return _ENV_HEADER.format(password=password) + "\n".join(blocks)
+
+
+def _variable_block(variable: Any, value: str | None) -> str:
+    comment = f"# {variable.meaning}. Default: {variable.default}\n"
+    if value is not None:
+        return f"{comment}{variable.name}={value}\n"
+    return f"{comment}# {variable.name}={variable.example}\n"
+
+
+def starter_secret(secret: str) -> str:
+    """The ``postburner-secret.env`` text."""
+    return _SECRET_FILE_TEXT.format(secret=secret)
+
 
 STARTER_SCHEDULES = """\
 # Schedules for postburner. Apply with `postburner sync schedules.yml` (--dry-run to preview).
@@ -246,22 +281,33 @@ defaults:
 #       enabled: false
 """
 
-STARTER_FILES = {"postburner.env": STARTER_CONFIG, "schedules.yml": STARTER_SCHEDULES}
+
+def starter_files() -> dict[str, str]:
+    """The files ``postburner init`` writes, by name, with a fresh database password and
+    signing secret each time."""
+    return {
+        ENV_FILE: starter_config(secrets.token_hex(16)),
+        SECRET_FILE: starter_secret(secrets.token_hex(32)),
+        "schedules.yml": STARTER_SCHEDULES,
+    }
 
 
 def write_starter_files(directory: str | Path) -> list[Path]:
-    """Write ``postburner.env`` and ``schedules.yml`` into ``directory``; never overwrite.
+    """Write ``postburner.env``, ``postburner-secret.env`` and ``schedules.yml`` into
+    ``directory``; never overwrite.
 
     Raises :class:`PostburnerError` naming the first file that already exists, having
-    written nothing.
+    written nothing. The two environment files are readable by their owner only.
     """
     folder = Path(directory)
-    targets = {folder / name: text for name, text in STARTER_FILES.items()}
+    targets = {folder / name: text for name, text in starter_files().items()}
     for path in targets:
         if path.exists():
             raise PostburnerError(f"{path} already exists; not overwriting it")
     folder.mkdir(parents=True, exist_ok=True)
     for path, text in targets.items():
         with path.open("x", encoding="utf-8") as handle:
+            if path.suffix == ".env":
+                os.chmod(path, 0o600)
             handle.write(text)
     return list(targets)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from postburner_py.cli.parser import (
     EXIT_FAILURE,
@@ -23,6 +23,9 @@ from postburner_py.cli.parser import (
     watchdog_interval,
 )
 
+if TYPE_CHECKING:
+    from postburner_py.health import HealthOptions
+
 
 def add_worker(commands: Any) -> None:
     command = commands.add_parser("worker", help="run jobs from Beanstalkd until stopped")
@@ -30,7 +33,8 @@ def add_worker(commands: Any) -> None:
         "--queue",
         action="append",
         default=None,
-        help="queue to work (repeatable; default: default); env POSTBURNER_QUEUES=a,b",
+        help="queue to work (repeatable; default: every queue that has schedules, and "
+        "default, followed as schedules change); env POSTBURNER_QUEUES=a,b",
     )
     command.add_argument(
         "--concurrency",
@@ -56,7 +60,35 @@ def add_worker(commands: Any) -> None:
         help="after SIGTERM, wait at most this long for running jobs and their outcomes, then "
         "exit 1 (default 30); env POSTBURNER_SHUTDOWN_GRACE",
     )
+    add_health_options(command)
     command.set_defaults(handler=_run_worker)
+
+
+def add_health_options(command: argparse.ArgumentParser) -> None:
+    """``--health-port`` and ``--health-host``: the liveness and readiness probes."""
+    command.add_argument(
+        "--health-port",
+        type=tcp_port,
+        default=None,
+        help="serve health probes on this port: /livez (the process loop is alive) and "
+        "/readyz (database and Beanstalkd answer), 200 or 503; env POSTBURNER_HEALTH_PORT",
+    )
+    command.add_argument(
+        "--health-host",
+        default=None,
+        help="address the probes listen on (default 127.0.0.1; 0.0.0.0 for a kubelet or "
+        "another container); env POSTBURNER_HEALTH_HOST",
+    )
+
+
+def _health(args: argparse.Namespace) -> HealthOptions | None:
+    from postburner_py.health import DEFAULT_HEALTH_HOST, HealthOptions
+
+    port = args.health_port or from_env("POSTBURNER_HEALTH_PORT", tcp_port, None)
+    if port is None:
+        return None
+    host = args.health_host or os.environ.get("POSTBURNER_HEALTH_HOST") or DEFAULT_HEALTH_HOST
+    return HealthOptions(port=port, host=host)
 
 
 def _grace(text: str) -> float:
@@ -74,11 +106,13 @@ def _grace(text: str) -> float:
 def _run_worker(args: argparse.Namespace) -> int:
     from postburner_py.worker.process import run_worker
 
-    queues = args.queue or env_list("POSTBURNER_QUEUES") or ["default"]
+    # No --queue and no POSTBURNER_QUEUES: follow every queue that has schedules.
+    queues = args.queue or env_list("POSTBURNER_QUEUES") or None
     concurrency = args.concurrency or from_env("POSTBURNER_CONCURRENCY", concurrency_count, 1)
     prefetch = _prefetch(args.prefetch)
+    health = _health(args)
     with postburner(args) as pb:
-        for queue in queues:
+        for queue in queues or ():
             pb.queue.tube(queue)  # a bad name (option or POSTBURNER_QUEUES) is a usage error
         require_servers(pb)
         return run_worker(
@@ -88,6 +122,7 @@ def _run_worker(args: argparse.Namespace) -> int:
             prefetch=prefetch,
             burst=args.burst,
             shutdown_grace=args.shutdown_grace,
+            health=health,
         )
 
 
@@ -113,6 +148,7 @@ def add_watchdog(commands: Any) -> None:
         help="address the metrics server listens on (default 127.0.0.1; 0.0.0.0 for every "
         "interface, e.g. in a container); env POSTBURNER_METRICS_HOST",
     )
+    add_health_options(command)
     command.set_defaults(handler=_run_watchdog)
 
 
@@ -122,9 +158,12 @@ def _run_watchdog(args: argparse.Namespace) -> int:
     interval = watchdog_interval(args)
     port = args.metrics_port or from_env("POSTBURNER_METRICS_PORT", tcp_port, None)
     host = args.metrics_host or os.environ.get("POSTBURNER_METRICS_HOST") or DEFAULT_METRICS_HOST
+    health = _health(args)
     with postburner(args) as pb:
         require_servers(pb)
-        return run_watchdog(pb, interval=interval, metrics_port=port, metrics_host=host)
+        return run_watchdog(
+            pb, interval=interval, metrics_port=port, metrics_host=host, health=health
+        )
 
 
 def add_tick(commands: Any) -> None:

@@ -1,62 +1,102 @@
-"""What ``postburner status`` reports: settings, server health, queues and every schedule.
+"""What ``postburner status`` reports: settings, server health, queues, workers, watchdogs,
+the last hour's dispatches and every schedule, and whether all of it is healthy.
 
 Each schedule comes with its next queued run and its last outcome: the newest occurrence in
-the dispatch log (``dispatched``, ``completed``, ``failed`` or ``missed``) and, when a worker
-recorded it, the newest attempt *of that occurrence* in the job history (with its error, if it
-failed): a late retry of an earlier occurrence never shows under a later one. A schedule whose
-stored row cannot be planned carries the reason (``invalid``) and makes the report unhealthy.
+the dispatch log (``dispatched``, ``completed``, ``failed``, ``missed``, or whatever status
+the log holds) and, when a worker recorded it, the newest attempt *of that occurrence* in the
+job history (with its error, if it failed): a late retry of an earlier occurrence never shows
+under a later one. ``problems`` (:mod:`postburner_py.cli.status_checks`) lists what is wrong,
+one line each with what to do; the report is healthy when it is empty. Every part is read
+with a fixed number of queries (and one ``stats-tube`` per queue), whatever the number of
+schedules.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from postburner_py.cli.status_checks import WATCHDOG_STALE_AFTER, find_problems
 from postburner_py.config import mask_url
 from postburner_py.errors import QueueUnavailableError
 from postburner_py.schedules.planning import PlanChecker, unloadable_schedules
 from postburner_py.store.dispatch_log import DispatchRecord
 from postburner_py.store.history import HistoryRecord, HistoryStatus
-from postburner_py.store.models import Schedule
+from postburner_py.store.models import Schedule, WorkerHeartbeat
+from postburner_py.worker.heartbeat import WORKER_STALE_AFTER
 
 if TYPE_CHECKING:
     from postburner_py.app import Postburner
 
 OK = "ok"
-#: A watchdog whose last pass is older than this is reported stale (seconds).
-WATCHDOG_STALE_AFTER = 300.0
 _TUBE_COUNTS = ("ready", "delayed", "reserved", "buried")
+#: How far back the dispatch-log counts by status go.
+RECENT = timedelta(hours=1)
 
 
 def collect_status(pb: Postburner, *, now: datetime | None = None) -> dict[str, Any]:
-    """A JSON-ready report; ``healthy`` is False when a server does not answer (or the
-    database is not migrated). Never raises for an unreachable server."""
+    """A JSON-ready report; ``healthy`` is False when ``problems`` names anything (a server
+    that does not answer, no live worker, an unserved queue, buried jobs, a failed last
+    occurrence, an invalid schedule, no live watchdog). Never raises for an unreachable
+    server."""
+    now = now or pb.clock()
     database = _database_health(pb)
     queue_ok = pb.queue.ping()
-    schedules: list[dict[str, Any]] = []
-    watchdogs: list[dict[str, Any]] = []
+    tables: dict[str, Any] = {}
     if database == OK:
         try:
-            schedules = schedule_rows(pb, now=now)
-            watchdogs = _watchdogs(pb, now or pb.clock())
+            tables = _read_tables(pb, now)
         except SQLAlchemyError as exc:
             database = f"error: {_first_line(exc)}"
-    return {
+    report = {
         "settings": _settings(pb),
         "database": database,
         "beanstalkd": OK if queue_ok else "unreachable",
-        "queues": _queues(pb, schedules) if queue_ok else {},
-        "watchdogs": watchdogs,
-        "schedules": schedules,
-        "healthy": database == OK and queue_ok and not _invalid(schedules),
+        "queues": _queues(pb, tables) if queue_ok else {},
+        "due": tables.get("due", {}),
+        "workers": tables.get("workers", []),
+        "watchdogs": tables.get("watchdogs", []),
+        "dispatches_last_hour": tables.get("dispatches_last_hour", {}),
+        "schedules": tables.get("schedules", []),
+    }
+    report["problems"] = find_problems(report)
+    report["healthy"] = not report["problems"]
+    return report
+
+
+def _read_tables(pb: Postburner, now: datetime) -> dict[str, Any]:
+    """Everything status reads from the database, in a fixed number of queries."""
+    with pb.session() as session:
+        due = pb.store.due_by_queue(session, now)
+        beats = pb.store.worker_heartbeats(session)
+        recent = pb.store.dispatch_counts_since(session, now - RECENT)
+    return {
+        "schedules": schedule_rows(pb, now=now),
+        "watchdogs": _watchdogs(pb, now),
+        "workers": [_worker(beat, now) for beat in beats],
+        "due": due,
+        "dispatches_last_hour": dict(sorted(recent.items())),
     }
 
 
-def _invalid(schedules: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The enabled schedules whose row cannot be planned (nothing of theirs is queued)."""
-    return [item for item in schedules if item["enabled"] and item.get("invalid")]
+def _worker(beat: WorkerHeartbeat, now: datetime) -> dict[str, Any]:
+    age = (now - beat.last_seen_at).total_seconds()
+    return {
+        "id": beat.id,
+        "node": beat.node,
+        "host": beat.host,
+        "pid": beat.pid,
+        "queues": list(beat.queues),
+        "concurrency": beat.concurrency,
+        "started_at": beat.started_at.isoformat(),
+        "last_seen_at": beat.last_seen_at.isoformat(),
+        "seconds_since_seen": age,
+        "live": age <= WORKER_STALE_AFTER,
+        "jobs_run": beat.jobs_run,
+        "version": beat.version,
+    }
 
 
 def _watchdogs(pb: Postburner, now: datetime) -> list[dict[str, Any]]:
@@ -90,15 +130,26 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def _queues(pb: Postburner, schedules: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """Job counts of each queue the schedules use (an unused tube counts zero)."""
-    names = sorted({str(item["queue"]) for item in schedules} | {"default"})
+def _queues(pb: Postburner, tables: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Job counts of each queue the schedules, the workers or due jobs use, of each tube of
+    the namespace on the server, and of ``default`` (an unused tube counts zero)."""
+    try:
+        on_server = pb.queue.queues_on_server()
+    except QueueUnavailableError:
+        return {}
+    names = sorted(
+        {str(item["queue"]) for item in tables.get("schedules", [])}
+        | {name for worker in tables.get("workers", []) for name in worker["queues"]}
+        | set(tables.get("due", {}))
+        | set(on_server)
+        | {"default"}
+    )
     counts: dict[str, dict[str, int]] = {}
     for name in names:
         try:
             stats = pb.queue.stats_tube(name) or {}
-        except QueueUnavailableError:
-            return counts
+        except (QueueUnavailableError, ValueError):  # ValueError: a tube that is no queue name
+            continue
         counts[name] = {kind: int(stats.get(f"current-jobs-{kind}", 0)) for kind in _TUBE_COUNTS}
     return counts
 
@@ -134,9 +185,12 @@ def _schedule_row(
     run: HistoryRecord | None,
     invalid: str | None,
 ) -> dict[str, Any]:
+    paused_at = getattr(schedule, "paused_at", None)  # a column of the pause feature, if there
     return {
         "name": schedule.name,
         "invalid": invalid,
+        "paused_at": _iso(paused_at),
+        "pause_reason": getattr(schedule, "pause_reason", None) if paused_at else None,
         "spec": schedule.cron or f"every {schedule.interval} {schedule.interval_unit}",
         "timezone": schedule.timezone,
         "enabled": schedule.enabled,
@@ -179,48 +233,45 @@ def render_status(report: dict[str, Any]) -> str:
     for name, counts in report["queues"].items():
         shown = ", ".join(f"{kind} {count}" for kind, count in counts.items())
         lines.append(f"queue      {name}: {shown}")
+    lines += [_render_worker(worker) for worker in report.get("workers", [])]
     for beat in report.get("watchdogs", []):
         state = "STALE" if beat["stale"] else "ok"
         lines.append(
             f"watchdog   {beat['node']}: {state}, last pass {beat['last_pass_at'] or 'none yet'}"
         )
+    recent = report.get("dispatches_last_hour", {})
+    shown = ", ".join(f"{status} {count}" for status, count in recent.items()) or "none"
+    lines.append(f"last hour  {shown}")
     lines.append(f"schedules  {len(report['schedules'])}")
     lines += [_render_schedule(item) for item in report["schedules"]]
+    lines.append("healthy" if report.get("healthy") else "UNHEALTHY")
     return "\n".join(lines)
 
 
 def warnings(report: dict[str, Any]) -> list[str]:
-    """One ``WARNING:`` line per server that does not answer (or is not migrated), and one
-    per enabled schedule whose row cannot be planned."""
-    found = [
-        f"WARNING: schedule {item['name']!r} cannot be planned, nothing of it is queued: "
-        f"{item['invalid']}"
-        for item in _invalid(report["schedules"])
-    ]
-    if report["database"] != OK:
-        found.append(f"WARNING: database: {report['database']}")
-    if report["beanstalkd"] != OK:
-        found.append(
-            "WARNING: Beanstalkd does not answer; queued jobs cannot be checked, put or run"
-        )
-    if report["database"] == OK and not any(
-        not beat["stale"] for beat in report.get("watchdogs", [])
-    ):
-        found.append(
-            f"WARNING: no watchdog has passed in the last {WATCHDOG_STALE_AFTER:.0f} s; "
-            "queued jobs still fire, but nothing repairs drift or lost jobs "
-            "(run `postburner watchdog`)"
-        )
-    return found
+    """One ``WARNING:`` line per problem, each saying what to do."""
+    return [f"WARNING: {problem}" for problem in report.get("problems", [])]
+
+
+def _render_worker(worker: dict[str, Any]) -> str:
+    state = "ok" if worker["live"] else "STALE"
+    return (
+        f"worker     {worker['node']} ({worker['host']} pid {worker['pid']}): {state}, queues "
+        f"{','.join(worker['queues'])}, concurrency {worker['concurrency']}, "
+        f"{worker['jobs_run']} jobs run, last seen {worker['last_seen_at']}"
+    )
 
 
 def _render_schedule(item: dict[str, Any]) -> str:
     state = "enabled" if item["enabled"] else "disabled"
+    if item.get("paused_at"):
+        state = "PAUSED"
     if item.get("invalid"):
         state = "INVALID"
+    paused = f"  (paused: {item['pause_reason']})" if item.get("pause_reason") else ""
     return (
         f"  {item['name']:<30} {item['spec']:<20} {item['timezone']:<16} {state:<8} "
-        f"next {item['next_run_at'] or '-'}  last {_last_outcome(item)}"
+        f"next {item['next_run_at'] or '-'}  last {_last_outcome(item)}{paused}"
     )
 
 

@@ -430,6 +430,13 @@ class BeanstalkQueue:
         tube = self.tube(queue)
         return self._call(lambda conn: _or_none(lambda: dict(conn.client.stats_tube(tube))))
 
+    def queues_on_server(self) -> list[str]:
+        """The queues of this namespace that have a tube on the server now (``list-tubes``),
+        sorted: where jobs may wait although no schedule names the queue."""
+        prefix = f"{self.namespace}."
+        tubes = self._call(lambda conn: list(conn.client.tubes()))
+        return sorted(str(tube)[len(prefix) :] for tube in tubes if str(tube).startswith(prefix))
+
     def stats(self) -> dict[str, Any]:
         """Server-wide ``stats``."""
         return self._call(lambda conn: dict(conn.client.stats()))

@@ -1,5 +1,6 @@
 """ORM models: :class:`Schedule` (what runs, when), :class:`ScheduleExecution` (one run),
-:class:`DelayedJob` (a one-off job), :class:`WatchdogHeartbeat` and :class:`Setting`.
+:class:`DelayedJob` (a one-off job), :class:`WatchdogHeartbeat`, :class:`WorkerHeartbeat` and
+:class:`Setting`.
 
 Model methods that touch the queue reach it through the session that loaded them: sessions
 made by :meth:`postburner_py.Postburner.session` carry their ``Postburner`` in ``session.info``.
@@ -598,3 +599,30 @@ class WatchdogHeartbeat(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_pass_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_report: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+
+
+class WorkerHeartbeat(Base):
+    """One row per running worker process, written once per heartbeat interval (never per
+    job): who it is, what it serves, when it was last seen and how many jobs it ran.
+
+    ``id`` is random per process start, so workers sharing a node id (replicas started from
+    one environment file) never overwrite each other's row. A clean stop deletes the row;
+    a crashed worker's row stops moving and expires (``postburner status`` shows it stale).
+    """
+
+    __tablename__ = "postburner_worker_heartbeats"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    node: Mapped[str] = mapped_column(String(255))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    #: The queue names this worker serves now (a worker started without ``--queue`` follows
+    #: the queues that have schedules).
+    queues: Mapped[list[str]] = mapped_column(JSONType)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    jobs_run: Mapped[int] = mapped_column(BigInteger)
+    version: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_postburner_worker_heartbeats_last_seen_at", "last_seen_at"),)

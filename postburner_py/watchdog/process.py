@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from postburner_py.errors import ConfigurationError, QueueUnavailableError
+from postburner_py.health import HealthOptions, Pulse, Verdict, servers_ready
 from postburner_py.schedules.chaining import PassReport
 from postburner_py.store import store_for
 from postburner_py.store.models import WatchdogHeartbeat
@@ -133,11 +134,13 @@ def run_watchdog(
     metrics_port: int | None = None,
     metrics_host: str = DEFAULT_METRICS_HOST,
     retention: Retention | None = None,
+    health: HealthOptions | None = None,
 ) -> int:
     """Run the watchdog until SIGTERM or SIGINT; returns the process exit code (0).
 
     With ``metrics_port``, Prometheus metrics are served on ``metrics_host:metrics_port``
-    (default host 127.0.0.1: this machine only).
+    (default host 127.0.0.1: this machine only). With ``health``, the probes
+    (:mod:`postburner_py.health`: liveness is :meth:`Watchdog.liveness`) are served too.
     """
     metrics = WatchdogMetrics() if metrics_port is not None else None
     watchdog = Watchdog(pb, interval=interval, retention=retention or Retention(), metrics=metrics)
@@ -146,9 +149,12 @@ def run_watchdog(
         if metrics is not None and metrics_port is not None
         else None
     )
+    probes = None if health is None else health.serve(watchdog.liveness, lambda: servers_ready(pb))
     try:
         watchdog.run()
     finally:
+        if probes is not None:
+            probes.close()
         if server is not None:
             server.shutdown()
             server.server_close()
@@ -218,6 +224,9 @@ class Watchdog:
         self.database = Outage("the database", monotonic)
         self.queue = Outage("Beanstalkd", monotonic)
         self.stopping = threading.Event()
+        # Alive while a job ran within three intervals, or one is still in progress (a long
+        # pass over many schedules) for at most fifteen minutes.
+        self.pulse = Pulse(max(3 * interval, 60.0), busy_within=900.0, monotonic=monotonic)
         self._busy = threading.Lock()
         self._reports: dict[str, dict[str, Any]] = {}
         self._stop_scheduler: Callable[[], None] | None = None
@@ -245,19 +254,39 @@ class Watchdog:
             return None
         now = self.pb.clock()
         window = self.retention.dispatch_window.total_seconds()
-        with self._busy:
+        with self._busy, self.pulse.busy():
             try:
                 history = HistoryStore(self.pb.session_factory).expire(now=now)
                 registry = SqlDispatchRegistry(self.pb.session_factory, node_id=self.node)
                 dispatches = registry.cleanup(window, now=now)
+                workers = self._expire_worker_heartbeats(now)
             except DATABASE_DOWN as exc:
                 self.database.failed(exc)
                 return None
         self.database.succeeded()
-        log.info("retention: deleted %d history and %d dispatch log rows", history, dispatches)
+        log.info(
+            "retention: deleted %d history, %d dispatch log and %d worker heartbeat rows",
+            history,
+            dispatches,
+            workers,
+        )
         return history, dispatches
 
+    def _expire_worker_heartbeats(self, now: datetime) -> int:
+        from postburner_py.worker.heartbeat import HEARTBEAT_EXPIRY
+
+        with self.pb.session() as session:
+            gone = self.pb.store.expire_worker_heartbeats(session, now - HEARTBEAT_EXPIRY)
+            session.commit()
+        return gone
+
+    def liveness(self) -> Verdict:
+        """The health probe's liveness: the scheduler ran a job recently (or one is still
+        in progress, for at most fifteen minutes)."""
+        return Verdict.of({"scheduler loop": self.pulse.check()})
+
     def _skipped(self) -> bool:
+        self.pulse.tick()  # the scheduler came round, whether or not the job runs
         if self.stopping.is_set():
             self.stop()  # a signal that came before the scheduler ran: stop it now
             return True
@@ -268,7 +297,7 @@ class Watchdog:
     ) -> PassReport | None:
         if self._skipped():
             return None
-        with self._busy:
+        with self._busy, self.pulse.busy():
             started = time.perf_counter()
             now = self.pb.clock()
             report = PassReport()

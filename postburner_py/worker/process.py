@@ -5,6 +5,9 @@ database sessions; a connection loss is logged once, backed off and reconnected.
 SIGINT stops reserving and lets running jobs finish and their outcomes commit, for at most
 the shutdown grace (then the worker exits non-zero, leaving what is unfinished to the TTR
 take-over); a second signal exits at once.
+
+While it runs, a heartbeat thread (:mod:`postburner_py.worker.heartbeat`) writes the
+worker's row once per interval; :meth:`Worker.liveness` is what its health probe answers.
 """
 
 from __future__ import annotations
@@ -20,9 +23,13 @@ from datetime import datetime
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from postburner_py.errors import QueueUnavailableError
+from postburner_py.health import OK, HealthOptions, Verdict, servers_ready
 from postburner_py.queue.beanstalk import QueuedJob
 from postburner_py.store.history import HistoryStore
+from postburner_py.worker.heartbeat import HEARTBEAT_INTERVAL, Heartbeat
 from postburner_py.worker.runner import JobRunner, Outcome, RunnerServices, default_backoff
 
 if TYPE_CHECKING:
@@ -34,6 +41,8 @@ RESERVE_TIMEOUT = 1.0
 MAX_BACKOFF = 5.0
 #: Longest a thread waits for outcomes in one go before it looks at its jobs again.
 OUTCOME_WAIT = 0.5
+#: The outcomes of a delivery whose job was called (what a heartbeat counts as a job run).
+RAN = frozenset({Outcome.COMPLETED, Outcome.PARTIAL, Outcome.RETRYING, Outcome.FAILED})
 
 
 class Worker:
@@ -44,6 +53,9 @@ class Worker:
     slot, so a cluster of occurrences due together starts on time; a reserved job waits at most
     for a slot to free up, its Beanstalkd job and lease kept alive meanwhile. ``prefetch=0``
     holds no job beyond the running ones.
+
+    ``queues=None`` follows the queues in use (every queue with an enabled schedule or a
+    pending one-off job, and ``default``), re-read at each heartbeat.
 
     With ``burst=True`` each thread exits once no job is ready (for scripts and tests).
     ``clock`` and ``sleep`` are injectable; ``history`` defaults to a database-backed store;
@@ -61,7 +73,7 @@ class Worker:
         self,
         pb: Postburner,
         *,
-        queues: Sequence[str] = ("default",),
+        queues: Sequence[str] | None = ("default",),
         concurrency: int = 1,
         prefetch: int | None = None,
         burst: bool = False,
@@ -71,6 +83,7 @@ class Worker:
         reserve_timeout: float = RESERVE_TIMEOUT,
         backoff: Callable[[int], int] = default_backoff,
         shutdown_grace: float | None = None,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
     ) -> None:
         if shutdown_grace is None:
             shutdown_grace = pb.settings.shutdown_grace
@@ -82,7 +95,6 @@ class Worker:
             raise ValueError("prefetch: must be >= 0 (0 holds no job beyond the running ones)")
         self.prefetch = concurrency if prefetch is None else prefetch
         self.pb = pb
-        self.queues = tuple(queues)
         self.concurrency = concurrency
         self.burst = burst
         self.clock = clock or pb.clock
@@ -101,9 +113,44 @@ class Worker:
         self._abandoned: set[threading.Thread] = set()
         #: With ``burst``: why the worker gave up (Beanstalkd unreachable), else None.
         self.failure: QueueUnavailableError | None = None
+        self.heartbeat = Heartbeat(
+            pb,
+            queues=queues,
+            concurrency=concurrency,
+            jobs_run=self.jobs_run,
+            clock=self.clock,
+            interval=heartbeat_interval,
+        )
+        self._finished = threading.Event()
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """The queues served now (they change at a heartbeat when following)."""
+        return self.heartbeat.queues
+
+    def jobs_run(self) -> int:
+        """Deliveries whose job was called so far (completed, failed or retrying)."""
+        return sum(count for outcome, count in self.outcomes.items() if outcome in RAN)
+
+    def liveness(self) -> Verdict:
+        """The health probe's liveness: the heartbeat loop ticked within three intervals
+        and every serving thread is alive (a thread is only expected to end when stopping,
+        in burst mode, or when replaced after a timeout)."""
+        checks = {"heartbeat loop": self.heartbeat.pulse.check()}
+        dead = self._dead_threads()
+        checks["threads"] = OK if not dead else f"{dead} serving thread(s) ended unexpectedly"
+        return Verdict.of(checks)
+
+    def _dead_threads(self) -> int:
+        if self.stopping or self.burst:
+            return 0
+        with self._counts_lock:
+            serving = [t for t in self._threads if t not in self._abandoned]
+        return sum(not thread.is_alive() for thread in serving)
 
     def run(self) -> None:
         """Run until :meth:`stop` (or, with ``burst``, until nothing is ready)."""
+        self._start_heartbeat()
         services = RunnerServices.start(
             self.pb, self.history, self.clock, concurrency=self.concurrency
         )
@@ -114,6 +161,8 @@ class Worker:
             self._join_threads()
         finally:
             services.close(until=self._deadline)
+            self._finished.set()
+            self.heartbeat.forget()
         if self.unfinished:
             log.error(
                 "worker stopped after its %.0f s shutdown grace with %d attempt(s) unfinished "
@@ -123,6 +172,47 @@ class Worker:
                 self.unfinished,
             )
         log.info("worker stopped: %s", dict(self.outcomes))
+
+    def _start_heartbeat(self) -> None:
+        """Expire crashed workers' rows, write this one's first row (so a following worker
+        knows its queues before it reserves), say what it serves, then beat on a thread."""
+        try:
+            self.heartbeat.expire_old_rows()
+        except SQLAlchemyError as exc:
+            log.debug("old worker heartbeats not expired: %s", exc)
+        self.heartbeat.beat()
+        log.info("%s", self.describe())
+        self.heartbeat.start(self._finished)
+
+    def describe(self) -> str:
+        """The startup line: who, which queues (and how they were chosen), how many threads."""
+        queues = ",".join(self.queues)
+        how = (
+            "following the queues in use (every queue with schedules, and default)"
+            if self.heartbeat.following
+            else "as configured"
+        )
+        return (
+            f"worker {self.pb.settings.node_id}: queues {queues} ({how}), concurrency "
+            f"{self.concurrency}, prefetch {self.prefetch}{', burst' if self.burst else ''}"
+            f"{self._unserved_note()}"
+        )
+
+    def _unserved_note(self) -> str:
+        if self.heartbeat.following:
+            return ""
+        try:
+            with self.pb.session() as session:
+                in_use = self.pb.store.queues_in_use(session)
+        except SQLAlchemyError:
+            return ""
+        unserved = sorted(set(in_use) - set(self.queues))
+        if not unserved:
+            return ""
+        return (
+            f"; NOT serving queues with schedules: {','.join(unserved)} "
+            "(start a worker with --queue for each, or one without --queue for all)"
+        )
 
     def stop(self) -> None:
         """Stop reserving; running attempts get ``shutdown_grace`` seconds to finish and be
@@ -214,6 +304,10 @@ class Worker:
             self._counts.append(counts)
         try:
             self._loop(runner, counts)
+        except Exception:
+            # A bug, not a job's failure (those never reach here): say so, and let the
+            # liveness probe see the thread gone.
+            log.exception("serving thread %s ended unexpectedly", worker_id)
         finally:
             until = self._deadline or time.monotonic() + self.shutdown_grace
             counts.update(runner.close(until=until))
@@ -277,14 +371,18 @@ class Worker:
 def run_worker(
     pb: Postburner,
     *,
-    queues: Sequence[str] = ("default",),
+    queues: Sequence[str] | None = ("default",),
     concurrency: int = 1,
     prefetch: int | None = None,
     burst: bool = False,
     shutdown_grace: float | None = None,
+    health: HealthOptions | None = None,
 ) -> int:
     """Run a worker in the foreground with signal handling; returns the exit code: 0, or 1
     when the shutdown grace ran out with attempts unfinished or unrecorded.
+
+    ``queues=None`` follows the queues in use (see :class:`Worker`). With ``health``, the
+    probes (:mod:`postburner_py.health`) are served while it runs.
 
     With ``burst``, Beanstalkd becoming unreachable ends the run with
     :class:`~postburner_py.errors.QueueUnavailableError` (after the running jobs finish).
@@ -299,15 +397,12 @@ def run_worker(
     )
     if threading.current_thread() is threading.main_thread():
         _install_signal_handlers(worker)
-    log.info(
-        "worker %s: queues %s, concurrency %d, prefetch %d%s",
-        pb.settings.node_id,
-        ",".join(queues),
-        concurrency,
-        worker.prefetch,
-        ", burst" if burst else "",
-    )
-    worker.run()
+    probes = None if health is None else health.serve(worker.liveness, lambda: servers_ready(pb))
+    try:
+        worker.run()
+    finally:
+        if probes is not None:
+            probes.close()
     if worker.failure is not None:
         raise worker.failure
     return 1 if worker.unfinished else 0

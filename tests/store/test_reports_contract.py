@@ -289,3 +289,54 @@ def _enable(schedule_id: int) -> Any:
     from sqlalchemy import update
 
     return update(Schedule).where(Schedule.id == schedule_id).values(enabled=True)
+
+
+def _one_off(pb: Postburner, job_id: str, run_at: datetime, queue: str) -> None:
+    from postburner_py.store.models import DelayedJob
+
+    with pb.session() as session:
+        session.add(
+            DelayedJob(
+                job_id=job_id,
+                job_class="tests.jobs:record_run",
+                args=[],
+                kwargs={},
+                queue=queue,
+                priority=1,
+                ttr=60,
+                max_attempts=1,
+                run_at=run_at,
+                status="pending",
+            )
+        )
+        session.commit()
+
+
+def test_due_by_queue_counts_due_occurrences_no_attempt_claimed(pb: Postburner) -> None:
+    store: Store = pb.store
+    ids = _schedules(pb, "a", "b")
+    with pb.session() as session:
+        session.get_one(Schedule, ids["b"]).queue = "reports"
+        session.commit()
+    due = NOW - timedelta(minutes=1)
+    _execution(pb, ids["a"], due)
+    _execution(pb, ids["a"], due - timedelta(minutes=1))
+    _dispatch(pb, "a", due - timedelta(minutes=1), "dispatched")  # claimed: running
+    _execution(pb, ids["a"], NOW + timedelta(minutes=1))  # not due yet
+    _execution(pb, ids["b"], due, status="skipped")  # not live
+    _execution(pb, ids["b"], due)
+    _one_off(pb, "later", NOW + timedelta(hours=1), "reports")
+    _one_off(pb, "now", NOW, "reports")
+    with pb.session() as session:
+        assert store.due_by_queue(session, NOW) == {"default": 1, "reports": 2}
+
+
+def test_dispatch_counts_since_counts_each_stored_status(pb: Postburner) -> None:
+    store: Store = pb.store
+    _dispatch(pb, "a", NOW - timedelta(minutes=10), "completed")
+    _dispatch(pb, "a", NOW - timedelta(minutes=20), "completed")
+    _dispatch(pb, "b", NOW - timedelta(minutes=30), "missed")
+    _dispatch(pb, "b", NOW - timedelta(hours=2), "failed")  # too old
+    with pb.session() as session:
+        counts = store.dispatch_counts_since(session, NOW - timedelta(hours=1))
+    assert counts == {"completed": 2, "missed": 1}

@@ -425,3 +425,68 @@ def test_retire_executions_of_a_deleted_schedule_returns_their_jobs(
     assert store.retire_executions_of(plain, schedule_id) == []
     assert store.live_executions(plain, schedule_id) == []
     plain.commit()
+
+
+def _worker_row(worker_id: str, seen: datetime, **changes: Any) -> dict[str, Any]:
+    row = {
+        "id": worker_id,
+        "node": "node-1",
+        "host": "host",
+        "pid": 1,
+        "queues": ["default"],
+        "concurrency": 1,
+        "started_at": seen,
+        "last_seen_at": seen,
+        "jobs_run": 0,
+        "version": "1",
+    }
+    return {**row, **changes}
+
+
+def test_worker_beats_upsert_one_row_per_worker_and_expire_by_last_seen(
+    store: Store, plain: Session
+) -> None:
+    store.beat_worker(plain, _worker_row("w1", NOW - timedelta(hours=2)))
+    store.beat_worker(plain, _worker_row("w2", NOW))
+    store.beat_worker(plain, _worker_row("w2", NOW, jobs_run=5, queues=["a", "b"]))
+    plain.commit()
+    rows = {row.id: row for row in store.worker_heartbeats(plain)}
+    assert (rows["w2"].jobs_run, rows["w2"].queues) == (5, ["a", "b"])
+    assert store.expire_worker_heartbeats(plain, NOW - timedelta(hours=1)) == 1
+    store.forget_worker(plain, "w2")
+    store.forget_worker(plain, "gone already")
+    plain.commit()
+    assert store.worker_heartbeats(plain) == []
+
+
+def test_queues_in_use_are_those_of_enabled_schedules_and_pending_one_off_jobs(
+    store: Store, plain: Session
+) -> None:
+    plain.add_all(
+        [
+            make_schedule(name="on", queue="reports"),
+            make_schedule(name="off", queue="unused", enabled=False),
+            make_schedule(name="also", queue="reports"),
+            _pending_one_off("mail", "pending"),
+            _pending_one_off("done", "completed"),
+        ]
+    )
+    plain.commit()
+    assert store.queues_in_use(plain) == ["mail", "reports"]
+
+
+def _pending_one_off(queue: str, status: str) -> Any:
+    from postburner_py.store.models import DelayedJob
+
+    return DelayedJob(
+        job_id=f"one-off-{queue}",
+        job_class="tests.jobs:record_run",
+        args=[],
+        kwargs={},
+        queue=queue,
+        priority=1,
+        ttr=60,
+        max_attempts=1,
+        run_at=NOW,
+        status=status,
+    )

@@ -75,6 +75,24 @@ class ReportStore(Facet, ABC):
         """
 
     @abstractmethod
+    def due_by_queue(self, session: Session, now: datetime) -> dict[str, int]:
+        """Per queue, how many occurrences are due and not started: live executions of a
+        schedule on that queue, and pending one-off jobs, with ``run_at`` at or before
+        ``now`` and no dispatch-log row for their ``(key, run_at)`` (no attempt claimed them).
+
+        Queues with nothing due are absent. Two grouped queries whatever the number of
+        schedules.
+        """
+
+    @abstractmethod
+    def dispatch_counts_since(self, session: Session, since: datetime) -> dict[str, int]:
+        """Dispatch-log rows with ``fire_time`` at or after ``since``, counted by ``status``.
+
+        Every status string stored appears (new statuses need no code here); statuses with
+        no row are absent. One grouped query.
+        """
+
+    @abstractmethod
     def schedule_by_name(
         self, session: Session, name: str, *, defer_instants: bool = False
     ) -> Schedule | None:

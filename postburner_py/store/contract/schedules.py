@@ -15,7 +15,12 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from postburner_py.errors import UnplannableScheduleError
-    from postburner_py.store.models import DelayedJob, ScheduleExecution, WatchdogHeartbeat
+    from postburner_py.store.models import (
+        DelayedJob,
+        ScheduleExecution,
+        WatchdogHeartbeat,
+        WorkerHeartbeat,
+    )
 
 #: The two kinds of row that own a Beanstalkd job (the job body's ``kind``).
 JobKind = Literal["execution", "delayed"]
@@ -371,6 +376,38 @@ class ScheduleStore(Facet, ABC):
     @abstractmethod
     def forget_heartbeat(self, session: Session, node: str) -> None:
         """Delete one watchdog's heartbeat row."""
+
+    @abstractmethod
+    def worker_heartbeats(self, session: Session) -> list[WorkerHeartbeat]:
+        """Every worker's heartbeat row, live or stale, ordered by node then start.
+
+        The caller decides what is live (``last_seen_at`` against its own clock); one query
+        whatever the number of workers.
+        """
+
+    @abstractmethod
+    def beat_worker(self, session: Session, row: Mapping[str, Any]) -> None:
+        """Insert the worker heartbeat ``row`` (every column), or overwrite the row with its
+        ``id`` (one statement, an upsert: never two rows for one id)."""
+
+    @abstractmethod
+    def forget_worker(self, session: Session, worker_id: str) -> None:
+        """Delete one worker's heartbeat row (a clean stop); no error when it is gone."""
+
+    @abstractmethod
+    def expire_worker_heartbeats(self, session: Session, before: datetime) -> int:
+        """Delete the worker heartbeat rows last seen before ``before``; returns how many.
+
+        One statement; rows of workers still beating are never touched as long as their
+        last beat is at or after ``before``.
+        """
+
+    @abstractmethod
+    def queues_in_use(self, session: Session) -> list[str]:
+        """The queue names of enabled schedules and of pending one-off jobs, sorted, each once.
+
+        What a worker started without ``--queue`` serves; one query, no lock.
+        """
 
     @abstractmethod
     def setting(self, connection: Connection, key: str, candidate: str, stamp: datetime) -> str:

@@ -6,14 +6,21 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, exists, func, inspect, select, text, union, update
+from sqlalchemy import and_, exists, func, inspect, literal, select, text, union, update
 from sqlalchemy.orm import defer
 
+from postburner_py.keys import ONE_OFF_KEY_PREFIX
 from postburner_py.store import queries
 from postburner_py.store.contract.reports import ReportStore
 from postburner_py.store.dispatch_records import DispatchRecord
 from postburner_py.store.history_records import HistoryRecord
-from postburner_py.store.models import LIVE_STATUSES, Schedule, ScheduleExecution
+from postburner_py.store.models import (
+    LIVE_STATUSES,
+    DelayedJob,
+    DelayedStatus,
+    Schedule,
+    ScheduleExecution,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -78,6 +85,46 @@ class SqlReportStore(ReportStore):
         )
         statement = select(history).where(history.id.in_(union(paired, undispatched)))
         return {str(row.schedule_name): row for row in session.scalars(statement)}
+
+    def due_by_queue(self, session: Session, now: datetime) -> dict[str, int]:
+        execution, dispatch = ScheduleExecution, DispatchRecord
+        scheduled = (
+            select(Schedule.queue, func.count())
+            .join(execution, execution.schedule_id == Schedule.id)
+            .where(
+                execution.status.in_(LIVE_STATUSES),
+                execution.run_at <= now,
+                ~exists().where(
+                    dispatch.key == Schedule.name, dispatch.fire_time == execution.run_at
+                ),
+            )
+            .group_by(Schedule.queue)
+        )
+        one_off_key = literal(ONE_OFF_KEY_PREFIX) + DelayedJob.job_id
+        one_off = (
+            select(DelayedJob.queue, func.count())
+            .where(
+                DelayedJob.status == DelayedStatus.PENDING,
+                DelayedJob.run_at <= now,
+                ~exists().where(
+                    dispatch.key == one_off_key, dispatch.fire_time == DelayedJob.run_at
+                ),
+            )
+            .group_by(DelayedJob.queue)
+        )
+        due: dict[str, int] = {}
+        for statement in (scheduled, one_off):
+            for queue, count in session.execute(statement):
+                due[str(queue)] = due.get(str(queue), 0) + int(count)
+        return due
+
+    def dispatch_counts_since(self, session: Session, since: datetime) -> dict[str, int]:
+        rows = session.execute(
+            select(DispatchRecord.status, func.count())
+            .where(DispatchRecord.fire_time >= since)
+            .group_by(DispatchRecord.status)
+        )
+        return {str(status): int(count) for status, count in rows}
 
     def schedule_by_name(
         self, session: Session, name: str, *, defer_instants: bool = False

@@ -24,6 +24,7 @@ from sqlalchemy import (
     select,
     text,
     type_coerce,
+    union,
     union_all,
     update,
 )
@@ -55,6 +56,7 @@ from postburner_py.store.models import (
     ScheduleExecution,
     Setting,
     WatchdogHeartbeat,
+    WorkerHeartbeat,
     normalize_snapshot,
 )
 
@@ -825,6 +827,32 @@ class SqlScheduleStore(ScheduleStore):
 
     def forget_heartbeat(self, session: Session, node: str) -> None:
         session.execute(delete(WatchdogHeartbeat).where(WatchdogHeartbeat.node == node))
+
+    def worker_heartbeats(self, session: Session) -> list[WorkerHeartbeat]:
+        statement = select(WorkerHeartbeat).order_by(
+            WorkerHeartbeat.node, WorkerHeartbeat.started_at
+        )
+        return list(session.scalars(statement).all())
+
+    def beat_worker(self, session: Session, row: Mapping[str, Any]) -> None:
+        changes = {name: value for name, value in row.items() if name != "id"}
+        session.execute(self.upsert(WorkerHeartbeat, ["id"], row, changes))
+
+    def forget_worker(self, session: Session, worker_id: str) -> None:
+        session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.id == worker_id))
+
+    def expire_worker_heartbeats(self, session: Session, before: datetime) -> int:
+        result = session.execute(
+            delete(WorkerHeartbeat)
+            .where(WorkerHeartbeat.last_seen_at < before)
+            .execution_options(synchronize_session=False)
+        )
+        return _rows(result)
+
+    def queues_in_use(self, session: Session) -> list[str]:
+        scheduled = select(Schedule.queue).where(Schedule.enabled.is_(True))
+        one_off = select(DelayedJob.queue).where(DelayedJob.status == DelayedStatus.PENDING)
+        return sorted({str(name) for name in session.scalars(union(scheduled, one_off))})
 
     def setting(self, connection: Connection, key: str, candidate: str, stamp: datetime) -> str:
         table = Setting.__table__
