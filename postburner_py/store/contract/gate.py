@@ -213,11 +213,13 @@ class GateStore(Facet, ABC):
         *,
         node_id: str,
         now: datetime,
+        status: DispatchStatus | None = None,
     ) -> int:
-        """Insert ``missed`` rows (attempt 0, no lease) for the ``(key, fire_time)``
-        occurrences without a row, in one statement inside the caller's transaction; an
-        occurrence that has one (claimed, or recorded before) is left alone, and one named
-        twice is inserted once. Returns how many were inserted."""
+        """Insert not-run rows (attempt 0, no lease) with ``status`` (``missed``, also
+        when None; ``paused``; ``skipped``) for the ``(key, fire_time)`` occurrences without a
+        row, in one statement inside the caller's transaction; an occurrence that has one
+        (claimed, or recorded before) is left alone, and one named twice is inserted once.
+        Returns how many were inserted."""
 
     @abstractmethod
     def insert_started(

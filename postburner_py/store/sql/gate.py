@@ -255,8 +255,11 @@ class SqlGateStore(GateStore):
         *,
         node_id: str,
         now: datetime,
+        status: DispatchStatus | None = None,
     ) -> int:
-        rows = log_.missed_rows(occurrences, node_id, require_aware("now", now))
+        rows = log_.missed_rows(
+            occurrences, node_id, require_aware("now", now), status or DispatchStatus.MISSED
+        )
         return len(self._insert_absent(connection_of(connection), rows)) if rows else 0
 
     def _insert_absent(
