@@ -140,6 +140,14 @@ def _schedule_row(
         "spec": schedule.cron or f"every {schedule.interval} {schedule.interval_unit}",
         "timezone": schedule.timezone,
         "enabled": schedule.enabled,
+        # Run control (pause: the operator's; label: who owns it, None = code).
+        "paused": schedule.paused_at is not None,
+        "paused_at": _iso(schedule.paused_at),
+        "pause_reason": schedule.pause_reason,
+        "label": schedule.label,
+        "starts_at": _iso(schedule.starts_at),
+        "ends_at": _iso(schedule.ends_at),
+        "catch_up_window": schedule.catch_up_window,
         "job_class": schedule.job_class,
         "queue": schedule.queue,
         "next_run_at": _iso(next_run_at),
@@ -151,6 +159,7 @@ def _schedule_row(
             "attempt": dispatch.attempt,
             "node_id": dispatch.node_id,
         },
+        "last_outcome": _outcome_status(dispatch, run),
         "last_run": None
         if run is None
         else {
@@ -161,6 +170,16 @@ def _schedule_row(
             "error": run.error_message,
         },
     }
+
+
+def _outcome_status(dispatch: DispatchRecord | None, run: HistoryRecord | None) -> str | None:
+    """The last occurrence's outcome: its dispatch status, except that a completed run that
+    reported partial success shows as ``partial_success``."""
+    if dispatch is None:
+        return None if run is None else str(run.status)
+    if run is None or dispatch.status != "completed" or run.run_at != dispatch.fire_time:
+        return str(dispatch.status)
+    return str(run.status if run.status == HistoryStatus.PARTIAL_SUCCESS else dispatch.status)
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -346,6 +346,7 @@ class GateStore(Facet, ABC):
         task_identifier: str | None = None,
         status: HistoryStatus | None = None,
         limit: int | None = None,
+        schedule_name: str | None = None,
     ) -> list[HistoryEntry]:
         """History rows matching every given filter (``from_ <= started_at < to``), newest
         ``started_at`` first, then newest row first, at most ``limit`` (None: all)."""

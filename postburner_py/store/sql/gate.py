@@ -484,6 +484,7 @@ class SqlGateStore(GateStore):
         task_identifier: str | None = None,
         status: HistoryStatus | None = None,
         limit: int | None = None,
+        schedule_name: str | None = None,
     ) -> list[HistoryEntry]:
         conditions: list[ColumnElement[bool]] = []
         if job_id is not None:
@@ -496,6 +497,8 @@ class SqlGateStore(GateStore):
             conditions.append(HistoryRecord.started_at < to)
         if task_identifier is not None:
             conditions.append(HistoryRecord.task_identifier == task_identifier)
+        if schedule_name is not None:
+            conditions.append(HistoryRecord.schedule_name == schedule_name)
         if status is not None:
             conditions.append(HistoryRecord.status == status)
         statement = (
