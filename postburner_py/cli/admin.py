@@ -55,14 +55,16 @@ def skip_occurrence(
     """Skip one occurrence: by execution id (the queued one), or by schedule name and
     ``run_at`` (any future point of its grid, queued or not, see
     :meth:`~postburner_py.store.models.Schedule.skip_occurrence`)."""
-    if execution_id is None:
-        if schedule is None or at is None:
-            raise PostburnerError("give an execution id, or a schedule name and an instant")
-        return skip_ahead(pb, schedule, at)
     with pb.session() as session:
-        execution = session.get(ScheduleExecution, execution_id)
+        execution = (
+            session.get(ScheduleExecution, execution_id)
+            if execution_id is not None
+            else _find_by_time(pb, session, schedule, at)
+        )
+        if execution is None and execution_id is None and schedule is not None and at:
+            return skip_ahead(pb, schedule, at)  # not queued yet: skipped ahead
         if execution is None:
-            raise PostburnerError(f"no execution with id {execution_id}")
+            raise PostburnerError(_not_found(execution_id, schedule, at))
         skipped = execution.skip()
         owner = session.get(Schedule, execution.schedule_id) if execution.schedule_id else None
         upcoming = owner.future_live() if owner is not None else []
@@ -74,6 +76,20 @@ def skip_occurrence(
             next_run_at=upcoming[0].run_at if upcoming else None,
             reason=None if skipped else _refusal(pb, execution.status, _key(execution)),
         )
+
+
+def _not_found(execution_id: int | None, schedule: str | None, at: datetime | None) -> str:
+    if execution_id is not None:
+        return f"no execution with id {execution_id}"
+    return "give an execution id, or a schedule name and an instant"
+
+
+def _find_by_time(
+    pb: Postburner, session: Session, schedule: str | None, at: datetime | None
+) -> ScheduleExecution | None:
+    if schedule is None or at is None:
+        return None
+    return pb.store.live_execution_at(session, schedule, at)
 
 
 def skip_ahead(pb: Postburner, name: str, at: datetime) -> SkipResult:
