@@ -269,10 +269,10 @@ def check_occurrence(schedule: Schedule, run_at: datetime, now: datetime) -> Non
     """Refuse an instant that is not a future occurrence of ``schedule``."""
     with planning(schedule.name):
         grid = schedule.occurrence_grid()
-        if not grid.is_on_grid(run_at):
-            raise OffGridError(
-                "run_at", run_at, _nearest_before(grid, run_at), _after(grid, run_at)
-            )
+        on_grid = grid.is_on_grid(run_at)
+        nearest = None if on_grid else (_nearest_before(grid, run_at), _after(grid, run_at))
+    if nearest is not None:
+        raise OffGridError("run_at", run_at, *nearest)
     if run_at <= now:
         raise ScheduleValidationError(
             "run_at",
