@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
 
 from postburner_py.config import mask_url
@@ -141,12 +142,12 @@ def _schedule_row(
         "timezone": schedule.timezone,
         "enabled": schedule.enabled,
         # Run control (pause: the operator's; label: who owns it, None = code).
-        "paused": schedule.paused_at is not None,
-        "paused_at": _iso(schedule.paused_at),
+        "paused": _loaded(schedule, "paused_at") is not None,
+        "paused_at": _iso(_loaded(schedule, "paused_at")),
         "pause_reason": schedule.pause_reason,
         "label": schedule.label,
-        "starts_at": _iso(schedule.starts_at),
-        "ends_at": _iso(schedule.ends_at),
+        "starts_at": _iso(_loaded(schedule, "starts_at")),
+        "ends_at": _iso(_loaded(schedule, "ends_at")),
         "catch_up_window": schedule.catch_up_window,
         "job_class": schedule.job_class,
         "queue": schedule.queue,
@@ -170,6 +171,12 @@ def _schedule_row(
             "error": run.error_message,
         },
     }
+
+
+def _loaded(schedule: Schedule, name: str) -> Any:
+    """An instant column's value, or None when it was left unloaded (a row whose stored
+    instants cannot be parsed is listed with them deferred)."""
+    return None if name in inspect(schedule).unloaded else getattr(schedule, name)
 
 
 def _outcome_status(dispatch: DispatchRecord | None, run: HistoryRecord | None) -> str | None:
