@@ -331,11 +331,13 @@ STARTER_SCHEDULES = """\
 # Schedules for postburner. Apply with `postburner sync schedules.yml` (--dry-run to preview).
 #
 # "defaults" applies everywhere; the section named by --env (or POSTBURNER_ENV, default
-# "production") is deep-merged over it, entry by entry, matched by key. Schedules in the
-# database that the file does not mention are disabled (deleted with --prune).
+# "production") is deep-merged over it, entry by entry, matched by key. A sync touches only
+# the schedules of this file's label (--label, default: the file name without extension);
+# the ones of its label the file no longer mentions are disabled (deleted with --prune).
 #
 # Fields: key (the schedule name), job_class, cron | interval + interval_unit [+ anchor],
-# timezone, args, kwargs, queue, priority, ttr, max_attempts, catch_up, enabled, description.
+# timezone, args, kwargs, queue, priority, ttr, max_attempts, timeout, no_retry_on, catch_up,
+# catch_up_window, starts_at, ends_at, enabled, description.
 # Placeholders in args and kwargs, filled for each occurrence: {{fire_time.iso8601}},
 # {{fire_time.unix}}, {{idempotency_key}}, {{key}}. Reference: docs/schedule-files.md.
 
