@@ -259,7 +259,8 @@ class SqlScheduleStore(ScheduleStore):
 
     def schedules_to_converge(self, session: Session, now: datetime) -> tuple[list[int], list[int]]:
         futures = func.count(_E.id)
-        drifted = func.max(case((self.drift_clause(), 1), else_=0))
+        # Only a joined execution can drift (a schedule without one compares with NULLs).
+        drifted = func.max(case((and_(_E.id.is_not(None), self.drift_clause()), 1), else_=0))
         # Past its ends_at a schedule has nothing to queue: not missing, but still converged
         # when it holds an execution (one queued before ends_at was moved earlier).
         ended = func.max(case((_S.ends_at <= now, 1), else_=0))
