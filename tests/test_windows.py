@@ -211,3 +211,50 @@ def test_an_ends_at_not_after_starts_at_is_refused_at_save(
 def _assert_no_schedules(pb: Postburner) -> None:
     with pb.session() as session:
         assert session.scalar(select(func.count()).select_from(Schedule)) == 0
+
+
+def test_upgrading_to_the_run_control_schema_is_not_drift(
+    make_postburner: MakePostburner, database_url: str
+) -> None:
+    from postburner_py.store.migrate import downgrade, upgrade
+
+    clock = ManualClock(at("2030-01-01 12:00"))
+    pb = make_postburner(clock=clock)
+    schedule_id = create_schedule(pb, cron="0 9 * * *")
+    [before] = _queued_ids(pb, schedule_id)
+    downgrade(pb.engine, "0005_run_limits")  # the schema (and snapshots) of the release before
+    upgrade(pb.engine)
+    with pb.session() as session:
+        assert pb.store.schedules_to_converge(session, clock()) == ([], [])
+    report = reconcile_pass(pb, now=clock())
+    assert (report.superseded, report.created) == (0, 0)
+    assert _queued_ids(pb, schedule_id) == [before]
+
+
+def test_the_watchdog_does_not_put_back_a_job_later_than_the_schedules_own_window(
+    make_postburner: MakePostburner,
+) -> None:
+    clock = ManualClock(datetime.now(UTC).replace(minute=10, second=0, microsecond=0))
+    pb = make_postburner(clock=clock, catch_up_window=3600)
+    schedule_id = create_schedule(
+        pb, name="narrow", cron="15 * * * *", catch_up=True, catch_up_window=60
+    )
+    [queued] = _queued(pb, schedule_id)
+    with pb.session() as session:  # Beanstalkd lost the job
+        execution = session.scalars(
+            select(ScheduleExecution).where(ScheduleExecution.schedule_id == schedule_id)
+        ).one()
+        pb.queue.delete(execution.beanstalk_job_id)
+        execution.beanstalk_job_id = None
+        execution.enqueued_at = None
+        session.commit()
+    clock.now = queued + timedelta(minutes=5)  # inside the global hour, past its minute
+    reconcile_pass(pb, now=clock())
+    registry = SqlDispatchRegistry(pb.session_factory)
+    entry = registry.find_dispatch("narrow", queued)
+    assert entry is not None and entry.status == "missed"
+
+
+def _queued_ids(pb: Postburner, schedule_id: int) -> list[int]:
+    with pb.session() as session:
+        return [e.id for e in session.get_one(Schedule, schedule_id).future_live()]

@@ -110,7 +110,9 @@ def downgrade() -> None:
             f"UPDATE {EXECUTIONS} SET cached_schedule = json_remove(cached_schedule, {paths}) "
             f"WHERE {LIVE_SQL}"
         )
-    with op.batch_alter_table(SCHEDULES) as batch:
+    # Dropped in place (SQLite >= 3.35 has DROP COLUMN): recreating the schedules table
+    # would let the executions' ON DELETE SET NULL detach every execution from its schedule.
+    with op.batch_alter_table(SCHEDULES, recreate="never") as batch:
         for column in ("label", "pause_reason", "paused_at", "ends_at", "starts_at"):
             batch.drop_column(column)
         batch.drop_column("catch_up_window")
