@@ -150,6 +150,8 @@ def test_a_pause_reason_that_is_not_text_is_refused_and_nothing_is_written(
         schedule = session.get_one(Schedule, schedule_id)
         with pytest.raises(ScheduleValidationError, match="reason"):
             schedule.pause(reason=42)  # type: ignore[arg-type]
+        with pytest.raises(ScheduleValidationError, match="reason"):
+            schedule.pause(reason="nul \x00 inside")
     assert _schedule(pb, schedule_id).paused_at is None
     assert _jobs_in_tube(pb) == 1
 

@@ -110,6 +110,11 @@ def test_history_of_one_schedule_and_the_listing_of_pause_and_partial_success(
     assert f"PAUSED since {rows['quiet']['paused_at']}: vendor outage" in listing["quiet"]
     assert listing["quiet"].split()[1] == "paused"
 
+    from postburner_py.cli.inspect import _run_next
+
+    assert _run_next(_args(pb, json=False, cron=None, schedule="quiet", count=1, tz=None)) == 0
+    assert "schedule quiet is paused since" in capsys.readouterr().err
+
     args = _args(pb, json=False, schedule=marker, from_=None, to=None, task=None, status=None)
     assert _run_history(argparse.Namespace(**vars(args), limit=50)) == 0
     shown = capsys.readouterr().out.splitlines()

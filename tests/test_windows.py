@@ -184,6 +184,9 @@ def test_a_worker_records_missed_past_the_schedules_own_window(
         ("catch_up_window", 10**9),
         ("starts_at", datetime(2030, 1, 1)),
         ("ends_at", "2030-01-01"),
+        ("label", ""),
+        ("label", "x" * 256),
+        ("label", 7),
     ],
 )
 def test_a_bad_window_field_is_refused_naming_it_and_nothing_is_written(

@@ -89,6 +89,13 @@ def _schedule_upcoming(args: argparse.Namespace, now: datetime) -> tuple[list[da
         schedule = pb.store.schedule_by_name(session, args.schedule)
         if schedule is None:
             raise PostburnerError(f"no schedule named {args.schedule!r}")
+        if schedule.paused_at is not None:
+            print(
+                f"postburner: schedule {schedule.name} is paused since "
+                f"{schedule.paused_at.isoformat()} ({schedule.pause_reason or 'no reason given'})"
+                f"; these points run only after `postburner resume {schedule.name}`",
+                file=sys.stderr,
+            )
         with planning(schedule.name):  # a row written behind the API's back: exit 1
             return schedule.upcoming(args.count, now), args.tz or schedule.timezone
 

@@ -478,7 +478,8 @@ class Schedule(Base):
         Returns False, changing nothing, when it is already paused. A schedule-file sync
         never resumes it: pause is the operator's switch, ``enabled`` the definition's.
         """
-        validation.validate_optional_text("reason", reason)
+        column = type(self).__table__.c["pause_reason"]
+        validation.fit_column("reason", validation.validate_optional_text("reason", reason), column)
         session = _require_session(self)
         session.commit()
         paused = lifecycle().pause_schedule(postburner_of(self), self.id, reason=reason, now=now)
