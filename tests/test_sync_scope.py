@@ -171,3 +171,24 @@ def test_schedules_delete_removes_the_job_and_the_row_and_keeps_the_history(
     assert [e.schedule_name for e in HistoryStore(pb.session_factory).query()] == ["report"]
     with pytest.raises(PostburnerError, match="no schedule named 'report'"):
         delete_schedule(pb, "report")
+
+
+def test_a_file_sets_the_run_window_and_the_catch_up_window_and_refuses_bad_ones(
+    make_postburner: MakePostburner, tmp_path: Path
+) -> None:
+    pb = make_postburner()
+    fields = {"starts_at": "2030-11-01T00:00:00+01:00", "ends_at": "2030-12-24T23:00:00+01:00"}
+    path = _write(tmp_path / "schedules.yml", "campaign", catch_up_window=900, **fields)
+    sync(pb, path, env="production")
+    with pb.session() as session:
+        schedule = pb.store.schedule_by_name(session, "campaign")
+        assert schedule is not None
+        assert (schedule.catch_up_window, schedule.starts_at, schedule.ends_at) == (
+            900,
+            datetime(2030, 10, 31, 23, tzinfo=UTC),
+            datetime(2030, 12, 24, 22, tzinfo=UTC),
+        )
+        assert [e.run_at for e in schedule.future_live()] == [schedule.starts_at]  # hourly
+    for field, value in (("catch_up_window", -5), ("ends_at", "2030-12-24"), ("starts_at", 3)):
+        with pytest.raises(ScheduleFileError, match=f"key 'campaign'\\): {field}"):
+            sync(pb, _write(path, "campaign", **{**fields, field: value}), env="production")
