@@ -48,6 +48,7 @@ def test_a_holiday_next_month_is_skipped_and_the_chain_steps_over_it(
         assert schedule.skip_occurrence(holiday) is True
         assert schedule.skip_occurrence(holiday) is False  # already skipped
     assert _skipped(pb, "daily") == [holiday]
+    assert not SqlDispatchRegistry(pb.session_factory).dispatched("daily", holiday)
     assert _queued(pb, schedule_id) == [at("2030-12-02 09:00")]  # the queued one is untouched
 
     # The day before: the worker's chaining plans the next occurrence, and steps over it.
