@@ -21,7 +21,7 @@ from postburner_py.worker.process import Worker
 from tests.factories import ManualClock, create_schedule
 
 MakePostburner = Callable[..., Postburner]
-pytestmark = pytest.mark.usefixtures("database_url")
+BOTH_STORES = pytest.mark.usefixtures("database_url")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -53,6 +53,7 @@ def _dispatches(pb: Postburner, key: str, status: str) -> list[datetime]:
     return sorted(e.fire_time for e in registry.find_by_key(key, status=status, limit=1000))
 
 
+@BOTH_STORES
 def test_ten_seconds_paused_records_each_occurrence_paused_and_resumes_on_the_grid(
     make_postburner: MakePostburner,
 ) -> None:
@@ -90,9 +91,10 @@ def test_ten_seconds_paused_records_each_occurrence_paused_and_resumes_on_the_gr
 
 
 def test_a_worker_runs_nothing_while_paused_and_the_next_grid_point_after_resume(
-    make_postburner: MakePostburner,
+    make_postburner: MakePostburner, postgres_url: str
 ) -> None:
-    pb = make_postburner()
+    pb = make_postburner(database_url=postgres_url)  # the worker's batch path; the rules are
+    # the store's and run on SQLite in the controlled-clock tests above
     name = f"pulse-{uuid.uuid4().hex[:8]}"
     schedule_id = _every_second(pb, name)
     worker = Worker(pb, reserve_timeout=0.2)
@@ -126,6 +128,7 @@ def test_a_worker_runs_nothing_while_paused_and_the_next_grid_point_after_resume
     assert _jobs_in_tube(pb) == 1
 
 
+@BOTH_STORES
 def test_pause_of_a_waiting_due_occurrence_records_it_paused_instead_of_running_it(
     make_postburner: MakePostburner,
 ) -> None:
@@ -141,6 +144,7 @@ def test_pause_of_a_waiting_due_occurrence_records_it_paused_instead_of_running_
     assert _jobs_in_tube(pb) == 0
 
 
+@BOTH_STORES
 def test_a_pause_reason_that_is_not_text_is_refused_and_nothing_is_written(
     make_postburner: MakePostburner,
 ) -> None:

@@ -51,9 +51,10 @@ def _run_once(pb: Postburner, job_class: str, marker: str) -> list[Any]:
     return history.query(schedule_name=marker)
 
 
-@pytest.mark.usefixtures("database_url")
-def test_a_plain_return_value_is_kept_as_the_runs_result(make_postburner: MakePostburner) -> None:
-    pb = make_postburner()
+def test_a_plain_return_value_is_kept_as_the_runs_result(
+    make_postburner: MakePostburner, sqlite_url: str
+) -> None:
+    pb = make_postburner(database_url=sqlite_url)  # the generic settlement (PostgreSQL's below)
     marker = f"r-{uuid.uuid4().hex[:8]}"
     [entry] = _run_once(pb, "tests.jobs:return_summary", marker)
     assert entry.status == "completed"

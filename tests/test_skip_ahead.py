@@ -22,7 +22,7 @@ from postburner_py.worker.process import Worker
 from tests.factories import ManualClock, at, create_schedule
 
 MakePostburner = Callable[..., Postburner]
-pytestmark = pytest.mark.usefixtures("database_url")
+BOTH_STORES = pytest.mark.usefixtures("database_url")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -36,6 +36,7 @@ def _skipped(pb: Postburner, key: str) -> list[datetime]:
     return sorted(e.fire_time for e in registry.find_by_key(key, status="skipped"))
 
 
+@BOTH_STORES
 def test_a_holiday_next_month_is_skipped_and_the_chain_steps_over_it(
     make_postburner: MakePostburner,
 ) -> None:
@@ -63,6 +64,7 @@ def test_a_holiday_next_month_is_skipped_and_the_chain_steps_over_it(
     assert reconcile_pass(pb, now=clock()).created == 0
 
 
+@BOTH_STORES
 def test_skipping_the_queued_occurrence_ahead_uses_the_execution_skip(
     make_postburner: MakePostburner,
 ) -> None:
@@ -76,6 +78,7 @@ def test_skipping_the_queued_occurrence_ahead_uses_the_execution_skip(
     assert _skipped(pb, "daily") == []  # the execution row says skipped, no dispatch row
 
 
+@BOTH_STORES
 def test_an_instant_off_the_grid_is_refused_naming_the_nearest_points_and_nothing_is_written(
     make_postburner: MakePostburner,
 ) -> None:
@@ -101,6 +104,7 @@ def test_an_instant_off_the_grid_is_refused_naming_the_nearest_points_and_nothin
     assert _queued(pb, schedule_id) == [at("2030-12-02 09:00")]
 
 
+@BOTH_STORES
 def test_a_point_outside_the_run_window_is_not_an_occurrence(
     make_postburner: MakePostburner,
 ) -> None:
@@ -115,9 +119,9 @@ def test_a_point_outside_the_run_window_is_not_an_occurrence(
 
 
 def test_a_worker_never_starts_an_occurrence_skipped_ahead(
-    make_postburner: MakePostburner,
+    make_postburner: MakePostburner, postgres_url: str
 ) -> None:
-    pb = make_postburner()
+    pb = make_postburner(database_url=postgres_url)  # planning is store-generic (see above)
     name = f"pulse-{uuid.uuid4().hex[:8]}"
     schedule_id = create_schedule(
         pb, name=name, cron=None, anchor=EPOCH, interval=1, interval_unit="seconds"
@@ -143,6 +147,7 @@ def test_a_worker_never_starts_an_occurrence_skipped_ahead(
     assert _skipped(pb, name) == [holiday]
 
 
+@BOTH_STORES
 def test_skip_on_the_command_line_says_why_it_was_refused_and_exits_1(
     make_postburner: MakePostburner, capsys: pytest.CaptureFixture[str]
 ) -> None:
