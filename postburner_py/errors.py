@@ -7,6 +7,8 @@ already catch ``ValueError`` keep working.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 class PostburnerError(Exception):
     """Root of every error raised on purpose by postburner_py."""
@@ -88,4 +90,27 @@ class UnplannableScheduleError(PostburnerError):
         super().__init__(
             f"schedule {name!r} cannot be planned: {reason} "
             "(fix the row, e.g. with `postburner sync`, or disable the schedule)"
+        )
+
+
+class OffGridError(ScheduleValidationError):
+    """An instant given for one occurrence (``skip_occurrence``) is not a point of the
+    schedule's grid inside its window; ``before`` and ``after`` are the nearest points
+    (None when there is none)."""
+
+    def __init__(
+        self, field: str, instant: datetime, before: datetime | None, after: datetime | None
+    ) -> None:
+        self.instant = instant
+        self.before = before
+        self.after = after
+        near = " and ".join(
+            f"{side} {point.isoformat()}"
+            for side, point in (("before it", before), ("after it", after))
+            if point is not None
+        )
+        super().__init__(
+            field,
+            f"{instant.isoformat()} is not an occurrence of the schedule; the nearest are "
+            f"{near or 'none'}",
         )

@@ -534,3 +534,56 @@ def validate_no_retry_on(names: Any) -> list[str] | None:
             )
         checked.append(name)
     return checked or None
+
+
+# --- run control: windows, pause, ownership -------------------------------------------------
+
+#: Longest per-schedule ``catch_up_window`` accepted, in seconds (the global one's limit).
+MAX_SCHEDULE_CATCH_UP_WINDOW = 366 * 86400
+
+
+def validate_catch_up_window(value: Any) -> int | None:
+    """A schedule's own catch-up window: whole seconds ``0..MAX_SCHEDULE_CATCH_UP_WINDOW``,
+    or None (the global ``catch_up_window`` applies)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ScheduleValidationError(
+            "catch_up_window",
+            f"must be whole seconds or None (the global window), got {value!r}",
+        )
+    if not 0 <= value <= MAX_SCHEDULE_CATCH_UP_WINDOW:
+        raise ScheduleValidationError(
+            "catch_up_window",
+            f"{value} is out of range: 0 to {MAX_SCHEDULE_CATCH_UP_WINDOW} seconds "
+            "(None: the global window)",
+        )
+    return value
+
+
+def validate_optional_instant(field: str, value: Any) -> datetime | None:
+    """None, or an aware datetime (returned in UTC): ``starts_at``, ``ends_at``, ``paused_at``."""
+    if value is None:
+        return None
+    return require_aware(field, value).astimezone(UTC)
+
+
+def check_run_window(starts_at: datetime | None, ends_at: datetime | None) -> None:
+    """Refuse a window that holds no instant: ``ends_at`` must be after ``starts_at``."""
+    if starts_at is not None and ends_at is not None and ends_at <= starts_at:
+        raise ScheduleValidationError(
+            "ends_at",
+            f"{ends_at.isoformat()} is not after starts_at {starts_at.isoformat()}; "
+            "give a later ends_at or None (no end)",
+        )
+
+
+def validate_label(value: Any) -> str | None:
+    """Who owns a schedule: None (code) or a non-blank file label, e.g. ``schedules``."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ScheduleValidationError(
+            "label", f"must be a non-blank text naming the schedule file, or None, got {value!r}"
+        )
+    return value

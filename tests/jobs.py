@@ -90,3 +90,13 @@ def raise_base_exception(kind: str) -> None:
         "GeneratorExit": GeneratorExit(),
         "BaseException": _Escape("escaped"),
     }[kind]
+
+
+def return_summary(marker: str, **_kwargs: Any) -> dict[str, Any]:
+    """A job returning a plain JSON value: kept as its history row's results."""
+    return {"marker": marker, "sent": 3, "ok": True}
+
+
+def return_object(marker: str, **_kwargs: Any) -> object:
+    """A job returning something JSON cannot hold: stored as a note with its repr."""
+    return {marker: {1, 2}}

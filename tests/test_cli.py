@@ -247,8 +247,10 @@ def test_sync_of_an_invalid_file_exits_2_naming_the_entry(cli: Cli, tmp_path: Pa
     assert cli.json("schedules", "list") == []
 
 
-def test_schedules_disable_and_enable_by_name(cli: Cli, pb: Postburner, tmp_path: Path) -> None:
-    assert cli("sync", str(_schedule_file(tmp_path, "report"))).returncode == 0
+def test_schedules_disable_and_enable_by_name(cli: Cli, pb: Postburner) -> None:
+    from tests.factories import create_schedule
+
+    create_schedule(pb, name="report")  # from code: a file's schedules are the file's to switch
     disabled = cli("schedules", "disable", "report")
     assert disabled.returncode == 0
     assert disabled.stdout.strip() == "schedule report disabled; next queued: nothing"

@@ -107,7 +107,7 @@ def test_upcoming_returns_aware_utc_instants_in_the_schedules_timezone() -> None
     ]
 
 
-def test_cacheable_attributes_are_the_thirteen_that_make_drift() -> None:
+def test_cacheable_attributes_are_the_sixteen_that_make_drift() -> None:
     assert set(make_schedule().cacheable_attributes()) == {
         "job_class",
         "args",
@@ -122,6 +122,9 @@ def test_cacheable_attributes_are_the_thirteen_that_make_drift() -> None:
         "cron",
         "catch_up",
         "name",
+        "catch_up_window",
+        "starts_at",
+        "ends_at",
     }
 
 

@@ -24,22 +24,27 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SkipResult:
-    """What ``skip`` did: the execution, whether it was skipped, and what is queued next."""
+    """What ``skip`` did: the occurrence, whether it was skipped (else why not), and what is
+    queued next. ``execution_id`` is None for an occurrence skipped ahead (not queued yet)."""
 
-    execution_id: int
+    execution_id: int | None
     run_at: datetime
     skipped: bool
     status: str
     next_run_at: datetime | None
+    schedule: str | None = None
+    reason: str | None = None
 
     def describe(self) -> str:
         """One line for the operator."""
-        verdict = "skipped" if self.skipped else f"not skipped (status {self.status} or started)"
-        following = self.next_run_at.isoformat() if self.next_run_at else "nothing"
-        return (
-            f"execution {self.execution_id} at {self.run_at.isoformat()} {verdict}; "
-            f"next queued: {following}"
+        what = (
+            f"execution {self.execution_id}"
+            if self.execution_id is not None
+            else f"schedule {self.schedule}"
         )
+        verdict = "skipped" if self.skipped else f"not skipped: {self.reason or self.status}"
+        following = self.next_run_at.isoformat() if self.next_run_at else "nothing"
+        return f"{what} at {self.run_at.isoformat()} {verdict}; next queued: {following}"
 
 
 def skip_occurrence(
@@ -49,13 +54,17 @@ def skip_occurrence(
     schedule: str | None = None,
     at: datetime | None = None,
 ) -> SkipResult:
-    """Skip one occurrence, found by execution id or by schedule name and ``run_at``."""
+    """Skip one occurrence: by execution id (the queued one), or by schedule name and
+    ``run_at`` (any future point of its grid, queued or not, see
+    :meth:`~postburner_py.store.models.Schedule.skip_occurrence`)."""
     with pb.session() as session:
         execution = (
             session.get(ScheduleExecution, execution_id)
             if execution_id is not None
             else _find_by_time(pb, session, schedule, at)
         )
+        if execution is None and execution_id is None and schedule is not None and at:
+            return skip_ahead(pb, schedule, at)  # not queued yet: skipped ahead
         if execution is None:
             raise PostburnerError(_not_found(execution_id, schedule, at))
         skipped = execution.skip()
@@ -67,17 +76,14 @@ def skip_occurrence(
             skipped=skipped,
             status=execution.status,
             next_run_at=upcoming[0].run_at if upcoming else None,
+            reason=None if skipped else _refusal(pb, execution.status, _key(execution)),
         )
 
 
 def _not_found(execution_id: int | None, schedule: str | None, at: datetime | None) -> str:
     if execution_id is not None:
         return f"no execution with id {execution_id}"
-    when = at.isoformat() if at is not None else "?"
-    return (
-        f"no queued execution of {schedule!r} at {when}; only a queued occurrence can be "
-        "skipped (`postburner schedules list` shows the next one)"
-    )
+    return "give an execution id, or a schedule name and an instant"
 
 
 def _find_by_time(
@@ -86,6 +92,47 @@ def _find_by_time(
     if schedule is None or at is None:
         return None
     return pb.store.live_execution_at(session, schedule, at)
+
+
+def skip_ahead(pb: Postburner, name: str, at: datetime) -> SkipResult:
+    """Skip the occurrence of schedule ``name`` at ``at``; why not when it was not."""
+    with pb.session() as session:
+        schedule = pb.store.schedule_by_name(session, name)
+        if schedule is None:
+            raise PostburnerError(f"no schedule named {name!r}")
+        skipped = schedule.skip_occurrence(at)
+        upcoming = schedule.future_live()
+        status = _dispatch_status(pb, name, at) or "skipped"
+        return SkipResult(
+            execution_id=None,
+            run_at=at,
+            skipped=skipped,
+            status=status,
+            next_run_at=upcoming[0].run_at if upcoming else None,
+            schedule=name,
+            reason=None if skipped else _refusal(pb, None, (name, at)),
+        )
+
+
+def _key(execution: ScheduleExecution) -> tuple[str, datetime]:
+    return str(execution.cached_schedule["name"]), execution.run_at
+
+
+def _dispatch_status(pb: Postburner, key: str, fire_time: datetime) -> str | None:
+    entry = SqlDispatchRegistry(pb.session_factory, clock=pb.clock).find_dispatch(key, fire_time)
+    return None if entry is None else str(entry.status)
+
+
+def _refusal(pb: Postburner, execution_status: str | None, occurrence: tuple[str, datetime]) -> str:
+    """Why an occurrence was not skipped, in words."""
+    status = _dispatch_status(pb, *occurrence)
+    if status == DispatchStatus.SKIPPED or execution_status == "skipped":
+        return "it is already skipped"
+    if status in (DispatchStatus.DISPATCHED, DispatchStatus.COMPLETED, DispatchStatus.FAILED):
+        return f"a worker has already claimed it (dispatch status {status}); it cannot be skipped"
+    if status is not None:
+        return f"it is recorded {status} in the dispatch log; it will not run"
+    return f"its execution is {execution_status}, no longer queued"
 
 
 # --- enable / disable by name ----------------------------------------------------------------
@@ -121,6 +168,12 @@ def set_enabled(
         schedule = pb.store.schedule_by_name(session, name, defer_instants=True)
         if schedule is None:
             raise PostburnerError(f"no schedule named {name!r}")
+        if schedule.label is not None:
+            raise PostburnerError(
+                f"schedule {name!r} belongs to schedule file label {schedule.label!r}, whose "
+                f"sync sets enabled; change it in the file, or `postburner pause {name}` "
+                "(a sync never resumes a pause)"
+            )
         changed = schedule.enabled != enabled
         if enabled:
             with planning(name):
@@ -141,6 +194,71 @@ def _disable(pb: Postburner, session: Session, schedule: Schedule, now: datetime
     with contextlib.suppress(UnplannableScheduleError):  # disabled all the same, retired
         reconcile_schedule(pb, schedule.id, now=now)
     session.refresh(schedule, ["enabled"])  # after the reconcile: it must see what that did
+
+
+# --- pause / resume / delete by name -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PauseResult:
+    """What ``pause``/``resume`` did: the state now, whether it changed, and what is queued."""
+
+    name: str
+    paused: bool
+    changed: bool
+    paused_at: datetime | None
+    reason: str | None
+    next_run_at: datetime | None
+
+    def describe(self) -> str:
+        """One line for the operator."""
+        following = self.next_run_at.isoformat() if self.next_run_at else "nothing"
+        if not self.paused:
+            verdict = "resumed" if self.changed else "not paused"
+            return f"schedule {self.name} {verdict}; next queued: {following}"
+        since = self.paused_at.isoformat() if self.paused_at else "?"
+        verdict = "paused" if self.changed else "already paused"
+        return f"schedule {self.name} {verdict} since {since} ({self.reason or 'no reason'})"
+
+
+def set_paused(
+    pb: Postburner,
+    name: str,
+    paused: bool,
+    *,
+    reason: str | None = None,
+    now: datetime | None = None,
+) -> PauseResult:
+    """Pause (with ``reason``) or resume the schedule ``name``; see :meth:`Schedule.pause`."""
+    with pb.session() as session:
+        schedule = pb.store.schedule_by_name(session, name)
+        if schedule is None:
+            raise PostburnerError(f"no schedule named {name!r}")
+        with planning(name):
+            changed = schedule.pause(reason, now=now) if paused else schedule.resume(now=now)
+        upcoming = schedule.future_live(now)
+        return PauseResult(
+            name,
+            schedule.is_paused,
+            changed,
+            schedule.paused_at,
+            schedule.pause_reason,
+            upcoming[0].run_at if upcoming else None,
+        )
+
+
+def delete_schedule(pb: Postburner, name: str) -> int:
+    """Delete the schedule ``name``: its executions not yet run are retired in the same
+    commit and their jobs removed right after it (the watchdog removes any it could not);
+    its history and dispatch log stay. Returns how many live executions were retired."""
+    with pb.session() as session:
+        schedule = pb.store.schedule_by_name(session, name, defer_instants=True)
+        if schedule is None:
+            raise PostburnerError(f"no schedule named {name!r}")
+        live = len(schedule.future_live())
+        session.delete(schedule)
+        session.commit()
+        return live
 
 
 # --- dispatch log listing --------------------------------------------------------------------
@@ -248,11 +366,13 @@ STARTER_SCHEDULES = """\
 # Schedules for postburner. Apply with `postburner sync schedules.yml` (--dry-run to preview).
 #
 # "defaults" applies everywhere; the section named by --env (or POSTBURNER_ENV, default
-# "production") is deep-merged over it, entry by entry, matched by key. Schedules in the
-# database that the file does not mention are disabled (deleted with --prune).
+# "production") is deep-merged over it, entry by entry, matched by key. A sync touches only
+# the schedules of this file's label (--label, default: the file name without extension);
+# the ones of its label the file no longer mentions are disabled (deleted with --prune).
 #
 # Fields: key (the schedule name), job_class, cron | interval + interval_unit [+ anchor],
-# timezone, args, kwargs, queue, priority, ttr, max_attempts, catch_up, enabled, description.
+# timezone, args, kwargs, queue, priority, ttr, max_attempts, timeout, no_retry_on, catch_up,
+# catch_up_window, starts_at, ends_at, enabled, description.
 # Placeholders in args and kwargs, filled for each occurrence: {{fire_time.iso8601}},
 # {{fire_time.unix}}, {{idempotency_key}}, {{key}}. Reference: docs/schedule-files.md.
 

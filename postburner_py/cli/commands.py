@@ -3,8 +3,9 @@
 Each command is one ``add_<command>`` function (its options, and its ``_run_<command>``
 handler set as the parser's default) in the module of its group: :mod:`.database` (init,
 migrate), :mod:`.inspect` (status, next, explain, history, dispatches), :mod:`.schedules`
-(sync, schedules), :mod:`.jobs` (skip, cancel), :mod:`.processes` (worker, watchdog, tick,
-dev). :data:`COMMANDS` lists them all, in the order ``--help`` shows them. What they share
+(sync, schedules), :mod:`.control` (pause, resume), :mod:`.jobs` (skip, cancel),
+:mod:`.processes` (worker, watchdog, tick, dev). :data:`COMMANDS` lists them all, in the
+order ``--help`` shows them. What they share
 (the connection options, exit codes, argument types) is in :mod:`.parser`. Exit codes: 0
 success, 1 operational failure (a server does not answer, a schedule is not found, an action
 was refused), 2 usage error (bad options, a bad cron expression, an invalid schedule file).
@@ -20,6 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from postburner_py.cli.control import add_pause, add_resume
 from postburner_py.cli.database import add_init, add_migrate
 from postburner_py.cli.inspect import (
     add_dispatches,
@@ -64,6 +66,8 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     add_schedules,
     add_next,
     add_explain,
+    add_pause,
+    add_resume,
     add_skip,
     add_history,
     add_dispatches,

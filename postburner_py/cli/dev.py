@@ -72,7 +72,9 @@ def _prepare(pb: Postburner, schedule_file: Path, env: str) -> None:
     if not schedule_file.exists():
         raise PostburnerError(f"schedule file {schedule_file} not found; pass --schedules FILE")
     pb.migrate()
-    plan = sync(pb, schedule_file, env=env)
+    # The demo's database is its own: it takes over schedules an earlier demo synced before
+    # schedules carried their file's label.
+    plan = sync(pb, schedule_file, env=env, adopt=True)
     print(plan.describe(), flush=True)
     at = pb.clock() + timedelta(seconds=5)
     try:

@@ -89,6 +89,13 @@ def _schedule_upcoming(args: argparse.Namespace, now: datetime) -> tuple[list[da
         schedule = pb.store.schedule_by_name(session, args.schedule)
         if schedule is None:
             raise PostburnerError(f"no schedule named {args.schedule!r}")
+        if schedule.paused_at is not None:
+            print(
+                f"postburner: schedule {schedule.name} is paused since "
+                f"{schedule.paused_at.isoformat()} ({schedule.pause_reason or 'no reason given'})"
+                f"; these points run only after `postburner resume {schedule.name}`",
+                file=sys.stderr,
+            )
         with planning(schedule.name):  # a row written behind the API's back: exit 1
             return schedule.upcoming(args.count, now), args.tz or schedule.timezone
 
@@ -111,6 +118,7 @@ def add_history(commands: Any) -> None:
     command.add_argument("--from", dest="from_", help="runs started at or after (ISO-8601)")
     command.add_argument("--to", help="runs started before (ISO-8601)")
     command.add_argument("--task", help="job class (task identifier), e.g. myapp.jobs:report")
+    command.add_argument("--schedule", help="one schedule's runs, by name")
     command.add_argument("--status", choices=("started", "completed", "failed", "partial_success"))
     command.add_argument("--limit", type=positive, default=50, help="at most (default 50)")
     add_json(command)
@@ -124,7 +132,12 @@ def _run_history(args: argparse.Namespace) -> int:
     end = parse_instant(args.to, "--to") if args.to else None
     with postburner(args) as pb:
         entries = HistoryStore(pb.session_factory).query(
-            start, end, task_identifier=args.task, status=args.status, limit=args.limit
+            start,
+            end,
+            task_identifier=args.task,
+            status=args.status,
+            limit=args.limit,
+            schedule_name=args.schedule,
         )
     if args.json:
         print_json(entries)
@@ -146,7 +159,10 @@ def add_dispatches(commands: Any) -> None:
     command = commands.add_parser("dispatches", help="the dispatch log: which occurrence ran where")
     command.add_argument("--key", help="one schedule name")
     command.add_argument("--node", help="one node id (worker host:pid)")
-    command.add_argument("--status", choices=("dispatched", "completed", "failed", "missed"))
+    command.add_argument(
+        "--status",
+        choices=("dispatched", "completed", "failed", "missed", "paused", "skipped"),
+    )
     command.add_argument("--since", help="fire times at or after (ISO-8601)")
     command.add_argument("--until", help="fire times before (ISO-8601)")
     command.add_argument("--limit", type=positive, default=50, help="at most (default 50)")

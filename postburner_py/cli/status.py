@@ -16,6 +16,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
 
 from postburner_py.cli.status_checks import WATCHDOG_STALE_AFTER, find_problems
@@ -185,15 +186,20 @@ def _schedule_row(
     run: HistoryRecord | None,
     invalid: str | None,
 ) -> dict[str, Any]:
-    paused_at = getattr(schedule, "paused_at", None)  # a column of the pause feature, if there
     return {
         "name": schedule.name,
         "invalid": invalid,
-        "paused_at": _iso(paused_at),
-        "pause_reason": getattr(schedule, "pause_reason", None) if paused_at else None,
         "spec": schedule.cron or f"every {schedule.interval} {schedule.interval_unit}",
         "timezone": schedule.timezone,
         "enabled": schedule.enabled,
+        # Run control (pause: the operator's; label: who owns it, None = code).
+        "paused": _loaded(schedule, "paused_at") is not None,
+        "paused_at": _iso(_loaded(schedule, "paused_at")),
+        "pause_reason": schedule.pause_reason,
+        "label": schedule.label,
+        "starts_at": _iso(_loaded(schedule, "starts_at")),
+        "ends_at": _iso(_loaded(schedule, "ends_at")),
+        "catch_up_window": schedule.catch_up_window,
         "job_class": schedule.job_class,
         "queue": schedule.queue,
         "next_run_at": _iso(next_run_at),
@@ -205,6 +211,7 @@ def _schedule_row(
             "attempt": dispatch.attempt,
             "node_id": dispatch.node_id,
         },
+        "last_outcome": _outcome_status(dispatch, run),
         "last_run": None
         if run is None
         else {
@@ -215,6 +222,22 @@ def _schedule_row(
             "error": run.error_message,
         },
     }
+
+
+def _loaded(schedule: Schedule, name: str) -> Any:
+    """An instant column's value, or None when it was left unloaded (a row whose stored
+    instants cannot be parsed is listed with them deferred)."""
+    return None if name in inspect(schedule).unloaded else getattr(schedule, name)
+
+
+def _outcome_status(dispatch: DispatchRecord | None, run: HistoryRecord | None) -> str | None:
+    """The last occurrence's outcome: its dispatch status, except that a completed run that
+    reported partial success shows as ``partial_success``."""
+    if dispatch is None:
+        return None if run is None else str(run.status)
+    if run is None or dispatch.status != "completed" or run.run_at != dispatch.fire_time:
+        return str(dispatch.status)
+    return str(run.status if run.status == HistoryStatus.PARTIAL_SUCCESS else dispatch.status)
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -21,15 +21,21 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from postburner_py.config import MAX_CATCH_UP_WINDOW
 from postburner_py.errors import PostburnerError, QueueUnavailableError, UnplannableScheduleError
 from postburner_py.queue.beanstalk import PutRequest, delay_seconds
 from postburner_py.queue.operations import JobRef, remove_job
 from postburner_py.queue.signing import JobBody, encode_body
-from postburner_py.schedules.planning import planning, stored_grid
+from postburner_py.schedules.planning import (
+    SchedulePlan,
+    catch_up_window,
+    plan_schedule,
+    planning,
+    stored_window,
+)
 from postburner_py.store import store_for
 from postburner_py.store.contract.schedules import PlannedExecution, PutRef
-from postburner_py.timegrid.grid import TimeGrid
-from postburner_py.timegrid.occurrences import NextOccurrence, plan_next
+from postburner_py.timegrid.window import WindowedGrid
 
 if TYPE_CHECKING:
     from sqlalchemy import Row
@@ -179,19 +185,21 @@ def _create_batch(
     store = store_for(session)
     schedules = store.plan_rows(session, schedule_ids, now)
     latest = store.latest_accounted(session, [row.id for row in schedules], now)
-    planner = _Planner(pb, now)
+    # Skipped points are rare rows: one indexed read covers any catch-up window's reach.
+    since = now - MAX_CATCH_UP_WINDOW
+    planner = _Planner(pb, now, store.skipped_ahead(session, [r.name for r in schedules], since))
     plans = {row.id: found for row in schedules if (found := planner.plan(row, latest, report))}
-    due = [sid for sid, p in plans.items() if p[0].is_due(now)]
+    due = [sid for sid, p in plans.items() if p.is_due(now)]
     waiting = store.schedules_with_waiting(session, due, now)
     news: list[PlannedExecution] = []
     missed: list[tuple[str, datetime]] = []
     for row in schedules:
         if row.id not in plans:
             continue
-        plan, following = plans[row.id]
+        plan = plans[row.id]
         missed += _missed(str(row.name), plan)
-        if not (plan.is_due(now) and row.id in waiting):
-            news.append(PlannedExecution(row, plan.run_at, following))
+        if plan.run_at is not None and not (plan.is_due(now) and row.id in waiting):
+            news.append(PlannedExecution(row, plan.run_at, plan.following))
     report.missed += store.record_missed(session, missed, node_id=pb.settings.node_id, now=now)
     inserted = store.insert_executions(session, news, now)
     by_key = {(new.row.id, new.run_at): new for new in news}
@@ -205,19 +213,22 @@ def _queued(new: PlannedExecution, execution_id: int) -> QueuedExecution:
 
 
 class _Planner:
-    """``plan_next`` for many schedules; schedules sharing a spec and baseline share the work."""
+    """``plan_schedule`` for many schedules; schedules sharing a spec and baseline share the
+    work (a schedule with points skipped ahead is planned on its own)."""
 
-    def __init__(self, pb: Postburner, now: datetime) -> None:
+    def __init__(
+        self, pb: Postburner, now: datetime, skipped: dict[str, set[datetime]] | None = None
+    ) -> None:
         self.pb = pb
         self.now = now
-        self._grids: dict[tuple[Any, ...], TimeGrid] = {}
-        self._plans: dict[tuple[Any, ...], NextOccurrence] = {}
-        self._next: dict[tuple[Any, ...], datetime] = {}
+        self.skipped = skipped or {}
+        self._grids: dict[tuple[Any, ...], WindowedGrid] = {}
+        self._plans: dict[tuple[Any, ...], SchedulePlan] = {}
         self._tubes: set[str] = set()
 
     def plan(
         self, row: Row[Any], latest: dict[int, datetime], report: PassReport
-    ) -> tuple[NextOccurrence, datetime] | None:
+    ) -> SchedulePlan | None:
         """The next occurrence of ``row``'s schedule and the grid point after it; None
         (counted invalid) when the row cannot be planned or queued."""
         try:
@@ -228,40 +239,35 @@ class _Planner:
             return None
         try:
             with planning(row.name):
-                plan = self._plan(row, latest)
-                return plan, self.next_after(row, plan.run_at)
+                return self._plan(row, latest)
         except UnplannableScheduleError as exc:
             report.unplannable(exc)
             return None
 
-    def _plan(self, row: Row[Any], latest: dict[int, datetime]) -> NextOccurrence:
+    def _plan(self, row: Row[Any], latest: dict[int, datetime]) -> SchedulePlan:
         accounted = (t for t in (latest.get(row.id), row.resumed_at) if t is not None)
         baseline = max(accounted, default=self.now)
-        key = (*_spec(row), baseline, bool(row.catch_up))
+        window = catch_up_window(row, self.pb.settings.catch_up_window)
+        skipped = self.skipped.get(str(row.name), set())
+        key = (*_spec(row), baseline, bool(row.catch_up), window, *sorted(skipped))
         if key not in self._plans:
-            self._plans[key] = plan_next(
+            self._plans[key] = plan_schedule(
                 self.grid(row),
                 baseline=baseline,
                 now=self.now,
                 catch_up=bool(row.catch_up),
-                window=self.pb.settings.catch_up_window,
+                window=window,
+                skipped=skipped,
             )
         return self._plans[key]
 
-    def grid(self, row: Row[Any]) -> TimeGrid:
-        """The schedule's time grid (raises for a bad spec, see
+    def grid(self, row: Row[Any]) -> WindowedGrid:
+        """The schedule's occurrence grid (raises for a bad spec, see
         :mod:`postburner_py.schedules.planning`)."""
         spec = _spec(row)
         if spec not in self._grids:
-            self._grids[spec] = stored_grid(row)
+            self._grids[spec] = stored_window(row)
         return self._grids[spec]
-
-    def next_after(self, row: Row[Any], instant: datetime) -> datetime:
-        """The grid point after ``instant`` (the new execution's ``next_run_at``)."""
-        key = (*_spec(row), instant)
-        if key not in self._next:
-            self._next[key] = self.grid(row).next_after(instant)
-        return self._next[key]
 
     def _check_puttable(self, row: Row[Any]) -> None:
         if row.queue not in self._tubes:
@@ -272,7 +278,8 @@ class _Planner:
 
 
 def _spec(row: Row[Any]) -> tuple[Any, ...]:
-    return (row.cron, row.anchor, row.interval, row.interval_unit, row.timezone)
+    spec = (row.cron, row.anchor, row.interval, row.interval_unit, row.timezone)
+    return (*spec, row.starts_at, row.ends_at)
 
 
 def check_puttable(pb: Postburner, queue: Any, priority: Any, ttr: Any) -> None:
@@ -285,7 +292,7 @@ def check_puttable(pb: Postburner, queue: Any, priority: Any, ttr: Any) -> None:
             raise PostburnerError(f"{name} {value!r} is not an integer {low}..{_MAX_UINT32}")
 
 
-def _missed(key: str, plan: NextOccurrence) -> list[tuple[str, datetime]]:
+def _missed(key: str, plan: SchedulePlan) -> list[tuple[str, datetime]]:
     if plan.missed_total > len(plan.missed):
         log.warning(
             "schedule %s missed %d occurrences; the first %d are in the dispatch log",

@@ -12,14 +12,29 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import TYPE_CHECKING, cast
 
 from sqlalchemy.orm import Session
 
-from postburner_py.errors import QueueUnavailableError, UnplannableScheduleError
+from postburner_py.errors import (
+    OffGridError,
+    PostburnerError,
+    QueueUnavailableError,
+    ScheduleValidationError,
+    UnplannableScheduleError,
+)
 from postburner_py.queue.operations import JobRef, delete_jobs, put_execution, remove_job
-from postburner_py.schedules.planning import PLANNING_ERRORS, planning, reason
+from postburner_py.schedules.planning import (
+    PLANNING_ERRORS,
+    SchedulePlan,
+    catch_up_window,
+    plan_schedule,
+    planning,
+    reason,
+)
 from postburner_py.store import store_for
+from postburner_py.store.dispatch_records import DispatchStatus
 from postburner_py.store.models import (
     PENDING,
     SKIPPED,
@@ -29,7 +44,8 @@ from postburner_py.store.models import (
     ScheduleExecution,
     register_lifecycle,
 )
-from postburner_py.timegrid.occurrences import NextOccurrence, plan_next
+from postburner_py.timegrid.occurrences import MAX_LISTED_MISSED
+from postburner_py.timegrid.window import WindowedGrid, WindowEnded, point_before
 
 if TYPE_CHECKING:
     from postburner_py.app import Postburner
@@ -150,7 +166,142 @@ def remove_jobs(pb: Postburner, session: Session, refs: list[JobRef]) -> None:
         session.commit()
 
 
+# --- pause, resume, skip ahead ---------------------------------------------------------------
+
+
+def pause_schedule(
+    pb: Postburner, schedule_id: int, *, reason: str | None, now: datetime | None = None
+) -> bool:
+    """Pause one schedule under its lock: set ``paused_at`` and ``pause_reason``, retire its
+    executions that have not started (recording the due ones ``paused``), commit, then
+    remove their jobs. False, changing nothing, when it is already paused (or gone)."""
+    now = now or pb.clock()
+    with pb.work_session() as session:
+        store = store_for(session)
+        store.lock_schedules(session, pb.settings.namespace, [schedule_id], blocking=True)
+        schedule = session.get(Schedule, schedule_id, populate_existing=True)
+        if schedule is None or schedule.is_paused:
+            return False
+        schedule.paused_at, schedule.pause_reason = now, reason
+        session.flush()
+        outcome = converge(pb, session, schedule_id, now)
+        due = [(ref.key, ref.run_at) for ref in outcome.retired_due]
+        store.record_missed(
+            session, due, node_id=pb.settings.node_id, now=now, status=DispatchStatus.PAUSED
+        )
+        session.commit()
+        remove_jobs(pb, session, outcome.retired)
+    log.info("schedule %s paused at %s: %s", schedule.name, now.isoformat(), reason or "-")
+    return True
+
+
+def resume_schedule(pb: Postburner, schedule_id: int, *, now: datetime | None = None) -> bool:
+    """Resume one paused schedule: record every occurrence since the pause ``paused`` (one
+    batch insert, at most ``MAX_LISTED_MISSED`` rows), clear the pause and count the
+    schedule accounted for up to ``now`` (``resumed_at``), so the next run is the first
+    grid point after ``now``; then reconcile it. False when it is not paused (or gone)."""
+    now = now or pb.clock()
+    with pb.work_session() as session:
+        store = store_for(session)
+        store.lock_schedules(session, pb.settings.namespace, [schedule_id], blocking=True)
+        schedule = session.get(Schedule, schedule_id, populate_existing=True)
+        if schedule is None or schedule.paused_at is None:
+            return False
+        paused = _paused_points(schedule, schedule.paused_at, now)
+        store.record_missed(
+            session, paused, node_id=pb.settings.node_id, now=now, status=DispatchStatus.PAUSED
+        )
+        schedule.paused_at, schedule.pause_reason, schedule.resumed_at = None, None, now
+        session.commit()
+    log.info("schedule %s resumed; %d paused occurrence(s) recorded", schedule.name, len(paused))
+    try:
+        reconcile_schedule(pb, schedule_id, now=now)
+    except UnplannableScheduleError as exc:
+        log.warning("resumed; nothing queued: %s", exc)
+    return True
+
+
+def _paused_points(
+    schedule: Schedule, since: datetime, now: datetime
+) -> list[tuple[str, datetime]]:
+    try:
+        with planning(schedule.name):
+            points = schedule.occurrence_grid().between(since, now)
+            return [(schedule.name, point) for point in islice(points, MAX_LISTED_MISSED)]
+    except UnplannableScheduleError:
+        return []  # a row that cannot be planned had no occurrence to record
+
+
+def skip_occurrence(
+    pb: Postburner, schedule_id: int, run_at: datetime, *, now: datetime | None = None
+) -> bool:
+    """Skip the occurrence of one schedule at ``run_at``, a future point of its grid.
+
+    The queued one is skipped as :func:`skip_execution` does; any later one is recorded in
+    the dispatch log as ``skipped`` (under the schedule's lock, so no planner creates it
+    meanwhile) and planning steps over it. Raises :class:`OffGridError` for an instant that
+    is not an occurrence and :class:`ScheduleValidationError` for one not after ``now``.
+    False, changing nothing, when it is already skipped or claimed by a worker.
+    """
+    now = now or pb.clock()
+    with pb.work_session() as session:
+        store = store_for(session)
+        store.lock_schedules(session, pb.settings.namespace, [schedule_id], blocking=True)
+        schedule = session.get(Schedule, schedule_id, populate_existing=True)
+        if schedule is None:
+            raise PostburnerError(f"no schedule with id {schedule_id}")
+        check_occurrence(schedule, run_at, now)
+        queued = [e for e in store.live_executions(session, schedule_id) if e.run_at == run_at]
+        if not queued:
+            added = store.record_missed(
+                session,
+                [(schedule.name, run_at)],
+                node_id=pb.settings.node_id,
+                now=now,
+                status=DispatchStatus.SKIPPED,
+            )
+            session.commit()
+            return added == 1
+    return skip_execution(pb, queued[0].id, now=now)
+
+
+def check_occurrence(schedule: Schedule, run_at: datetime, now: datetime) -> None:
+    """Refuse an instant that is not a future occurrence of ``schedule``."""
+    with planning(schedule.name):
+        grid = schedule.occurrence_grid()
+        on_grid = grid.is_on_grid(run_at)
+        nearest = None if on_grid else (_nearest_before(grid, run_at), _after(grid, run_at))
+    if nearest is not None:
+        raise OffGridError("run_at", run_at, *nearest)
+    if run_at <= now:
+        raise ScheduleValidationError(
+            "run_at",
+            f"{run_at.isoformat()} is not in the future (now {now.isoformat()}); only a coming "
+            "occurrence can be skipped ahead",
+        )
+
+
+def _nearest_before(grid: WindowedGrid, instant: datetime) -> datetime | None:
+    point = point_before(grid.grid, instant)
+    return point if point is not None and grid.contains(point) else None
+
+
+def _after(grid: WindowedGrid, instant: datetime) -> datetime | None:
+    try:
+        return grid.next_after(instant)
+    except WindowEnded:
+        return None
+
+
 # --- reconcile -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    """One occurrence: its dispatch-log key and its run_at."""
+
+    key: str
+    run_at: datetime
 
 
 @dataclass
@@ -158,6 +309,8 @@ class Convergence:
     """What one reconcile changed in the database, to be mirrored in Beanstalkd after commit."""
 
     retired: list[JobRef] = field(default_factory=list)
+    #: The retired executions that were due and waiting for a worker: (key, run_at).
+    retired_due: list[Occurrence] = field(default_factory=list)
     to_enqueue: list[int] = field(default_factory=list)
     created: list[int] = field(default_factory=list)
     missed: int = 0
@@ -211,11 +364,14 @@ def converge(pb: Postburner, session: Session, schedule_id: int, now: datetime) 
     outcome = Convergence(invalid=unloadable)
     waiting = _not_started(session, [e for e in live if e.run_at <= now])
     future = [e for e in live if e.run_at > now]
-    if schedule is None or not schedule.enabled:
+    if schedule is None or not schedule.enabled or schedule.is_paused:
         _retire_rows(outcome, future + waiting)
+        outcome.retired_due = [
+            Occurrence(str(e.cached_schedule["name"]), e.run_at) for e in waiting
+        ]
         return outcome
     try:
-        plan, following = _plan(pb, session, schedule, now)
+        plan = _plan(pb, session, schedule, now)
     except UnplannableScheduleError as exc:
         _retire_rows(outcome, future + waiting)
         outcome.invalid = exc
@@ -224,8 +380,8 @@ def converge(pb: Postburner, session: Session, schedule_id: int, now: datetime) 
     outcome.missed = plan.missed_total
     keep = _keeper(schedule, future + waiting, plan)
     _retire_rows(outcome, [e for e in future if e is not keep])
-    if keep is None and not (plan.is_due(now) and waiting):
-        keep = _create_execution(session, schedule, plan.run_at, following)
+    if keep is None and plan.run_at is not None and not (plan.is_due(now) and waiting):
+        keep = _create_execution(session, schedule, plan.run_at, plan.following)
         outcome.created.append(keep.id)
     for execution in [keep, *waiting]:
         if execution is not None and execution.is_live and not execution.enqueued:
@@ -238,21 +394,19 @@ def _unloadable(session: Session, schedule_id: int, exc: Exception) -> Unplannab
     return UnplannableScheduleError(name or f"#{schedule_id}", reason(exc))
 
 
-def _plan(
-    pb: Postburner, session: Session, schedule: Schedule, now: datetime
-) -> tuple[NextOccurrence, datetime]:
-    """The plan and the grid point after it, computed before anything is written."""
+def _plan(pb: Postburner, session: Session, schedule: Schedule, now: datetime) -> SchedulePlan:
+    """The plan (and the grid point after it), computed before anything is written."""
     baseline = _baseline(session, schedule, now)
+    skipped = store_for(session).skipped_ahead(session, [schedule.name], baseline)
     with planning(schedule.name):
-        grid = schedule.grid()
-        plan = plan_next(
-            grid,
+        return plan_schedule(
+            schedule.occurrence_grid(),
             baseline=baseline,
             now=now,
             catch_up=schedule.catch_up,
-            window=pb.settings.catch_up_window,
+            window=catch_up_window(schedule, pb.settings.catch_up_window),
+            skipped=skipped.get(schedule.name, ()),
         )
-        return plan, grid.next_after(plan.run_at)
 
 
 def _not_started(session: Session, executions: list[ScheduleExecution]) -> list[ScheduleExecution]:
@@ -276,7 +430,7 @@ def _baseline(session: Session, schedule: Schedule, now: datetime) -> datetime:
 
 
 def _keeper(
-    schedule: Schedule, candidates: list[ScheduleExecution], plan: NextOccurrence
+    schedule: Schedule, candidates: list[ScheduleExecution], plan: SchedulePlan
 ) -> ScheduleExecution | None:
     for execution in candidates:
         if execution.run_at == plan.run_at and not execution.is_drifted(schedule):
@@ -291,7 +445,7 @@ def _retire_rows(outcome: Convergence, executions: list[ScheduleExecution]) -> N
 
 
 def _create_execution(
-    session: Session, schedule: Schedule, run_at: datetime, next_run_at: datetime
+    session: Session, schedule: Schedule, run_at: datetime, next_run_at: datetime | None
 ) -> ScheduleExecution:
     execution = ScheduleExecution(
         schedule_id=schedule.id,
@@ -305,9 +459,7 @@ def _create_execution(
     return execution
 
 
-def _record_missed(
-    session: Session, schedule: Schedule, plan: NextOccurrence, now: datetime
-) -> None:
+def _record_missed(session: Session, schedule: Schedule, plan: SchedulePlan, now: datetime) -> None:
     """Make missed occurrences visible in the dispatch log (status ``missed``)."""
     from postburner_py.store.dispatch_log import insert_missed
 

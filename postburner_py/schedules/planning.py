@@ -10,14 +10,18 @@ can set that row aside and go on with the others.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from postburner_py.errors import UnplannableScheduleError
 from postburner_py.store import store_for
 from postburner_py.timegrid.grid import TimeGrid, make_grid
+from postburner_py.timegrid.occurrences import MAX_LISTED_MISSED, plan_next
+from postburner_py.timegrid.window import WindowedGrid, WindowEnded
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -57,6 +61,69 @@ def stored_grid(row: Any) -> TimeGrid:
             interval_unit=row.interval_unit,
             timezone=row.timezone,
         )
+
+
+def stored_window(row: Any) -> WindowedGrid:
+    """The occurrence grid of a schedule row: its grid inside ``[starts_at, ends_at]``."""
+    return WindowedGrid(stored_grid(row), row.starts_at, row.ends_at)
+
+
+def catch_up_window(row: Any, default: timedelta) -> timedelta:
+    """The row's own ``catch_up_window`` (seconds), else ``default`` (the global one)."""
+    seconds = row.catch_up_window
+    return default if seconds is None else timedelta(seconds=seconds)
+
+
+def snapshot_window(snapshot: dict[str, Any]) -> timedelta | None:
+    """The catch-up window a queued snapshot carries (None: the global one applies)."""
+    seconds = snapshot.get("catch_up_window")
+    return None if seconds is None else timedelta(seconds=seconds)
+
+
+@dataclass(frozen=True)
+class SchedulePlan:
+    """What to queue next for one schedule, and what was missed before it.
+
+    ``run_at`` None: the schedule's window has ended, nothing is queued. ``following`` is the
+    point after ``run_at`` (the new execution's ``next_run_at``; None when none is left).
+    """
+
+    run_at: datetime | None
+    following: datetime | None
+    missed: list[datetime] = field(default_factory=list)
+    missed_total: int = 0
+
+    def is_due(self, now: datetime) -> bool:
+        """True when ``run_at`` is not in the future: a missed occurrence caught up late."""
+        return self.run_at is not None and self.run_at <= now
+
+
+def plan_schedule(
+    grid: WindowedGrid,
+    *,
+    baseline: datetime,
+    now: datetime,
+    catch_up: bool,
+    window: timedelta,
+    skipped: Collection[datetime] = (),
+) -> SchedulePlan:
+    """``plan_next`` on a windowed grid: the occurrence to queue after ``baseline`` as seen at
+    ``now``, stepping over the points in ``skipped`` (skipped ahead by an operator). Once the
+    window has ended every point since ``baseline`` is reported missed and nothing is next."""
+    try:
+        plan = plan_next(grid, baseline=baseline, now=now, catch_up=catch_up, window=window)
+        run_at = plan.run_at
+        while run_at in skipped:
+            run_at = grid.next_after(run_at)
+    except WindowEnded:
+        points = grid.between(baseline, now)
+        listed = list(islice(points, MAX_LISTED_MISSED))
+        return SchedulePlan(None, None, listed, len(listed) + sum(1 for _ in points))
+    try:
+        following: datetime | None = grid.next_after(run_at)
+    except WindowEnded:
+        following = None
+    return SchedulePlan(run_at, following, plan.missed, plan.missed_total)
 
 
 def check_plannable(row: Any, now: datetime) -> None:

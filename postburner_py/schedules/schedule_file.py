@@ -82,6 +82,9 @@ SCHEDULE_FIELDS = (
     "interval",
     "interval_unit",
     "catch_up",
+    "catch_up_window",
+    "starts_at",
+    "ends_at",
     "enabled",
     "description",
 )
@@ -446,6 +449,9 @@ def _attributes(fields: dict[str, Any]) -> dict[str, Any]:
             attributes[flag] = _flag(flag, attributes[flag])
     if "description" in attributes:
         attributes["description"] = _description(attributes["description"])
+    for instant in ("starts_at", "ends_at"):
+        if attributes.get(instant) is not None:
+            attributes[instant] = _instant_field(instant, attributes[instant])
     if attributes.get("anchor") is not None:
         attributes["anchor"] = _anchor(attributes["anchor"])
     elif "interval" in fields or "interval_unit" in fields:
@@ -467,21 +473,27 @@ def _description(value: Any) -> str | None:
 
 def _anchor(value: Any) -> datetime:
     """An ISO-8601 instant with a UTC offset (YAML may already have parsed it)."""
+    return _instant_field("anchor", value)
+
+
+def _instant_field(name: str, value: Any) -> datetime:
+    """The instant field ``name`` (``anchor``, ``starts_at``, ``ends_at``): ISO-8601 with a
+    UTC offset (YAML may already have parsed it)."""
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
             raise ScheduleValidationError(
-                "anchor", f"{value!r} is not ISO-8601, e.g. '2025-01-31T10:00:00+01:00'"
+                name, f"{value!r} is not ISO-8601, e.g. '2025-01-31T10:00:00+01:00'"
             ) from None
     if isinstance(value, datetime) and (value.tzinfo is None or value.utcoffset() is None):
         raise ScheduleValidationError(
-            "anchor", f"{value.isoformat()} has no UTC offset; add one, e.g. +00:00"
+            name, f"{value.isoformat()} has no UTC offset; add one, e.g. +00:00"
         )
     if not isinstance(value, datetime):
         shown = value.isoformat() if isinstance(value, date) else repr(value)
         raise ScheduleValidationError(
-            "anchor", f"{shown} is not a date and time with an offset, e.g. 2025-01-31T10:00:00Z"
+            name, f"{shown} is not a date and time with an offset, e.g. 2025-01-31T10:00:00Z"
         )
     return value
 
@@ -519,13 +531,19 @@ class ScheduleChange:
 
 @dataclass(frozen=True)
 class SyncPlan:
-    """What :func:`sync` did (or, with ``dry_run``, would do)."""
+    """What :func:`sync` did (or, with ``dry_run``, would do).
+
+    ``label`` is the owner the sync acted for; ``left_alone`` names the schedules it did not
+    touch because they belong to code (no label) or to another schedule file.
+    """
 
     path: str
     env: str
     dry_run: bool
     changes: tuple[ScheduleChange, ...]
     unchanged: tuple[str, ...]
+    label: str = ""
+    left_alone: tuple[str, ...] = ()
 
     def of(self, action: Action | str) -> list[ScheduleChange]:
         """The changes with ``action``."""
@@ -537,7 +555,10 @@ class SyncPlan:
             f"{len(self.of(action))} {'to ' + verb if self.dry_run else done}"
             for action, verb, done in _VERBS
         )
-        header = f"{self.path} (env {self.env}): {counts}, {len(self.unchanged)} unchanged"
+        header = (
+            f"{self.path} (env {self.env}, label {self.label}): {counts}, "
+            f"{len(self.unchanged)} unchanged, {len(self.left_alone)} not ours (left alone)"
+        )
         if self.dry_run:
             header += " [dry run: nothing written]"
         return "\n".join([header, *(_describe_change(change) for change in self.changes)])
@@ -547,9 +568,11 @@ class SyncPlan:
         return {
             "path": self.path,
             "env": self.env,
+            "label": self.label,
             "dry_run": self.dry_run,
             "changes": [_change_dict(change) for change in self.changes],
             "unchanged": list(self.unchanged),
+            "left_alone": list(self.left_alone),
         }
 
 
@@ -594,6 +617,12 @@ def _instant(value: datetime | None) -> str:
 # --- sync ------------------------------------------------------------------------------------
 
 
+def default_label(path: str | Path) -> str:
+    """The owner label of a schedule file: its name without the extension
+    (``deploy/schedules.yml`` -> ``schedules``)."""
+    return Path(path).stem
+
+
 def sync(
     pb: Postburner,
     path: str | Path,
@@ -602,28 +631,82 @@ def sync(
     prune: bool = False,
     dry_run: bool = False,
     now: datetime | None = None,
+    label: str | None = None,
+    adopt: bool = False,
 ) -> SyncPlan:
-    """Make the database's schedules match the file at ``path`` (section ``env``).
+    """Make the database's schedules of ``label`` (default: the file name without its
+    extension) match the file at ``path`` (section ``env``).
 
-    Creates and updates schedules by name, assigning only the fields that differ; disables
-    the schedules the file does not mention, or deletes them when ``prune``. Everything is
-    validated first and written in one transaction; the after-commit hooks then queue or
-    remove the affected executions. With ``dry_run`` nothing is written. ``now`` (default
-    ``pb.clock()``) is the instant the predicted queue moves are computed from.
-    Raises :class:`ScheduleFileError` when the file is invalid, before anything is written.
+    Only schedules owned by ``label`` are touched: it creates schedules (owned by
+    ``label``) and updates its own by name, assigning only the fields that differ; it
+    disables its schedules the file no longer mentions, or deletes them when ``prune``.
+    Schedules created from code (no label) or by another file are never touched and are
+    listed in :attr:`SyncPlan.left_alone`; a file entry naming one of them is refused
+    (:class:`ScheduleFileError`), except that with ``adopt`` an entry takes over a schedule
+    created from code (e.g. by a sync before labels existed). A pause is the operator's:
+    sync never pauses or resumes a schedule.
+
+    Everything is validated first and written in one transaction; the after-commit hooks
+    then queue or remove the affected executions. With ``dry_run`` nothing is written.
+    ``now`` (default ``pb.clock()``) is the instant the predicted queue moves are computed
+    from. Raises :class:`ScheduleFileError` when the file is invalid, before anything is
+    written.
     """
     now = now or pb.clock()
+    label = label if label is not None else default_label(path)
+    _check_label(label)
     specs = load_schedule_file(
         path, env=env, allowed_job_prefixes=pb.settings.allowed_job_prefixes, now=now
     )
     with pb.session() if dry_run else pb.work_session() as session:
         existing = {schedule.name: schedule for schedule in pb.store.all_schedules(session)}
+        _check_ownership(path, specs, existing, label, adopt=adopt)
+        ours = {
+            name: s for name, s in existing.items() if s.label == label or name in _names(specs)
+        }
         queued = pb.store.queued_run_ats(session, now)
-        changes, unchanged = _plan(specs, existing, queued, prune=prune, now=now)
+        changes, unchanged = _plan(specs, ours, queued, prune=prune, now=now, label=label)
         if not dry_run:
-            _apply(session, changes, specs, existing)
+            _apply(session, changes, specs, ours, label)
             session.commit()
-    return SyncPlan(str(path), env, dry_run, tuple(changes), tuple(unchanged))
+    left_alone = tuple(sorted(set(existing) - set(ours)))
+    return SyncPlan(str(path), env, dry_run, tuple(changes), tuple(unchanged), label, left_alone)
+
+
+def _names(specs: list[ScheduleSpec]) -> set[str]:
+    return {spec.name for spec in specs}
+
+
+def _check_label(label: str) -> None:
+    try:
+        Schedule(label=label)
+    except ScheduleValidationError as exc:
+        raise ScheduleFileError(f"--label: {exc}") from None
+
+
+def _check_ownership(
+    path: str | Path,
+    specs: list[ScheduleSpec],
+    existing: dict[str, Schedule],
+    label: str,
+    *,
+    adopt: bool,
+) -> None:
+    """Refuse an entry naming a schedule that another owner holds (code: unless ``adopt``)."""
+    for spec in specs:
+        current = existing.get(spec.name)
+        if current is None or current.label == label or (adopt and current.label is None):
+            continue
+        owner = "code" if current.label is None else f"schedule file label {current.label!r}"
+        fix = (
+            "pass --adopt to take it over, rename the entry, or delete the schedule"
+            if current.label is None
+            else f"sync it with --label {current.label}, rename the entry, or delete it"
+        )
+        raise ScheduleFileError(
+            f"{path}: {spec.location} (key {spec.name!r}): the schedule exists, owned by "
+            f"{owner}, not by label {label!r}; {fix}"
+        )
 
 
 def _plan(
@@ -633,12 +716,13 @@ def _plan(
     *,
     prune: bool,
     now: datetime,
+    label: str,
 ) -> tuple[list[ScheduleChange], list[str]]:
     changes: list[ScheduleChange] = []
     unchanged: list[str] = []
     declared = {spec.name for spec in specs}
     proposals = [
-        (spec.name, _change_for(spec.schedule, existing.get(spec.name), queued, now))
+        (spec.name, _change_for(spec.schedule, existing.get(spec.name), queued, now, label))
         for spec in specs
     ] + [
         (name, _retirement(existing[name], queued, prune=prune))
@@ -653,10 +737,15 @@ def _plan(
 
 
 def _change_for(
-    wanted: Schedule, current: Schedule | None, queued: dict[int, datetime], now: datetime
+    wanted: Schedule,
+    current: Schedule | None,
+    queued: dict[int, datetime],
+    now: datetime,
+    label: str,
 ) -> ScheduleChange | None:
+    runs = wanted.enabled and (current is None or not current.is_paused)
     if current is None:
-        upcoming = wanted.next_run_at(now) if wanted.enabled else None
+        upcoming = wanted.next_run_at(now) if runs else None
         move = QueueMove(None, upcoming) if upcoming is not None else None
         return ScheduleChange(SyncAction.CREATE, wanted.name, move=move)
     differing = {
@@ -664,13 +753,13 @@ def _change_for(
         for name in SCHEDULE_FIELDS
         if _comparable(getattr(current, name)) != _comparable(getattr(wanted, name))
     }
+    if current.label != label:
+        differing["label"] = (current.label, label)  # adopted (see sync's ``adopt``)
     if not differing:
         return None
     move = None
     if _REQUEUE_FIELDS & set(differing):
-        move = QueueMove(
-            queued.get(current.id), wanted.next_run_at(now) if wanted.enabled else None
-        )
+        move = QueueMove(queued.get(current.id), wanted.next_run_at(now) if runs else None)
     if move is not None and move.old_run_at is None and move.new_run_at is None:
         move = None
     return ScheduleChange(SyncAction.UPDATE, wanted.name, differing, move)
@@ -704,10 +793,12 @@ def _apply(
     changes: list[ScheduleChange],
     specs: list[ScheduleSpec],
     existing: dict[str, Schedule],
+    label: str,
 ) -> None:
     wanted = {spec.name: spec.schedule for spec in specs}
     for change in changes:
         if change.action == SyncAction.CREATE:
+            wanted[change.name].label = label
             session.add(wanted[change.name])
         elif change.action == SyncAction.DELETE:
             session.delete(existing[change.name])

@@ -37,6 +37,7 @@ from typing import Any
 
 from postburner_py.clock import Clock, require_aware
 from postburner_py.store.dispatch_records import (
+    NOT_RUN_STATUSES,
     Claim,
     ClaimOutcome,
     ClaimRequest,
@@ -252,10 +253,10 @@ class DispatchRegistry(ABC):
     def dispatched(self, key: str, fire_time: datetime) -> bool:
         """True when some attempt claimed the occurrence (whatever came of it).
 
-        An occurrence recorded as ``missed`` was never dispatched.
+        An occurrence recorded as ``missed``, ``paused`` or ``skipped`` was never dispatched.
         """
         entry = self.find_dispatch(key, fire_time)
-        return entry is not None and entry.status is not DispatchStatus.MISSED
+        return entry is not None and entry.status not in NOT_RUN_STATUSES
 
     @abstractmethod
     def _renew(

@@ -30,6 +30,14 @@ class DispatchStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     MISSED = "missed"
+    #: Fell while its schedule was paused: never ran (recorded in batches, see ``pause``).
+    PAUSED = "paused"
+    #: Skipped ahead by an operator (``skip_occurrence``): it never starts.
+    SKIPPED = "skipped"
+
+
+#: Rows that record an occurrence which never ran (attempt 0, no lease): not a claim.
+NOT_RUN_STATUSES = (DispatchStatus.MISSED, DispatchStatus.PAUSED, DispatchStatus.SKIPPED)
 
 
 class ClaimOutcome(StrEnum):
@@ -48,7 +56,7 @@ class ClaimOutcome(StrEnum):
 
 
 _RUNNABLE = frozenset({ClaimOutcome.ACQUIRED, ClaimOutcome.TAKEN_OVER})
-_STATUS_SQL = "status IN ('dispatched', 'completed', 'failed', 'missed')"
+_STATUS_SQL = "status IN ('dispatched', 'completed', 'failed', 'missed', 'paused', 'skipped')"
 
 
 class DispatchRecord(Base):
@@ -190,10 +198,16 @@ def fresh_row(
 
 
 def missed_rows(
-    occurrences: Iterable[tuple[str, datetime]], node_id: str, now: datetime
+    occurrences: Iterable[tuple[str, datetime]],
+    node_id: str,
+    now: datetime,
+    status: DispatchStatus = DispatchStatus.MISSED,
 ) -> list[dict[str, Any]]:
-    """The ``missed`` dispatch rows (attempt 0, no lease) of ``(key, fire_time)`` pairs, each
+    """The not-run dispatch rows (attempt 0, no lease; ``status`` one of
+    :data:`NOT_RUN_STATUSES`, default ``missed``) of ``(key, fire_time)`` pairs, each
     occurrence once."""
+    if status not in NOT_RUN_STATUSES:
+        raise ValueError(f"status: {status!r} is not one of {', '.join(NOT_RUN_STATUSES)}")
     unique = dict.fromkeys((key, require_aware("fire_times", at)) for key, at in occurrences)
     return [
         {
@@ -201,7 +215,7 @@ def missed_rows(
             "fire_time": fire_time,
             "dispatched_at": now,
             "node_id": node_id,
-            "status": DispatchStatus.MISSED,
+            "status": status,
             "attempt": 0,
             "lease_expires_at": None,
             "updated_at": now,

@@ -262,10 +262,12 @@ class HistoryStore:
         task_identifier: str | None = None,
         status: str | None = None,
         limit: int = 100,
+        schedule_name: str | None = None,
     ) -> list[HistoryEntry]:
         """Stored entries with ``from_ <= started_at < to``, newest ``started_at`` first.
 
-        ``status`` is one of ``started``, ``completed``, ``failed``, ``partial_success``.
+        ``status`` is one of ``started``, ``completed``, ``failed``, ``partial_success``;
+        ``schedule_name`` keeps the runs of one schedule.
         """
         since = None if from_ is None else require_aware("from_", from_)
         before = None if to is None else require_aware("to", to)
@@ -273,7 +275,12 @@ class HistoryStore:
         if limit < 1:
             raise ValueError(f"limit: must be at least 1, got {limit!r}")
         return self._find(
-            from_=since, to=before, task_identifier=task_identifier, status=wanted, limit=limit
+            from_=since,
+            to=before,
+            task_identifier=task_identifier,
+            status=wanted,
+            limit=limit,
+            schedule_name=schedule_name,
         )
 
     def recent(self, n: int | None = None) -> list[HistoryEntry]:

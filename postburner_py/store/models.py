@@ -42,6 +42,7 @@ from postburner_py.store.engine import Base as Base
 from postburner_py.store.engine import BigIntPK, JSONType, UTCDateTime, utcnow
 from postburner_py.timegrid import grid as timegrid
 from postburner_py.timegrid.grid import TimeGrid
+from postburner_py.timegrid.window import WindowedGrid, WindowEnded
 
 if TYPE_CHECKING:
     from postburner_py.app import Postburner
@@ -86,6 +87,9 @@ CACHEABLE_ATTRIBUTES = (
     "cron",
     "catch_up",
     "name",
+    "catch_up_window",
+    "starts_at",
+    "ends_at",
 )
 
 DEFAULT_TTR = 300
@@ -115,6 +119,18 @@ class LifecycleRules(Protocol):
     ) -> bool: ...
 
     def supersede_execution(self, pb: Postburner, execution_id: int) -> bool: ...
+
+    def pause_schedule(
+        self, pb: Postburner, schedule_id: int, *, reason: str | None, now: datetime | None = ...
+    ) -> bool: ...
+
+    def resume_schedule(
+        self, pb: Postburner, schedule_id: int, *, now: datetime | None = ...
+    ) -> bool: ...
+
+    def skip_occurrence(
+        self, pb: Postburner, schedule_id: int, run_at: datetime, *, now: datetime | None = ...
+    ) -> bool: ...
 
 
 _LIFECYCLE: list[LifecycleRules] = []
@@ -206,8 +222,25 @@ class Schedule(Base):
     enabled: Mapped[bool] = mapped_column(Boolean)
     description: Mapped[str | None] = mapped_column(Text)
     #: Occurrences at or before this instant are never counted as missed. Set when the
-    #: schedule is created or enabled and whenever what or when it runs changes.
+    #: schedule is created, enabled or resumed and whenever what or when it runs changes.
     resumed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Seconds a missed occurrence may still run late (``catch_up``) or a late delivery
+    #: still start; None: the global ``catch_up_window``. Part of the queued snapshot.
+    catch_up_window: Mapped[int | None] = mapped_column(Integer)
+    #: No occurrence before this instant (None: no start). Part of the queued snapshot.
+    starts_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: No occurrence after this instant; once past it the schedule has no job (None: no
+    #: end). Part of the queued snapshot.
+    ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When an operator paused the schedule (None: not paused). A paused schedule has no
+    #: job; its occurrences are recorded ``paused``. Set by :meth:`pause`, cleared by
+    #: :meth:`resume`; a schedule-file sync never changes it.
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Why it was paused (free text, shown by ``schedules list``).
+    pause_reason: Mapped[str | None] = mapped_column(Text)
+    #: Who owns the schedule: the label of the schedule file that created it (``postburner
+    #: sync`` touches only its own label's schedules), or None: created from code.
+    label: Mapped[str | None] = mapped_column(String(255))
     #: md5 of the cacheable attributes as JSONB text, set by a PostgreSQL trigger on every
     #: write (raw SQL included): the watchdog finds drift by comparing it with the executions'
     #: digest. Always NULL on SQLite, where the watchdog compares the columns themselves.
@@ -312,6 +345,22 @@ class Schedule(Base):
             raise ScheduleValidationError(key, f"must be text, e.g. 'minutes', got {value!r}")
         return self._fits(key, value)  # type: ignore[no-any-return]
 
+    @validates("catch_up_window")
+    def _check_catch_up_window(self, key: str, value: Any) -> int | None:
+        return self._fits(key, validation.validate_catch_up_window(value))  # type: ignore[no-any-return]
+
+    @validates("starts_at", "ends_at", "paused_at")
+    def _check_instant(self, key: str, value: Any) -> datetime | None:
+        return validation.validate_optional_instant(key, value)
+
+    @validates("pause_reason")
+    def _check_pause_reason(self, key: str, value: Any) -> str | None:
+        return self._fits(key, validation.validate_optional_text(key, value))  # type: ignore[no-any-return]
+
+    @validates("label")
+    def _check_label(self, key: str, value: Any) -> str | None:
+        return self._fits(key, validation.validate_label(value))  # type: ignore[no-any-return]
+
     @validates("catch_up", "enabled")
     def _check_flag(self, key: str, value: Any) -> bool:
         return validation.validate_flag(key, value)
@@ -321,7 +370,8 @@ class Schedule(Base):
         return self._fits(key, validation.validate_optional_text(key, value))  # type: ignore[no-any-return]
 
     def grid(self) -> TimeGrid:
-        """The schedule's time grid; raises ScheduleValidationError when the spec is incomplete."""
+        """The schedule's time grid, unbounded (:meth:`occurrence_grid` honours
+        ``starts_at``/``ends_at``); raises ScheduleValidationError when the spec is incomplete."""
         return timegrid.make_grid(
             cron=self.cron,
             anchor=self.anchor,
@@ -330,10 +380,15 @@ class Schedule(Base):
             timezone=self.timezone,
         )
 
+    def occurrence_grid(self) -> WindowedGrid:
+        """The points the schedule fires at: its grid inside ``[starts_at, ends_at]``."""
+        return WindowedGrid(self.grid(), self.starts_at, self.ends_at)
+
     def validate(self, now: datetime | None = None) -> None:
         """Check what single fields cannot: that ``name`` and ``job_class`` are given, the
-        cron/interval combination, and that the first occurrence after ``now`` (default: the
-        owning Postburner's clock) and every later step can be put into Beanstalkd.
+        cron/interval combination, that ``ends_at`` is after ``starts_at``, and that the first
+        occurrence after ``now`` (default: the owning Postburner's clock) and every later
+        step can be put into Beanstalkd.
 
         Raises :class:`~postburner_py.errors.ScheduleValidationError` naming the field.
         """
@@ -343,10 +398,14 @@ class Schedule(Base):
         grid = self.grid()
         if self.interval is not None and self.interval_unit is not None:
             validation.check_interval_step(self.interval, self.interval_unit)
+        validation.check_run_window(self.starts_at, self.ends_at)
         now = now or postburner_clock(self)()
         field = "cron" if self.cron is not None else "interval"
         try:
             first = grid.next_after(now)
+            windowed = self.occurrence_grid().next_after(now)
+        except WindowEnded:
+            return  # an ended schedule is valid; it simply has nothing to queue
         except ScheduleValidationError:
             raise
         except (ValueError, OverflowError):
@@ -354,14 +413,20 @@ class Schedule(Base):
                 field, f"has no occurrence after {now.isoformat()} within years 1-9999"
             ) from None
         validation.check_delay(field, first, now)
+        validation.check_delay("starts_at" if windowed != first else field, windowed, now)
 
-    def next_run_at(self, after: datetime) -> datetime:
-        """The first grid point strictly after ``after`` (aware UTC)."""
-        return self.grid().next_after(after)
+    def next_run_at(self, after: datetime) -> datetime | None:
+        """The first occurrence strictly after ``after`` (aware UTC) inside
+        ``[starts_at, ends_at]``; None once the window has ended."""
+        try:
+            return self.occurrence_grid().next_after(after)
+        except WindowEnded:
+            return None
 
     def upcoming(self, count: int, after: datetime | None = None) -> list[datetime]:
-        """The next ``count`` grid points strictly after ``after`` (default: now)."""
-        return self.grid().upcoming(count, after or postburner_clock(self)())
+        """The next ``count`` occurrences strictly after ``after`` (default: now), inside
+        ``[starts_at, ends_at]`` (fewer once the window ends)."""
+        return self.occurrence_grid().upcoming(count, after or postburner_clock(self)())
 
     def cacheable_attributes(self) -> dict[str, Any]:
         """The attributes whose change makes a queued execution stale (drift)."""
@@ -399,6 +464,54 @@ class Schedule(Base):
         self.enabled = enabled
         session.commit()
         self.reconcile(now=now)
+
+    @property
+    def is_paused(self) -> bool:
+        """True while an operator has the schedule paused (:meth:`pause`)."""
+        return self.paused_at is not None
+
+    def pause(self, reason: str | None = None, *, now: datetime | None = None) -> bool:
+        """Pause the schedule: commit the caller's session, record ``paused_at`` (``now``,
+        default the owning Postburner's clock) and ``reason``, and remove its queued job.
+
+        While paused the schedule has no job and the watchdog queues none; the occurrences
+        that fall meanwhile are recorded ``paused`` in the dispatch log (on :meth:`resume`).
+        Returns False, changing nothing, when it is already paused. A schedule-file sync
+        never resumes it: pause is the operator's switch, ``enabled`` the definition's.
+        """
+        column = type(self).__table__.c["pause_reason"]
+        validation.fit_column("reason", validation.validate_optional_text("reason", reason), column)
+        session = _require_session(self)
+        session.commit()
+        paused = lifecycle().pause_schedule(postburner_of(self), self.id, reason=reason, now=now)
+        session.refresh(self)
+        return paused
+
+    def resume(self, *, now: datetime | None = None) -> bool:
+        """Resume a paused schedule: record its occurrences since the pause as ``paused``,
+        then queue the first grid point after ``now`` (none of the paused ones is caught
+        up). Returns False, changing nothing, when it is not paused."""
+        session = _require_session(self)
+        session.commit()
+        resumed = lifecycle().resume_schedule(postburner_of(self), self.id, now=now)
+        session.refresh(self)
+        return resumed
+
+    def skip_occurrence(self, run_at: datetime, *, now: datetime | None = None) -> bool:
+        """Skip the future occurrence at ``run_at`` (any grid point, e.g. a holiday next
+        month) so that it never starts; the schedule runs on at the points around it.
+
+        ``run_at`` must be a point of the schedule's grid inside its window and after
+        ``now``: otherwise :class:`~postburner_py.errors.OffGridError` (naming the nearest
+        points before and after) or :class:`~postburner_py.errors.ScheduleValidationError`.
+        Returns False, changing nothing, when the occurrence is already skipped, or a
+        worker has already claimed it (it is running or ran).
+        """
+        validation.require_aware("run_at", run_at)
+        session = _require_session(self)
+        session.commit()
+        pb = postburner_of(self)
+        return lifecycle().skip_occurrence(pb, self.id, run_at.astimezone(UTC), now=now)
 
 
 def future_live_query(schedule_id: int, now: datetime) -> Any:

@@ -50,7 +50,7 @@ from postburner_py.schedules.chaining import (
 )
 from postburner_py.schedules.lifecycle import ENQUEUE_GRACE, converge
 from postburner_py.schedules.one_off import put_delayed
-from postburner_py.schedules.planning import unloadable_schedules
+from postburner_py.schedules.planning import snapshot_window, unloadable_schedules
 from postburner_py.store import store_for
 from postburner_py.store.contract.schedules import JobKind
 
@@ -250,7 +250,8 @@ def _would_run(pb: Postburner, row: Row[Any], now: datetime) -> bool:
     """The worker's lateness rule (``job_runner``): would a delivery now still run?"""
     if row.run_at > now:
         return True
-    if now - row.run_at > pb.settings.catch_up_window:
+    window = snapshot_window(row.cached_schedule)
+    if now - row.run_at > (pb.settings.catch_up_window if window is None else window):
         return False
     catch_up = bool(row.cached_schedule.get("catch_up"))
     return catch_up or row.next_run_at is None or row.next_run_at > now

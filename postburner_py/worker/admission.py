@@ -38,6 +38,7 @@ from postburner_py.errors import JobNotAllowedError
 from postburner_py.keys import idempotency_key, occurrence_key, one_off_key
 from postburner_py.queue.signing import JobBody
 from postburner_py.schedules.one_off import PENDING as DELAYED_PENDING
+from postburner_py.schedules.planning import snapshot_window
 from postburner_py.store import store_for
 from postburner_py.store.contract.gate import AdmittedRow, BatchRow, Delivery, admitted_row
 from postburner_py.store.dispatch_log import (
@@ -102,6 +103,8 @@ class Occurrence:
     timeout: float | None = None
     #: Exception class names that fail the occurrence at once.
     no_retry_on: tuple[str, ...] = ()
+    #: The schedule's own catch-up window (None: the global one).
+    catch_up_window: timedelta | None = None
 
 
 @dataclass(slots=True)
@@ -305,7 +308,10 @@ class Admitter:
             return False  # a one-off job was asked for explicitly: run it however late
         now = request.now
         next_due = occurrence.next_run_at
-        return now - occurrence.run_at > self.pb.settings.catch_up_window or (
+        window = occurrence.catch_up_window
+        if window is None:
+            window = self.pb.settings.catch_up_window
+        return now - occurrence.run_at > window or (
             not occurrence.catch_up and next_due is not None and next_due <= now
         )
 
@@ -460,6 +466,7 @@ def _occurrence(row: Any) -> Occurrence:
         catch_up=bool(snapshot.get("catch_up", False)),
         timeout=row.timeout,
         no_retry_on=tuple(row.no_retry_on or ()),
+        catch_up_window=snapshot_window(snapshot),
     )
 
 

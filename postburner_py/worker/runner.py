@@ -63,6 +63,7 @@ from postburner_py.worker.fast_path import worker_ledger
 from postburner_py.worker.job_loader import resolve_job
 from postburner_py.worker.lease_keeper import LeaseKeeper
 from postburner_py.worker.ledger import Ledger
+from postburner_py.worker.results import storable_result
 from postburner_py.worker.settlement import Settlement, Settler
 from postburner_py.worker.slots import RunSlots
 
@@ -454,11 +455,12 @@ class JobRunner:
 
     def _succeeded(self, run: _Run, result: Any) -> None:
         if isinstance(result, PartialSuccess):
-            self._settle(
-                run, HistoryStatus.PARTIAL_SUCCESS, Outcome.PARTIAL, results=result.results
-            )
+            results = storable_result(result.results)
+            self._settle(run, HistoryStatus.PARTIAL_SUCCESS, Outcome.PARTIAL, results=results)
         else:
-            self._settle(run, HistoryStatus.COMPLETED, Outcome.COMPLETED)
+            # A plain return value is kept as the run's result (``worker/results.py``).
+            results = storable_result(result)
+            self._settle(run, HistoryStatus.COMPLETED, Outcome.COMPLETED, results=results)
 
     def _failed(self, run: _Run, error: BaseException) -> None:
         occurrence = run.occurrence

@@ -473,3 +473,19 @@ def test_a_terminal_history_record_is_written_once(gate: Gate) -> None:
         assert [row.id for row in found] == [started.id]
         assert gate.store.find_history(connection, job_id="nobody") == []
         assert gate.store.expire_history(connection, now=NOW) == 0
+
+
+def test_record_missed_records_paused_and_skipped_occurrences_with_their_status(
+    gate: Gate,
+) -> None:
+    later = DUE + timedelta(hours=1)
+    with gate.pb.writer_engine.begin() as connection:
+        for status, at in ((DispatchStatus.PAUSED, DUE), (DispatchStatus.SKIPPED, later)):
+            added = gate.store.record_missed(
+                connection, [("job:held", at)], node_id="op", now=NOW, status=status
+            )
+            assert added == 1
+    assert [(row.status, row.attempt) for row in gate.dispatches()] == [
+        ("paused", 0),
+        ("skipped", 0),
+    ]

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from postburner_py.app import Postburner
 from postburner_py.store import Store, store_for
 from postburner_py.store.contract.schedules import PlannedExecution, PutRef
-from postburner_py.store.dispatch_log import DispatchRecord
+from postburner_py.store.dispatch_log import DispatchRecord, DispatchStatus
 from postburner_py.store.models import (
     ExecutionStatus,
     Schedule,
@@ -490,3 +490,48 @@ def _pending_one_off(queue: str, status: str) -> Any:
         run_at=NOW,
         status=status,
     )
+
+
+def test_paused_schedules_are_stale_and_ended_ones_are_not_missing(
+    store: Store, plain: Session
+) -> None:
+    running, paused, ended = _add_schedules(plain, 3)
+    inserted = {sid: eid for eid, sid, _ in _plan_and_insert(store, plain, [running, paused])}
+    plain.get_one(Schedule, paused).paused_at = NOW
+    plain.get_one(Schedule, ended).ends_at = NOW
+    plain.commit()
+    assert store.schedules_to_converge(plain, NOW) == ([], [])  # ended: nothing to create
+    stale = store.stale_executions(plain, NOW, timedelta(hours=12))
+    assert [(row.id, row.schedule_id) for row in stale] == [(inserted[paused], paused)]
+    assert [row.id for row in store.plan_rows(plain, [running, paused, ended], NOW)] == [ended]
+    plain.get_one(Schedule, ended).ends_at = LATER
+    plain.commit()
+    assert store.schedules_to_converge(plain, NOW) == ([ended], [])  # not ended yet: missing
+    plain.rollback()
+
+
+def test_a_run_window_change_is_drift(store: Store, plain: Session) -> None:
+    (schedule_id,) = _add_schedules(plain, 1)
+    _plan_and_insert(store, plain, [schedule_id])
+    assert store.schedules_to_converge(plain, NOW) == ([], [])
+    for field, value in (("starts_at", NOW), ("ends_at", LATER), ("catch_up_window", 60)):
+        setattr(plain.get_one(Schedule, schedule_id), field, value)
+        plain.commit()
+        assert store.schedules_to_converge(plain, NOW) == ([], [schedule_id]), field
+        setattr(plain.get_one(Schedule, schedule_id), field, None)
+        plain.commit()
+        assert store.schedules_to_converge(plain, NOW) == ([], []), field
+
+
+def test_skipped_ahead_returns_the_skipped_fire_times_after_an_instant(
+    store: Store, plain: Session
+) -> None:
+    rows = [("a", NEXT), ("a", LATER), ("b", LATER)]
+    store.record_missed(plain, rows, node_id="op", now=NOW, status=DispatchStatus.SKIPPED)
+    store.record_missed(plain, [("a", NOW)], node_id="op", now=NOW, status=DispatchStatus.PAUSED)
+    plain.commit()
+    assert store.skipped_ahead(plain, ["a", "c"], NOW) == {"a": {NEXT, LATER}}
+    assert store.skipped_ahead(plain, ["a", "b"], NEXT) == {"a": {LATER}, "b": {LATER}}
+    assert store.skipped_ahead(plain, [], NOW) == {}
+    assert not store.occurrence_claimed(plain, "a", NEXT)  # a skip is not a claim
+    assert not store.occurrence_claimed(plain, "a", NOW)

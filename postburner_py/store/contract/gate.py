@@ -213,11 +213,13 @@ class GateStore(Facet, ABC):
         *,
         node_id: str,
         now: datetime,
+        status: DispatchStatus | None = None,
     ) -> int:
-        """Insert ``missed`` rows (attempt 0, no lease) for the ``(key, fire_time)``
-        occurrences without a row, in one statement inside the caller's transaction; an
-        occurrence that has one (claimed, or recorded before) is left alone, and one named
-        twice is inserted once. Returns how many were inserted."""
+        """Insert not-run rows (attempt 0, no lease) with ``status`` (``missed``, also
+        when None; ``paused``; ``skipped``) for the ``(key, fire_time)`` occurrences without a
+        row, in one statement inside the caller's transaction; an occurrence that has one
+        (claimed, or recorded before) is left alone, and one named twice is inserted once.
+        Returns how many were inserted."""
 
     @abstractmethod
     def insert_started(
@@ -344,6 +346,7 @@ class GateStore(Facet, ABC):
         task_identifier: str | None = None,
         status: HistoryStatus | None = None,
         limit: int | None = None,
+        schedule_name: str | None = None,
     ) -> list[HistoryEntry]:
         """History rows matching every given filter (``from_ <= started_at < to``), newest
         ``started_at`` first, then newest row first, at most ``limit`` (None: all)."""

@@ -46,7 +46,8 @@ class PlannedExecution:
 
     row: Any
     run_at: datetime
-    next_run_at: datetime
+    #: The grid point after ``run_at`` (None: the schedule's window ends with this one).
+    next_run_at: datetime | None
 
 
 class ScheduleStore(Facet, ABC):
@@ -86,10 +87,11 @@ class ScheduleStore(Facet, ABC):
 
     @abstractmethod
     def schedules_to_converge(self, session: Session, now: datetime) -> tuple[list[int], list[int]]:
-        """One read over every enabled schedule and its live executions after ``now``.
+        """One read over every enabled, unpaused schedule and its live executions after ``now``.
 
         Returns (missing, wrong), each in ascending id order: the schedules without a live
-        future execution, and those with more than one or whose one has drifted. Drift is
+        future execution (except those whose ``ends_at`` is at or before ``now``: ended), and
+        those with more than one or whose one has drifted. Drift is
         computed in SQL from the stored rows, never from values the process kept, so an edit
         made with raw SQL is seen; key order and spacing of JSON are not drift.
         """
@@ -98,14 +100,15 @@ class ScheduleStore(Facet, ABC):
     def stale_executions(
         self, session: Session, now: datetime, lookback: timedelta
     ) -> Sequence[Any]:
-        """Live executions of deleted or disabled schedules, after ``now - lookback``, that
-        are in the future or not started: rows of (``id``, ``schedule_id``)."""
+        """Live executions of deleted, disabled or paused schedules, after ``now - lookback``,
+        that are in the future or not started: rows of (``id``, ``schedule_id``)."""
 
     @abstractmethod
     def unparsable_schedules(
         self, session: Session, *, enabled_only: bool
     ) -> dict[int, UnplannableScheduleError]:
-        """Schedules whose ``anchor`` or ``resumed_at`` holds a value that is not an instant.
+        """Schedules whose ``anchor``, ``resumed_at``, ``starts_at``, ``ends_at`` or
+        ``paused_at`` holds a value that is not an instant.
 
         Only a store that stores instants as text can hold one (``unparsable_instants``); the
         others return ``{}``. Found in SQL without loading the rows (loading one would raise);
@@ -129,8 +132,8 @@ class ScheduleStore(Facet, ABC):
     ) -> list[int]:
         """Ids (ascending) of live executions without a job that may be put: ``pending``, or
         ``scheduled`` with no ``enqueued_at`` or one older than ``grace``; after
-        ``now - lookback``, of an enabled schedule, in the future or not started. Restricted
-        to ``ids`` when given."""
+        ``now - lookback``, of an enabled unpaused schedule, in the future or not started.
+        Restricted to ``ids`` when given."""
 
     @abstractmethod
     def claim_unqueued(
@@ -171,9 +174,10 @@ class ScheduleStore(Facet, ABC):
     def plan_rows(
         self, session: Session, schedule_ids: Sequence[int], now: datetime
     ) -> Sequence[Any]:
-        """Re-read the enabled schedules of ``schedule_ids`` still without a live future
-        execution: the columns planning and the put need (``id, name, queue, priority, ttr,
-        catch_up, resumed_at, cron, anchor, interval, interval_unit, timezone``, and what
+        """Re-read the enabled, unpaused schedules of ``schedule_ids`` still without a live
+        future execution: the columns planning and the put need (``id, name, queue, priority,
+        ttr, catch_up, resumed_at, catch_up_window, starts_at, ends_at, cron, anchor,
+        interval, interval_unit, timezone``, and what
         :meth:`insert_executions` needs for the snapshot). Where the store can, the rows are
         share-locked until the commit and a row being edited is skipped, so the insert's
         snapshot is the row that was planned."""
@@ -259,7 +263,16 @@ class ScheduleStore(Facet, ABC):
 
     @abstractmethod
     def occurrence_claimed(self, session: Session, key: str, fire_time: datetime) -> bool:
-        """True when the dispatch log holds a claim (not a ``missed`` record) for it."""
+        """True when the dispatch log holds a claim for it (``dispatched``, ``completed`` or
+        ``failed``; not a ``missed``, ``paused`` or ``skipped`` record of one that never ran)."""
+
+    @abstractmethod
+    def skipped_ahead(
+        self, session: Session, keys: Sequence[str], after: datetime
+    ) -> dict[str, set[datetime]]:
+        """Per key of ``keys``, the fire times after ``after`` an operator skipped ahead (the
+        dispatch log's ``skipped`` rows): planning steps over them. Keys with none are
+        absent. One indexed read (status, fire time); takes no lock, writes nothing."""
 
     @abstractmethod
     def schedule_enabled(self, session: Session, schedule_id: int) -> bool:

@@ -255,8 +255,11 @@ class SqlGateStore(GateStore):
         *,
         node_id: str,
         now: datetime,
+        status: DispatchStatus | None = None,
     ) -> int:
-        rows = log_.missed_rows(occurrences, node_id, require_aware("now", now))
+        rows = log_.missed_rows(
+            occurrences, node_id, require_aware("now", now), status or DispatchStatus.MISSED
+        )
         return len(self._insert_absent(connection_of(connection), rows)) if rows else 0
 
     def _insert_absent(
@@ -481,6 +484,7 @@ class SqlGateStore(GateStore):
         task_identifier: str | None = None,
         status: HistoryStatus | None = None,
         limit: int | None = None,
+        schedule_name: str | None = None,
     ) -> list[HistoryEntry]:
         conditions: list[ColumnElement[bool]] = []
         if job_id is not None:
@@ -493,6 +497,8 @@ class SqlGateStore(GateStore):
             conditions.append(HistoryRecord.started_at < to)
         if task_identifier is not None:
             conditions.append(HistoryRecord.task_identifier == task_identifier)
+        if schedule_name is not None:
+            conditions.append(HistoryRecord.schedule_name == schedule_name)
         if status is not None:
             conditions.append(HistoryRecord.status == status)
         statement = (

@@ -52,7 +52,7 @@ class SqlReportStore(ReportStore):
         if not unloadable:
             return _pairs(session.execute(statement).all())
         broken = Schedule.id.in_(sorted(unloadable))
-        lean = statement.where(broken).options(defer(Schedule.anchor), defer(Schedule.resumed_at))
+        lean = statement.where(broken).options(*_deferred_instants())
         rows = [*session.execute(statement.where(~broken)).all(), *session.execute(lean).all()]
         return sorted(_pairs(rows), key=lambda row: row[0].name)
 
@@ -131,7 +131,7 @@ class SqlReportStore(ReportStore):
     ) -> Schedule | None:
         statement = select(Schedule).where(Schedule.name == name)
         if defer_instants:
-            statement = statement.options(defer(Schedule.anchor), defer(Schedule.resumed_at))
+            statement = statement.options(*_deferred_instants())
         return session.scalar(statement)
 
     def live_execution_at(
@@ -168,6 +168,12 @@ class SqlReportStore(ReportStore):
             .group_by(table.schedule_id)
         )
         return {schedule_id: run_at for schedule_id, run_at in rows if schedule_id is not None}
+
+
+def _deferred_instants() -> list[Any]:
+    """Load options deferring every instant column a hand-edited SQLite row may spoil."""
+    columns = (Schedule.anchor, Schedule.resumed_at, Schedule.starts_at, Schedule.ends_at)
+    return [defer(column) for column in (*columns, Schedule.paused_at)]
 
 
 def _pairs(rows: Any) -> list[tuple[Schedule, datetime | None]]:

@@ -41,7 +41,7 @@ from postburner_py.store.contract.schedules import (
     ScheduleStore,
     StillRule,
 )
-from postburner_py.store.dispatch_records import DispatchRecord, DispatchStatus
+from postburner_py.store.dispatch_records import NOT_RUN_STATUSES, DispatchRecord, DispatchStatus
 from postburner_py.store.engine import utcnow
 from postburner_py.store.models import (
     CACHEABLE_ATTRIBUTES,
@@ -81,6 +81,9 @@ _PLAN_COLUMNS = (
     _S.ttr,
     _S.catch_up,
     _S.resumed_at,
+    _S.catch_up_window,
+    _S.starts_at,
+    _S.ends_at,
     _S.cron,
     _S.anchor,
     _S.interval,
@@ -91,7 +94,7 @@ _SNAPSHOT_ONLY_COLUMNS = (_S.job_class, _S.args, _S.kwargs)
 
 #: The datetime columns planning reads. SQLite stores whatever raw SQL writes into them, and
 #: a value that is not an instant cannot even be loaded (the driver's parse raises).
-_INSTANT_COLUMNS = ("anchor", "resumed_at")
+_INSTANT_COLUMNS = ("anchor", "resumed_at", "starts_at", "ends_at", "paused_at")
 _ISO_DATE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*"
 
 
@@ -125,8 +128,14 @@ def delayed_not_started() -> ColumnElement[bool]:
     )
 
 
+def runs() -> ColumnElement[bool]:
+    """The schedule should have a queued occurrence: enabled and not paused (an ended one
+    is found by planning: it has no grid point left)."""
+    return and_(_S.enabled, _S.paused_at.is_(None))
+
+
 def _schedule_enabled() -> ColumnElement[bool]:
-    return exists().where(_S.id == _E.schedule_id, _S.enabled)
+    return exists().where(_S.id == _E.schedule_id, runs())
 
 
 def _future(now: datetime) -> ColumnElement[bool]:
@@ -180,7 +189,7 @@ _TREE = (
 def _sqlite_field_differs(name: str) -> str:
     column = f'{_SC}."{name}"'
     cached = f"json_extract({_EX}, '$.{name}')"
-    if name == "anchor":
+    if name in ("anchor", "starts_at", "ends_at"):
         stamp = "strftime('%Y-%m-%d %H:%M:%f', {})"
         return f"{stamp.format(cached)} IS NOT {stamp.format(column)}"
     if name not in _JSON_COLUMNS:
@@ -252,13 +261,17 @@ class SqlScheduleStore(ScheduleStore):
 
     def schedules_to_converge(self, session: Session, now: datetime) -> tuple[list[int], list[int]]:
         futures = func.count(_E.id)
-        drifted = func.max(case((self.drift_clause(), 1), else_=0))
+        # Only a joined execution can drift (a schedule without one compares with NULLs).
+        drifted = func.max(case((and_(_E.id.is_not(None), self.drift_clause()), 1), else_=0))
+        # Past its ends_at a schedule has nothing to queue: not missing, but still converged
+        # when it holds an execution (one queued before ends_at was moved earlier).
+        ended = func.max(case((_S.ends_at <= now, 1), else_=0))
         rows = session.execute(
             select(_S.id, futures)
             .outerjoin(_E, and_(_E.schedule_id == _S.id, _future(now)))
-            .where(_S.enabled)
+            .where(runs())
             .group_by(_S.id)
-            .having(or_(futures != 1, drifted == 1))
+            .having(or_(and_(futures == 0, ended == 0), futures > 1, drifted == 1))
             .order_by(_S.id)
         ).all()
         missing = [row[0] for row in rows if row[1] == 0]
@@ -272,9 +285,7 @@ class SqlScheduleStore(ScheduleStore):
         recent = and_(LIVE, _E.run_at > now - lookback, or_(_E.run_at > now, not_started()))
         orphans = select(_E.id, _E.schedule_id).where(_E.schedule_id.is_(None), recent)
         disabled = (
-            select(_E.id, _E.schedule_id)
-            .join(_S, _S.id == _E.schedule_id)
-            .where(~_S.enabled, recent)
+            select(_E.id, _E.schedule_id).join(_S, _S.id == _E.schedule_id).where(~runs(), recent)
         )
         return session.execute(union_all(orphans, disabled)).all()
 
@@ -392,7 +403,7 @@ class SqlScheduleStore(ScheduleStore):
         in_sql = self.capabilities.batch_statement  # the insert builds the snapshot itself
         columns = _PLAN_COLUMNS if in_sql else _PLAN_COLUMNS + _SNAPSHOT_ONLY_COLUMNS
         has_future = exists().where(_E.schedule_id == _S.id, _future(now))
-        statement = select(*columns).where(_S.id.in_(schedule_ids), _S.enabled, ~has_future)
+        statement = select(*columns).where(_S.id.in_(schedule_ids), runs(), ~has_future)
         if not self.capabilities.single_writer:
             statement = statement.with_for_update(read=True, skip_locked=True, of=_S)
         return session.connection().execute(statement).all()
@@ -454,7 +465,8 @@ class SqlScheduleStore(ScheduleStore):
         (a multi-row VALUES list costs more to build and parse than the insert itself)."""
         document = ",".join(
             f'{{"schedule_id":{new.row.id},"run_at":"{new.run_at.isoformat()}",'
-            f'"next_run_at":"{new.next_run_at.isoformat()}","anchor":{_iso_json(new.row.anchor)}}}'
+            f'"next_run_at":{_iso_json(new.next_run_at)},"anchor":{_iso_json(new.row.anchor)},'
+            f'"starts_at":{_iso_json(new.row.starts_at)},"ends_at":{_iso_json(new.row.ends_at)}}}'
             for new in planned
         )
         rows = session.connection().execute(
@@ -594,10 +606,27 @@ class SqlScheduleStore(ScheduleStore):
             select(DispatchRecord.id).where(
                 DispatchRecord.key == key,
                 DispatchRecord.fire_time == fire_time,
-                DispatchRecord.status != DispatchStatus.MISSED,
+                DispatchRecord.status.not_in(NOT_RUN_STATUSES),
             )
         )
         return found is not None
+
+    def skipped_ahead(
+        self, session: Session, keys: Sequence[str], after: datetime
+    ) -> dict[str, set[datetime]]:
+        if not keys:
+            return {}
+        rows = session.execute(
+            select(DispatchRecord.key, DispatchRecord.fire_time).where(
+                DispatchRecord.status == DispatchStatus.SKIPPED,
+                DispatchRecord.fire_time > after,
+                DispatchRecord.key.in_(sorted(set(keys))),
+            )
+        )
+        found: dict[str, set[datetime]] = {}
+        for key, fire_time in rows:
+            found.setdefault(key, set()).add(fire_time)
+        return found
 
     def schedule_enabled(self, session: Session, schedule_id: int) -> bool:
         return bool(session.scalar(select(_S.enabled).where(_S.id == schedule_id)))

@@ -1,7 +1,7 @@
 -- The worker's ledger batch on PostgreSQL: fragments of ONE statement, joined by
 -- postburner_py/store/postgres_batch.py as "WITH close_ctes, admit_ctes admit_answer"
 -- ($1: the closings, $2: the deliveries, as JSON arrays; $3: the allow-list's rules;
--- $4: the catch-up window in seconds). {allowed} is replaced by the allow-list condition.
+-- $4: the global catch-up window in seconds, a schedule's own in its snapshot wins). {allowed} is replaced by the allow-list condition.
 
 -- name: close_ctes
 -- Settlement: close the history rows, dispatch rows and one-off rows of finished attempts ($1).
@@ -93,7 +93,8 @@ input AS (
     WHERE f.status = f.live_status AND f.key = i.key AND f.run_at = i.run_at
       AND {allowed}
       AND (f.live_status = 'pending'
-           OR (f.run_at >= i.now - make_interval(secs => $4::float8)
+           OR (f.run_at >= i.now - make_interval(secs => coalesce(
+                   (f.cached_schedule ->> 'catch_up_window')::float8, $4::float8))
                AND (f.next_run_at IS NULL OR f.next_run_at > i.now)))
     ORDER BY f.key, f.run_at, f.n
 ), claimed AS (

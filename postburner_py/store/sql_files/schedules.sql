@@ -13,8 +13,8 @@ SELECT k, pg_try_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k
 -- name: insert_executions
 -- Insert planned executions, already claimed for the put, from one JSON document; the
 -- snapshot (cached_schedule) is built from the schedule row exactly as Schedule.snapshot()
--- does, the anchor passed in as the UTC ISO-8601 text Python writes. Rows the live unique
--- index refuses are skipped and not returned.
+-- does, the instants (anchor, starts_at, ends_at) passed in as the UTC ISO-8601 text Python
+-- writes. Rows the live unique index refuses are skipped and not returned.
 INSERT INTO postburner_schedule_executions (schedule_id, run_at, next_run_at, status,
     enqueued_at, cached_schedule, created_at, updated_at)
 SELECT v.schedule_id, v.run_at, v.next_run_at, 'scheduled', :now,
@@ -22,10 +22,12 @@ SELECT v.schedule_id, v.run_at, v.next_run_at, 'scheduled', :now,
         'queue', s."queue", 'priority', s."priority", 'ttr', s."ttr",
         'timezone', s."timezone", 'anchor', v.anchor, 'interval', s."interval",
         'interval_unit', s."interval_unit", 'cron', s."cron", 'catch_up', s."catch_up",
-        'name', s."name"),
+        'name', s."name", 'catch_up_window', s."catch_up_window", 'starts_at', v.starts_at,
+        'ends_at', v.ends_at),
     :stamp, :stamp
 FROM jsonb_to_recordset(CAST(:rows AS jsonb))
-    AS v(schedule_id bigint, run_at timestamptz, next_run_at timestamptz, anchor jsonb)
+    AS v(schedule_id bigint, run_at timestamptz, next_run_at timestamptz, anchor jsonb,
+         starts_at jsonb, ends_at jsonb)
 JOIN postburner_schedules AS s ON s.id = v.schedule_id
 ON CONFLICT DO NOTHING
 RETURNING id, schedule_id, run_at;
