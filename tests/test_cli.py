@@ -123,8 +123,11 @@ def test_init_writes_the_starter_files_and_never_overwrites(tmp_path: Path) -> N
 def test_explain_describes_macros_and_fields(tmp_path: Path) -> None:
     run = _cli(tmp_path, "sqlite:///unused.sqlite3", "beanstalk://127.0.0.1:1", "t")
     daily = run("explain", "@daily")
-    assert (daily.returncode, daily.stdout.strip()) == (0, "At 00:00 (@daily = 0 0 * * *)")
-    assert run("explain", "*/15 * * * *").stdout.strip() == "Every 15 minutes"
+    sentence, policy = daily.stdout.strip().splitlines()
+    assert (daily.returncode, sentence) == (0, "At 00:00 (@daily = 0 0 * * *)")
+    assert "dst_gap=shift" in policy and "dst_fold=first" in policy
+    sentence, policy = run("explain", "*/15 * * * *").stdout.strip().splitlines()
+    assert (sentence, policy.startswith("DST: hourly or faster")) == ("Every 15 minutes", True)
 
 
 def test_next_prints_fire_times_in_the_given_timezone(tmp_path: Path) -> None:

@@ -272,7 +272,8 @@ class _Planner:
 
 
 def _spec(row: Row[Any]) -> tuple[Any, ...]:
-    return (row.cron, row.anchor, row.interval, row.interval_unit, row.timezone)
+    time = (row.cron, row.anchor, row.interval, row.interval_unit, row.timezone)
+    return (*time, row.dst_gap, row.dst_fold)
 
 
 def check_puttable(pb: Postburner, queue: Any, priority: Any, ttr: Any) -> None:
