@@ -94,7 +94,8 @@ def installed_tzdata_version() -> str:
 
 def _system_version(directory: Path) -> str:
     try:
-        first = (directory / "tzdata.zi").read_text(encoding="utf-8").split("\n", 1)[0]
+        with (directory / "tzdata.zi").open(encoding="utf-8") as text:
+            first = text.readline()
         if first.startswith("# version "):
             return first.removeprefix("# version ").strip()
         return (directory / "+VERSION").read_text(encoding="utf-8").strip() or "unknown"

@@ -828,6 +828,32 @@ class SqlScheduleStore(ScheduleStore):
     def forget_heartbeat(self, session: Session, node: str) -> None:
         session.execute(delete(WatchdogHeartbeat).where(WatchdogHeartbeat.node == node))
 
+    def read_setting(self, session: Session, key: str) -> str | None:
+        table = Setting.__table__
+        value = session.scalar(select(table.c.value).where(table.c.key == key))
+        return None if value is None else str(value)
+
+    def write_setting(self, session: Session, key: str, value: str, stamp: datetime) -> None:
+        row = {"key": key, "value": value, "updated_at": stamp}
+        session.execute(self.upsert(Setting, ["key"], row, {"value": value, "updated_at": stamp}))
+
+    def schedule_zones(self, session: Session) -> list[str]:
+        statement = select(_S.timezone).where(_S.enabled).distinct().order_by(_S.timezone)
+        return [str(zone) for zone in session.scalars(statement)]
+
+    def future_runs_in_zones(
+        self, session: Session, zones: Sequence[str], now: datetime
+    ) -> Sequence[Any]:
+        if not zones:
+            return []
+        statement = (
+            select(*_PLAN_COLUMNS, _E.run_at)
+            .join(_E, _E.schedule_id == _S.id)
+            .where(_S.enabled, _S.timezone.in_(list(zones)), _future(now))
+            .order_by(_S.id, _E.run_at)
+        )
+        return session.execute(statement).all()
+
     def setting(self, connection: Connection, key: str, candidate: str, stamp: datetime) -> str:
         table = Setting.__table__
         value = connection.scalar(select(table.c.value).where(table.c.key == key))
