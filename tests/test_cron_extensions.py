@@ -210,3 +210,76 @@ def test_day_fields_select_the_days_their_definitions_give(
 
     every_day = [date(year, 1, 1) + timedelta(days=n) for n in range(366)]
     assert fired == {day for day in every_day if day.year == year and matches(day)}
+
+
+# --------------------------------------------------------------------------- in DST zones
+
+ZONES = (
+    "Europe/London",
+    "Europe/Prague",
+    "America/New_York",
+    "Australia/Lord_Howe",
+    "Pacific/Chatham",
+    "America/Santiago",
+    "Australia/Sydney",
+)
+LOCAL_EXAMPLES = (
+    "0 6 L * *",
+    "0 6 L-2 * *",
+    "0 6 LW * *",
+    "0 6 15W * *",
+    "0 6 * * FRIL",
+    "0 6 * * MON#1",
+    "0 6 */1 * MON",
+    "0 6 * * SAT-SUN",
+    "0 6 * * MON/3",
+)
+
+
+@pytest.mark.parametrize("zone", ZONES)
+def test_the_day_fields_select_the_same_local_days_in_every_zone(zone: str) -> None:
+    from zoneinfo import ZoneInfo
+
+    for expression in LOCAL_EXAMPLES:
+        local = CronGrid(expression, zone).upcoming(14, utc(2025, 1, 1))
+        in_utc = CronGrid(expression).upcoming(14, utc(2025, 1, 1))
+        walls = [point.astimezone(ZoneInfo(zone)).replace(tzinfo=None) for point in local]
+        assert walls == [point.replace(tzinfo=None) for point in in_utc], expression
+
+
+def shown(points: list[datetime], zone: str) -> list[str]:
+    from zoneinfo import ZoneInfo
+
+    return [point.astimezone(ZoneInfo(zone)).isoformat() for point in points]
+
+
+def test_the_last_sunday_of_march_at_two_thirty_never_exists_in_prague() -> None:
+    expression, after = "30 2 * 3 SUNL", utc(2025, 1, 1)
+
+    shift = CronGrid(expression, "Europe/Prague").upcoming(2, after)
+
+    assert shown(shift, "Europe/Prague") == [
+        "2025-03-30T03:00:00+02:00",
+        "2026-03-29T03:00:00+02:00",
+    ]
+    with pytest.raises(ScheduleValidationError) as never:
+        CronGrid(expression, "Europe/Prague", dst_gap="skip").next_after(after)
+
+    assert never.value.field == "dst_gap"
+    assert "never fires with 'skip'" in never.value.message
+
+
+def test_dst_days_named_with_the_extensions_follow_the_policy() -> None:
+    fold = "30 1 * 10 SUNL"  # London's last Sunday of October: 01:30 happens twice
+    both = CronGrid(fold, "Europe/London", dst_fold="both").upcoming(3, utc(2025, 10, 1))
+    chile = "0 0 * 9 SUN#1"  # Santiago's first Sunday of September: midnight does not exist
+    shift = CronGrid(chile, "America/Santiago").upcoming(1, utc(2025, 9, 1))
+    skip = CronGrid(chile, "America/Santiago", dst_gap="skip").upcoming(1, utc(2025, 9, 1))
+
+    assert shown(both, "Europe/London") == [
+        "2025-10-26T01:30:00+01:00",
+        "2025-10-26T01:30:00+00:00",
+        "2026-10-25T01:30:00+01:00",
+    ]
+    assert shown(shift, "America/Santiago") == ["2025-09-07T01:00:00-03:00"]
+    assert shown(skip, "America/Santiago") == ["2030-09-01T00:00:00-04:00"]  # not a DST day

@@ -223,6 +223,15 @@ def test_a_schedule_with_a_bad_policy_is_refused_and_nothing_is_written(
             session.add(make_schedule(**{field: value}))
             session.commit()
         assert raised.value.field == field
+    # Prague's last Sunday of March has no 02:30: with "skip" it would never run
+    never = {"cron": "30 2 * 3 SUNL", "timezone": "Europe/Prague", "dst_gap": "skip"}
+    with (
+        pytest.raises(ScheduleValidationError, match="never fires") as raised,
+        pb.session() as session,
+    ):
+        session.add(make_schedule(**never))
+        session.commit()
+    assert raised.value.field == "dst_gap"
     with pb.session() as session:
         assert session.scalar(select(func.count()).select_from(Schedule)) == 0
 

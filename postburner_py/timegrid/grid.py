@@ -79,6 +79,10 @@ _CALENDAR_UNIT_MONTHS = {"months": 1, "years": 12}
 
 _SEARCH_WINDOW = 366 * DAY  # a cron search looks at most this far ahead per step
 _LAST_SEARCHABLE = wall_seconds(datetime(9998, 1, 1))
+#: The Gregorian calendar repeats every 400 years (146,097 days, a whole number of weeks), so
+#: a cron without a point in a longer span has none at all: every matching time falls in a
+#: DST gap its ``dst_gap="skip"`` drops (``30 2 * 3 SUNL`` in Europe/Prague).
+_NEVER_AFTER = 146_097 * DAY + _SEARCH_WINDOW
 _FOLD_LOOKBACK = 2 * DAY  # longer than any fold in tzdata
 
 
@@ -193,7 +197,8 @@ class CronGrid(_Grid):
         floor = moment + offset
         if not self._second_of_fold:
             floor = self._skip_repeated_walls(position, floor)
-        while position < _LAST_SEARCHABLE:
+        give_up = min(_LAST_SEARCHABLE, moment + _NEVER_AFTER)
+        while position < give_up:
             change = next_transition(self._zone, position, position + _SEARCH_WINDOW)
             boundary = change.at if change else position + _SEARCH_WINDOW
             wall = self._spec.first_match(
@@ -205,6 +210,12 @@ class CronGrid(_Grid):
                 return change.at
             floor = boundary + self._resume_offset(change, offset)
             position, offset = boundary, (change.after if change else offset)
+        if give_up < _LAST_SEARCHABLE:
+            raise ScheduleValidationError(
+                "dst_gap",
+                f"{self.expression!r} in {self.timezone} never fires with 'skip': every time "
+                "it matches falls in a DST gap; use 'shift' or another time",
+            )
         raise ValueError(f"{self!r} has no point before year 9998")
 
     def _stretch_end(self, change: Transition | None, boundary: int, offset: int) -> int:
