@@ -167,7 +167,8 @@ def replan_zones(
     move is logged and returned as ``(schedule name, old run_at, new run_at)``."""
     with pb.session() as session:
         rows = store_for(session).future_runs_in_zones(session, zones, now)
-    old = {row.id: (row.name, row.run_at) for row in rows if _moved(row, now)}
+    nexts: dict[tuple[Any, ...], datetime | None] = {}
+    old = {row.id: (row.name, row.run_at) for row in rows if _moved(row, now, nexts)}
     moved: list[tuple[str, datetime, datetime | None]] = []
 
     def observe(session: Session, schedule_id: int, outcome: Convergence) -> None:
@@ -187,12 +188,17 @@ def replan_zones(
     return moved
 
 
-def _moved(row: Any, now: datetime) -> bool:
-    """True when the current rules put the schedule's next point elsewhere than ``run_at``."""
-    try:
-        return bool(stored_grid(row).next_after(now) != row.run_at)
-    except (UnplannableScheduleError, ValueError, ArithmeticError):
-        return True  # let the drift path set it aside, as it does any unplannable row
+def _moved(row: Any, now: datetime, nexts: dict[tuple[Any, ...], datetime | None]) -> bool:
+    """True when the current rules put the schedule's next point elsewhere than ``run_at``
+    (``nexts``: the next point of each time specification seen, None if it has none)."""
+    when = (row.cron, row.anchor, row.interval, row.interval_unit, row.timezone)
+    spec = (*when, row.dst_gap, row.dst_fold)
+    if spec not in nexts:
+        try:
+            nexts[spec] = stored_grid(row).next_after(now)
+        except (UnplannableScheduleError, ValueError, ArithmeticError):
+            nexts[spec] = None  # the drift path sets it aside, as any unplannable row
+    return bool(nexts[spec] != row.run_at)
 
 
 def _created_run_at(session: Session, outcome: Convergence) -> datetime | None:
