@@ -123,8 +123,11 @@ def test_init_writes_the_starter_files_and_never_overwrites(tmp_path: Path) -> N
 def test_explain_describes_macros_and_fields(tmp_path: Path) -> None:
     run = _cli(tmp_path, "sqlite:///unused.sqlite3", "beanstalk://127.0.0.1:1", "t")
     daily = run("explain", "@daily")
-    assert (daily.returncode, daily.stdout.strip()) == (0, "At 00:00 (@daily = 0 0 * * *)")
-    assert run("explain", "*/15 * * * *").stdout.strip() == "Every 15 minutes"
+    sentence, policy = daily.stdout.strip().splitlines()
+    assert (daily.returncode, sentence) == (0, "At 00:00 (@daily = 0 0 * * *)")
+    assert "dst_gap=shift" in policy and "dst_fold=first" in policy
+    sentence, policy = run("explain", "*/15 * * * *").stdout.strip().splitlines()
+    assert (sentence, policy.startswith("DST: hourly or faster")) == ("Every 15 minutes", True)
 
 
 def test_next_prints_fire_times_in_the_given_timezone(tmp_path: Path) -> None:
@@ -136,12 +139,29 @@ def test_next_prints_fire_times_in_the_given_timezone(tmp_path: Path) -> None:
     assert parsed[1] - parsed[0] in (timedelta(hours=23), timedelta(hours=24), timedelta(hours=25))
 
 
+def test_next_and_explain_show_the_dst_policy_they_were_given(tmp_path: Path) -> None:
+    run = _cli(tmp_path, "sqlite:///unused.sqlite3", "beanstalk://127.0.0.1:1", "t")
+    shown = run("next", "30 2 * * *", "--tz", "Europe/Prague", "--count", "1", "--dst-fold", "both")
+    explained = run("explain", "0 18 * * FRIL", "--dst-gap", "skip")
+
+    assert shown.returncode == explained.returncode == 0
+    assert "dst_fold=both" in shown.stdout.splitlines()[-1]
+    assert explained.stdout.splitlines() == [
+        "At 18:00, on the last Friday of the month",
+        "DST: a skipped time does not run that day (dst_gap=skip), a repeated time runs at "
+        "its first occurrence (dst_fold=first)",
+    ]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (("next",), "give a cron expression or --schedule NAME"),
         (("next", "61 * * * *"), "cron: '61 * * * *' is not a valid cron expression"),
         (("next", "@daily", "--count", "0"), "--count: must be >= 1"),
+        (("next", "--schedule", "x", "--dst-gap", "skip"), "a schedule has its own"),
+        (("next", "@daily", "--dst-fold", "twice"), "invalid choice: 'twice'"),
+        (("explain", "0 9 * * 1 30"), "write '30 0 9 * * 1'"),
         (("skip",), "give EXECUTION_ID, or --schedule NAME --at ISO"),
         (("skip", "--schedule", "x", "--at", "tomorrow"), "--at 'tomorrow' is not ISO-8601"),
         (("history", "--from", "2025-01-01T00:00:00"), "has no UTC offset"),

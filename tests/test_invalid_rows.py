@@ -21,6 +21,7 @@ from postburner_py import Postburner, Schedule, ScheduleExecution
 from postburner_py.cli.status import collect_status
 from postburner_py.errors import UnplannableScheduleError
 from postburner_py.schedules.chaining import chain_next_many
+from postburner_py.timegrid.zones import InstalledZones, using_zones
 from postburner_py.watchdog.process import tick
 from tests.factories import ManualClock, create_schedule
 from tests.test_watchdog import _bulk_schedules
@@ -159,7 +160,6 @@ def test_a_fixed_row_is_queued_again_by_the_next_pass(make_postburner: MakePostb
 
 def test_a_zone_this_hosts_tzdata_lacks_does_not_stop_the_others(
     make_postburner: MakePostburner,
-    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = _clock()
@@ -179,15 +179,14 @@ def test_a_zone_this_hosts_tzdata_lacks_does_not_stop_the_others(
         a=good[0],
         b=good[1],
     )
-    real = zoneinfo.ZoneInfo
 
-    def without_kanton(key: str) -> zoneinfo.ZoneInfo:
-        if key == "Pacific/Kanton":
-            raise zoneinfo.ZoneInfoNotFoundError(f"No time zone found with key {key}")
-        return real(key)
+    class WithoutKanton(InstalledZones):
+        def zone(self, name: str) -> zoneinfo.ZoneInfo:
+            if name == "Pacific/Kanton":
+                raise zoneinfo.ZoneInfoNotFoundError(f"No time zone found with key {name}")
+            return super().zone(name)
 
-    monkeypatch.setattr("postburner_py.timegrid.grid.ZoneInfo", without_kanton)
-    with caplog.at_level(logging.WARNING):
+    with using_zones(WithoutKanton()), caplog.at_level(logging.WARNING):
         report = tick(pb, now=clock())
     assert (report.invalid, report.created) == (1, 2)
     assert "Pacific/Kanton" in report.invalid_schedules[_name(pb, kanton)]

@@ -107,7 +107,7 @@ def test_upcoming_returns_aware_utc_instants_in_the_schedules_timezone() -> None
     ]
 
 
-def test_cacheable_attributes_are_the_sixteen_that_make_drift() -> None:
+def test_cacheable_attributes_are_exactly_those_that_change_what_runs() -> None:
     assert set(make_schedule().cacheable_attributes()) == {
         "job_class",
         "args",
@@ -125,6 +125,8 @@ def test_cacheable_attributes_are_the_sixteen_that_make_drift() -> None:
         "catch_up_window",
         "starts_at",
         "ends_at",
+        "dst_gap",
+        "dst_fold",
     }
 
 

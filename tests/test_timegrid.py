@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from postburner_py.errors import ScheduleValidationError
+from postburner_py.timegrid.dst import DST_FOLD_CHOICES, DST_GAP_CHOICES
 from postburner_py.timegrid.grid import (
     INTERVAL_UNITS,
     CronGrid,
@@ -101,66 +102,119 @@ def near_offset_change(draw: st.DrawFn, zone_name: str) -> datetime:
     return change + timedelta(seconds=draw(st.integers(-4 * 3600, 4 * 3600)))
 
 
+EXTENDED_DAY_FIELDS = ("L", "L-3", "LW", "15W", "1W", "31W", "1,L", "*/1", "?")
+EXTENDED_WEEKDAY_FIELDS = ("FRIL", "5#L", "MON#1", "MON#1,MON#3", "SUN#5", "MON-SUN", "SAT-SUN")
+
+
+def extended_cron_expressions() -> st.SearchStrategy[str]:
+    """Expressions with the L, W and # day extensions and Vixie's ``*``-prefixed fields."""
+    days = st.sampled_from(EXTENDED_DAY_FIELDS + DAY_FIELDS)
+    weekdays = st.sampled_from(EXTENDED_WEEKDAY_FIELDS + WEEKDAY_FIELDS)
+    hour = st.sampled_from(HOURS_EVERY + HOURS_FIXED)
+    minute = st.sampled_from(MINUTE_FIELDS)
+    return st.tuples(minute, hour, days, st.sampled_from(MONTH_FIELDS), weekdays).map(" ".join)
+
+
 @st.composite
 def grids(draw: st.DrawFn) -> tuple[TimeGrid, str]:
+    """Any grid: cron (plain or extended syntax) or interval, in a DST zone, any policy."""
     zone = draw(st.sampled_from(ZONES))
+    policy = {
+        "dst_gap": draw(st.sampled_from(DST_GAP_CHOICES)),
+        "dst_fold": draw(st.sampled_from(DST_FOLD_CHOICES)),
+    }
     if draw(st.booleans()):
-        return CronGrid(draw(cron_expressions(sparse_days=False)), zone), zone
+        expressions = st.one_of(cron_expressions(sparse_days=False), extended_cron_expressions())
+        return CronGrid(draw(expressions), zone, **policy), zone
     unit = draw(st.sampled_from(INTERVAL_UNITS))
     interval = draw(st.integers(1, 3) if unit in ("months", "years") else st.integers(1, 90))
     anchor = draw(near_offset_change(zone))
-    return IntervalGrid(anchor, interval, unit, zone), zone
+    return IntervalGrid(anchor, interval, unit, zone, **policy), zone
 
 
 # --------------------------------------------------------------------------- oracles
+
+
+def vixie_day_or(expression: str) -> bool:
+    """Vixie's rule, which croniter 7 does not follow: a day field starting with ``*`` makes
+    a day match both fields (croniter's ``day_or=False``)."""
+    *_, day, _month, weekday = expression.split()
+    return not day.startswith("*") and not weekday.startswith("*")
 
 
 def croniter_points(expression: str, after: datetime, count: int) -> list[datetime]:
     """The next ``count`` points croniter computes, in UTC (where there is no DST)."""
     six = len(expression.split()) == 6
     start = after.astimezone(UTC).replace(tzinfo=None)
-    iterator = croniter(expression, start, second_at_beginning=six)
+    day_or = vixie_day_or(expression)
+    iterator = croniter(expression, start, second_at_beginning=six, day_or=day_or)
     return [iterator.get_next(datetime).replace(tzinfo=UTC) for _ in range(count)]
 
 
 def policy_points(
-    expression: str, zone_name: str, start: datetime, end: datetime
+    expression: str,
+    zone_name: str,
+    start: datetime,
+    end: datetime,
+    *,
+    gap: str = "shift",
+    fold: str = "first",
 ) -> list[datetime]:
     """Points in (start, end] by the DST policy, brute force: every UTC minute is looked at.
 
     Matching wall times come from croniter on naive local times (no DST involved); each
-    maps to the UTC minutes that show it: none (gap: first instant showing a later wall
-    time), one, or two (fold: the first, or both when the hour field matches every hour).
+    maps to the UTC minutes that show it. Hourly-or-faster (the hour field matches every
+    hour): all of them, so a fold fires twice and a gap never. Fixed hours: one, or for a
+    fold the first, the last or both (``fold``), and for a gap the first instant showing a
+    later wall time (``gap="shift"``) or nothing (``"skip"``).
     """
     zone = ZoneInfo(zone_name)
-    every_hour = expression.split()[1] in HOURS_EVERY
+    every_hour = expression.split()[-4] in HOURS_EVERY
     minutes = [start + MINUTE * n for n in range(int((end - start) / MINUTE) + 180)]
     walls: dict[datetime, list[datetime]] = defaultdict(list)
     for minute in minutes:
         walls[minute.astimezone(zone).replace(tzinfo=None)].append(minute)
     first_wall = (start - timedelta(hours=3)).astimezone(zone).replace(tzinfo=None)
-    matches = croniter(expression, first_wall - MINUTE)
+    matches = croniter(expression, first_wall - MINUTE, day_or=vixie_day_or(expression))
     last_wall = (end + timedelta(hours=3)).astimezone(zone).replace(tzinfo=None)
+    chosen = {"first": slice(0, 1), "last": slice(-1, None), "both": slice(None)}[fold]
     points: set[datetime] = set()
     while (wall := matches.get_next(datetime)) < last_wall:
         shown_at = walls.get(wall)
         if shown_at:
-            points.update(shown_at if every_hour else shown_at[:1])
+            points.update(shown_at if every_hour else shown_at[chosen])
+            continue
+        if every_hour or gap == "skip":
             continue
         after_gap = (m for m in minutes if m.astimezone(zone).replace(tzinfo=None) > wall)
         points.update(m for m in [next(after_gap, None)] if m is not None)
     return sorted(point for point in points if start < point <= end)
 
 
-def resolve_wall(wall: datetime, zone: ZoneInfo) -> datetime:
-    """The instant a calendar wall time fires at: first occurrence, or the end of its gap."""
-    first = wall.replace(tzinfo=zone).astimezone(UTC)
-    if first.astimezone(zone).replace(tzinfo=None) == wall:
-        return first
+def resolve_wall(
+    wall: datetime, zone: ZoneInfo, *, gap: str = "shift", fold: str = "first"
+) -> list[datetime]:
+    """The instants a calendar wall time fires at: the first, last or both occurrences of a
+    repeated one; the end of its gap (``shift``) or none (``skip``) for a skipped one."""
+    occurrences = sorted(
+        {
+            wall.replace(tzinfo=zone, fold=f).astimezone(UTC)
+            for f in (0, 1)
+            if wall.replace(tzinfo=zone, fold=f)
+            .astimezone(UTC)
+            .astimezone(zone)
+            .replace(tzinfo=None)
+            == wall
+        }
+    )
+    if occurrences:
+        return {"first": occurrences[:1], "last": occurrences[-1:], "both": occurrences}[fold]
+    if gap == "skip":
+        return []
     moment = wall.replace(tzinfo=zone, fold=1).astimezone(UTC).replace(second=0)
     while moment.astimezone(zone).replace(tzinfo=None) <= wall:
         moment += MINUTE
-    return moment
+    return [moment]
 
 
 def stepped_walls(
@@ -511,17 +565,19 @@ def test_cron_in_utc_matches_croniter(expression: str, after: datetime) -> None:
 @given(
     expression=cron_expressions(seconds=False, sparse_days=False),
     zone=st.sampled_from(DST_ZONES),
+    gap=st.sampled_from(DST_GAP_CHOICES),
+    fold=st.sampled_from(DST_FOLD_CHOICES),
     data=st.data(),
 )
 def test_cron_follows_the_dst_policy_around_offset_changes(
-    expression: str, zone: str, data: st.DataObject
+    expression: str, zone: str, gap: str, fold: str, data: st.DataObject
 ) -> None:
     change = data.draw(near_offset_change(zone)).replace(second=0)
     start, end = change - timedelta(hours=20), change + timedelta(hours=20)
 
-    points = list(CronGrid(expression, zone).between(start, end))
+    points = list(CronGrid(expression, zone, dst_gap=gap, dst_fold=fold).between(start, end))
 
-    assert points == policy_points(expression, zone, start, end)
+    assert points == policy_points(expression, zone, start, end, gap=gap, fold=fold)
 
 
 @PROPERTY
@@ -529,23 +585,69 @@ def test_cron_follows_the_dst_policy_around_offset_changes(
     zone=st.sampled_from(DST_ZONES),
     unit=st.sampled_from(("days", "weeks", "months", "years")),
     interval=st.integers(1, 3),
+    gap=st.sampled_from(DST_GAP_CHOICES),
+    fold=st.sampled_from(DST_FOLD_CHOICES),
     data=st.data(),
 )
 def test_calendar_interval_agrees_with_stepping_from_the_anchor(
-    zone: str, unit: str, interval: int, data: st.DataObject
+    zone: str, unit: str, interval: int, gap: str, fold: str, data: st.DataObject
 ) -> None:
     anchor = data.draw(near_offset_change(zone)).replace(microsecond=0)
-    grid = IntervalGrid(anchor, interval, unit, zone)
+    grid = IntervalGrid(anchor, interval, unit, zone, dst_gap=gap, dst_fold=fold)
     anchor_wall = anchor.astimezone(ZoneInfo(zone)).replace(tzinfo=None, fold=0)
 
     walls = list(stepped_walls(anchor_wall, interval, unit, 12))
-    expected = sorted(
-        {anchor} | {resolve_wall(w, ZoneInfo(zone)) for w in walls if w != anchor_wall}
-    )
+    expected = {anchor}
+    for wall in walls:
+        if wall != anchor_wall or fold == "both":
+            expected.update(resolve_wall(wall, ZoneInfo(zone), gap=gap, fold=fold))
+    ordered = sorted(expected)
 
-    for earlier, later in pairwise(expected):
+    for earlier, later in pairwise(ordered):
         assert grid.next_after(earlier) == later
         assert grid.next_after(later - timedelta(microseconds=1)) == later
+
+
+#: Zones whose offset changes by whole hours, and Lord_Howe's half hour with minute fields
+#: that repeat every half hour.
+WHOLE_HOUR_ZONES = (
+    "Europe/London",
+    "Europe/Prague",
+    "America/New_York",
+    "America/Santiago",
+    "Australia/Sydney",
+    "Pacific/Chatham",
+)
+HALF_HOURLY_MINUTES = ("0,30", "*/30", "*/15", "*/10", "15,45", "*")
+
+
+@st.composite
+def hourly_or_faster(draw: st.DrawFn) -> tuple[str, str]:
+    """An every-hour expression (day fields ``*``) and a zone its spacing must survive."""
+    if draw(st.booleans()):
+        zone, minute = "Australia/Lord_Howe", draw(st.sampled_from(HALF_HOURLY_MINUTES))
+    else:
+        zone, minute = draw(st.sampled_from(WHOLE_HOUR_ZONES)), draw(st.sampled_from(MINUTE_FIELDS))
+    seconds = draw(st.sampled_from(("", "0 ", "*/20 ", "15,45 ")))
+    return f"{seconds}{minute} {draw(st.sampled_from(HOURS_EVERY))} * * *", zone
+
+
+@PROPERTY
+@given(case=hourly_or_faster(), data=st.data())
+def test_hourly_or_faster_spacing_across_a_change_is_the_spacing_of_a_day_without_one(
+    case: tuple[str, str], data: st.DataObject
+) -> None:
+    expression, zone = case
+    change = data.draw(near_offset_change(zone)).replace(second=0)
+    if not offset_changes(zone, change.year):
+        return
+    grid = CronGrid(expression, zone)
+
+    def spacing(middle: datetime) -> list[timedelta]:
+        points = list(grid.between(middle - timedelta(hours=12), middle + timedelta(hours=12)))
+        return [later - earlier for earlier, later in pairwise(points)]
+
+    assert spacing(change) == spacing(change - timedelta(days=2))
 
 
 # --------------------------------------------------------------------------- validation
@@ -563,7 +665,8 @@ def test_calendar_interval_agrees_with_stepping_from_the_anchor(
         ({"cron": "*/0 * * * *"}, "cron"),
         ({"cron": "5-1 * * * *"}, "cron"),
         ({"cron": "1,,2 * * * *"}, "cron"),
-        ({"cron": "0 0 L * *"}, "cron"),
+        ({"cron": "0 0 * * L"}, "cron"),
+        ({"cron": "0 0 H * *"}, "cron"),
         ({"cron": "* * * *"}, "cron"),
         ({"cron": "0 0 1 1 * 2030 x"}, "cron"),
         ({"cron": ""}, "cron"),

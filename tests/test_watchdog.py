@@ -240,6 +240,8 @@ def test_a_cron_changed_with_raw_sql_is_superseded_and_recreated_by_the_next_pas
         ("timezone", "'Europe/Prague'"),
         ("catch_up", "true"),
         ("name", "'renamed'"),
+        ("dst_gap", "'skip'"),
+        ("dst_fold", "'both'"),
     ],
 )
 def test_any_cached_column_changed_with_raw_sql_counts_as_drift(

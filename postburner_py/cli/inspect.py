@@ -57,8 +57,25 @@ def add_next(commands: Any) -> None:
         help="IANA timezone of the cron and of the output (default UTC, or the schedule's); "
         "env POSTBURNER_TZ",
     )
+    add_dst_policy(command)
     add_json(command)
     command.set_defaults(handler=_run_next)
+
+
+def add_dst_policy(command: Any) -> None:
+    """``--dst-gap`` and ``--dst-fold``: the DST policy a cron expression is shown with."""
+    from postburner_py.timegrid.dst import DST_FOLD_CHOICES, DST_GAP_CHOICES
+
+    command.add_argument(
+        "--dst-gap",
+        choices=DST_GAP_CHOICES,
+        help="a fixed-hour time a spring gap skips: shift (run at the gap's end, default) or skip",
+    )
+    command.add_argument(
+        "--dst-fold",
+        choices=DST_FOLD_CHOICES,
+        help="a fixed-hour time an autumn fold repeats: first (default), last or both",
+    )
 
 
 def _run_next(args: argparse.Namespace) -> int:
@@ -66,23 +83,38 @@ def _run_next(args: argparse.Namespace) -> int:
 
     if bool(args.cron) == bool(args.schedule):
         raise UsageError("give a cron expression or --schedule NAME (one of them)")
+    if args.schedule and (args.dst_gap or args.dst_fold):
+        raise UsageError(
+            "--dst-gap and --dst-fold go with a cron expression; a schedule has its own"
+        )
     if args.tz:
         timegrid.validate_timezone(args.tz)
     now = datetime.now(UTC)
     if args.schedule:
-        points, zone = _schedule_upcoming(args, now)
+        points, zone, policy = _schedule_upcoming(args, now)
     else:
         zone = args.tz or "UTC"
-        points = timegrid.CronGrid(args.cron, zone).upcoming(args.count, now)
+        grid = timegrid.CronGrid(args.cron, zone, **_policy_options(args))
+        points, policy = grid.upcoming(args.count, now), _policy_line(grid)
     shown = [point.astimezone(ZoneInfo(zone)).isoformat() for point in points]
     if args.json:
         print_json(shown)
     else:
-        print("\n".join(shown))
+        print("\n".join([*shown, policy]))
     return EXIT_OK
 
 
-def _schedule_upcoming(args: argparse.Namespace, now: datetime) -> tuple[list[datetime], str]:
+def _policy_options(args: argparse.Namespace) -> dict[str, str]:
+    options = {"dst_gap": args.dst_gap, "dst_fold": args.dst_fold}
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def _policy_line(grid: Any) -> str:
+    """What ``grid`` does on DST changes (interval grids of elapsed units follow elapsed time)."""
+    return str(grid.policy.describe(hourly_or_faster=grid.hourly_or_faster))
+
+
+def _schedule_upcoming(args: argparse.Namespace, now: datetime) -> tuple[list[datetime], str, str]:
     from postburner_py.schedules.planning import planning
 
     with postburner(args) as pb, pb.session() as session:
@@ -97,19 +129,24 @@ def _schedule_upcoming(args: argparse.Namespace, now: datetime) -> tuple[list[da
                 file=sys.stderr,
             )
         with planning(schedule.name):  # a row written behind the API's back: exit 1
-            return schedule.upcoming(args.count, now), args.tz or schedule.timezone
+            grid = schedule.grid()
+            points = grid.upcoming(args.count, now)
+            return points, args.tz or schedule.timezone, _policy_line(grid)
 
 
 def add_explain(commands: Any) -> None:
-    command = commands.add_parser("explain", help="describe a cron expression in words")
+    command = commands.add_parser(
+        "explain", help="describe a cron expression in words, and what it does on DST changes"
+    )
     command.add_argument("cron", help="cron expression, e.g. '*/15 * * * *' or '@daily'")
+    add_dst_policy(command)
     command.set_defaults(handler=_run_explain)
 
 
 def _run_explain(args: argparse.Namespace) -> int:
     from postburner_py.cli.explain import explain_cron
 
-    print(explain_cron(args.cron))
+    print(explain_cron(args.cron, **_policy_options(args)))
     return EXIT_OK
 
 

@@ -279,7 +279,7 @@ class _Planner:
 
 def _spec(row: Row[Any]) -> tuple[Any, ...]:
     spec = (row.cron, row.anchor, row.interval, row.interval_unit, row.timezone)
-    return (*spec, row.starts_at, row.ends_at)
+    return (*spec, row.dst_gap, row.dst_fold, row.starts_at, row.ends_at)
 
 
 def check_puttable(pb: Postburner, queue: Any, priority: Any, ttr: Any) -> None:

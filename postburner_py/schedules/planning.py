@@ -60,6 +60,8 @@ def stored_grid(row: Any) -> TimeGrid:
             interval=row.interval,
             interval_unit=row.interval_unit,
             timezone=row.timezone,
+            dst_gap=row.dst_gap,
+            dst_fold=row.dst_fold,
         )
 
 
@@ -142,7 +144,15 @@ class PlanChecker:
 
     def reason(self, row: Any) -> str | None:
         """Why ``row`` cannot be planned, or None when it can."""
-        spec = (row.cron, row.anchor, row.interval, row.interval_unit, row.timezone)
+        spec = (
+            row.cron,
+            row.anchor,
+            row.interval,
+            row.interval_unit,
+            row.timezone,
+            row.dst_gap,
+            row.dst_fold,
+        )
         if spec not in self._reasons:
             try:
                 check_plannable(row, self.now)

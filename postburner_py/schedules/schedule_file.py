@@ -81,6 +81,8 @@ SCHEDULE_FIELDS = (
     "anchor",
     "interval",
     "interval_unit",
+    "dst_gap",
+    "dst_fold",
     "catch_up",
     "catch_up_window",
     "starts_at",

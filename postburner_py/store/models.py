@@ -41,6 +41,12 @@ from postburner_py.keys import one_off_key
 from postburner_py.store.engine import Base as Base
 from postburner_py.store.engine import BigIntPK, JSONType, UTCDateTime, utcnow
 from postburner_py.timegrid import grid as timegrid
+from postburner_py.timegrid.dst import (
+    DEFAULT_DST_FOLD,
+    DEFAULT_DST_GAP,
+    validate_dst_fold,
+    validate_dst_gap,
+)
 from postburner_py.timegrid.grid import TimeGrid
 from postburner_py.timegrid.window import WindowedGrid, WindowEnded
 
@@ -90,6 +96,8 @@ CACHEABLE_ATTRIBUTES = (
     "catch_up_window",
     "starts_at",
     "ends_at",
+    "dst_gap",
+    "dst_fold",
 )
 
 DEFAULT_TTR = 300
@@ -102,6 +110,8 @@ _SCHEDULE_DEFAULTS: dict[str, Any] = {
     "timezone": "UTC",
     "catch_up": False,
     "enabled": True,
+    "dst_gap": DEFAULT_DST_GAP,
+    "dst_fold": DEFAULT_DST_FOLD,
 }
 
 
@@ -185,7 +195,7 @@ def _json_default(value: Any) -> str:
 class Schedule(Base):
     """A recurring job: *what* runs (``job_class``, ``args``, ``kwargs``, ``queue``,
     ``priority``, ``ttr``) and *when* (``cron``, or ``anchor`` + ``interval`` +
-    ``interval_unit``, in ``timezone``).
+    ``interval_unit``, in ``timezone``, with the DST policy ``dst_gap`` and ``dst_fold``).
 
     Field checks run on assignment; the cron/interval combination, and that the next
     occurrence can be put into Beanstalkd, are checked when the session flushes. Either way a
@@ -219,6 +229,16 @@ class Schedule(Base):
     interval: Mapped[int | None] = mapped_column(BigInteger)
     interval_unit: Mapped[str | None] = mapped_column(String(16))
     catch_up: Mapped[bool] = mapped_column(Boolean)
+    #: What a fixed-hour time a spring gap skips does: ``shift`` (run at the end of the gap)
+    #: or ``skip`` (not that day). Hourly-or-faster schedules follow elapsed time instead.
+    dst_gap: Mapped[str] = mapped_column(
+        String(8), default=DEFAULT_DST_GAP, server_default=DEFAULT_DST_GAP
+    )
+    #: Which occurrence of a fixed-hour time an autumn fold repeats runs: ``first``,
+    #: ``last`` or ``both`` (two distinct instants).
+    dst_fold: Mapped[str] = mapped_column(
+        String(8), default=DEFAULT_DST_FOLD, server_default=DEFAULT_DST_FOLD
+    )
     enabled: Mapped[bool] = mapped_column(Boolean)
     description: Mapped[str | None] = mapped_column(Text)
     #: Occurrences at or before this instant are never counted as missed. Set when the
@@ -324,6 +344,14 @@ class Schedule(Base):
     def _check_cron(self, key: str, value: Any) -> str | None:
         return None if value is None else self._fits(key, timegrid.validate_cron(value))
 
+    @validates("dst_gap")
+    def _check_dst_gap(self, _key: str, value: Any) -> str:
+        return validate_dst_gap(value)
+
+    @validates("dst_fold")
+    def _check_dst_fold(self, _key: str, value: Any) -> str:
+        return validate_dst_fold(value)
+
     @validates("anchor")
     def _check_anchor(self, _key: str, value: Any) -> datetime | None:
         if value is None:
@@ -378,6 +406,8 @@ class Schedule(Base):
             interval=self.interval,
             interval_unit=self.interval_unit,
             timezone=self.timezone,
+            dst_gap=self.dst_gap,
+            dst_fold=self.dst_fold,
         )
 
     def occurrence_grid(self) -> WindowedGrid:

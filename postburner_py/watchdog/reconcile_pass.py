@@ -14,6 +14,8 @@ of schedules, the rows that need work (see ``docs/watchdog.md``):
    could not be deleted yet.
 
 Pending one-off jobs (``enqueue_at``) without a Beanstalkd job are put again in step 4 too.
+Before step 1, a pass checks whether the zone rules changed since it last planned
+(:mod:`postburner_py.watchdog.tzdata_drift`) and re-plans what they moved, the drift way.
 
 Repairs run in batches, each one transaction holding the per-schedule locks it could take
 without waiting (``Store.try_lock_schedules``; rows are claimed with
@@ -53,6 +55,7 @@ from postburner_py.schedules.one_off import put_delayed
 from postburner_py.schedules.planning import snapshot_window, unloadable_schedules
 from postburner_py.store import store_for
 from postburner_py.store.contract.schedules import JobKind
+from postburner_py.watchdog.tzdata_drift import Observer, check_tzdata
 
 if TYPE_CHECKING:
     from sqlalchemy import Row
@@ -68,6 +71,7 @@ log = logging.getLogger("postburner_py.watchdog")
 LOOKBACK = timedelta(hours=12)
 #: Schedules (or executions) per transaction for the other repairs.
 REPAIR_BATCH = 500
+
 
 #: Step 3 is the creation path the worker's chaining shares.
 create_missing = create_next_executions
@@ -97,6 +101,7 @@ def reconcile_pass(
 ) -> PassReport:
     """Converge every schedule as of ``now``; see the module docstring for the steps."""
     report = report if report is not None else PassReport()
+    check_tzdata(pb, now=now, report=report, repair=repair_drift)
     retire_stale(pb, now, report)
     with pb.session() as session:
         missing, wrong = schedules_to_converge(session, now)
@@ -169,19 +174,27 @@ def schedules_to_converge(session: Session, now: datetime) -> tuple[list[int], l
 
 
 def repair_drift(
-    pb: Postburner, schedule_ids: list[int], now: datetime, report: PassReport
+    pb: Postburner,
+    schedule_ids: list[int],
+    now: datetime,
+    report: PassReport,
+    *,
+    observe: Observer | None = None,
 ) -> None:
     """Converge drifted or duplicated schedules with the single-schedule rules (``converge``).
 
     Few schedules drift at once (an edit, a deploy), so each runs the full ``converge``; the
     batch still shares one transaction and one commit. The pending executions it creates are
-    put by step 4, the retired ones' jobs deleted by step 5.
+    put by step 4, the retired ones' jobs deleted by step 5. ``observe`` is told each
+    schedule's outcome before its batch commits (the tzdata check logs the moves).
     """
     for chunk in chunks(schedule_ids, REPAIR_BATCH):
         with pb.work_session() as session:
             locked = store_for(session).try_lock_schedules(session, pb.settings.namespace, chunk)
             for schedule_id in sorted(locked):
                 outcome = converge(pb, session, schedule_id, now)
+                if observe is not None:
+                    observe(session, schedule_id, outcome)
                 report.superseded += len(outcome.retired)
                 report.created += len(outcome.created)
                 report.missed += outcome.missed

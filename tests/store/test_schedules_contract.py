@@ -535,3 +535,36 @@ def test_skipped_ahead_returns_the_skipped_fire_times_after_an_instant(
     assert store.skipped_ahead(plain, [], NOW) == {}
     assert not store.occurrence_claimed(plain, "a", NEXT)  # a skip is not a claim
     assert not store.occurrence_claimed(plain, "a", NOW)
+
+
+def test_a_setting_is_written_then_replaced_and_read_back(store: Store, plain: Session) -> None:
+    assert store.read_setting(plain, "contract-written") is None
+    store.write_setting(plain, "contract-written", "one", NOW)
+    store.write_setting(plain, "contract-written", "two", NEXT)
+    plain.commit()
+    assert store.read_setting(plain, "contract-written") == "two"
+
+
+def test_schedule_zones_are_the_distinct_zones_of_enabled_schedules(
+    store: Store, plain: Session
+) -> None:
+    _add_schedules(plain, 2, timezone="Europe/Prague")
+    _add_schedules(plain, 1, timezone="UTC")
+    _add_schedules(plain, 1, timezone="Asia/Tokyo", enabled=False)
+    assert store.schedule_zones(plain) == ["Europe/Prague", "UTC"]
+
+
+def test_future_runs_in_zones_are_the_live_future_executions_of_those_zones(
+    store: Store, plain: Session
+) -> None:
+    prague = _add_schedules(plain, 2, timezone="Europe/Prague")
+    (utc,) = _add_schedules(plain, 1, timezone="UTC")
+    _plan_and_insert(store, plain, [*prague, utc])
+    (past,) = _add_schedules(plain, 1, timezone="Europe/Prague")
+    _plan_and_insert(store, plain, [past], run_at=NOW - timedelta(minutes=1))
+    rows = store.future_runs_in_zones(plain, ["Europe/Prague", "Nowhere/Else"], NOW)
+    assert [(row.id, row.run_at, row.timezone) for row in rows] == [
+        (schedule_id, NEXT, "Europe/Prague") for schedule_id in prague
+    ]
+    assert {row.dst_gap for row in rows} == {"shift"}
+    assert store.future_runs_in_zones(plain, [], NOW) == []

@@ -422,6 +422,28 @@ class ScheduleStore(Facet, ABC):
         What a worker started without ``--queue`` serves; one query, no lock.
         """
 
+    def read_setting(self, session: Session, key: str) -> str | None:
+        """The value of setting ``key``, or None when there is no such row. Reads only."""
+
+    @abstractmethod
+    def write_setting(self, session: Session, key: str, value: str, stamp: datetime) -> None:
+        """Store ``value`` as setting ``key`` (inserted or replaced in one statement, so two
+        concurrent writers leave one row); the caller commits."""
+
+    @abstractmethod
+    def schedule_zones(self, session: Session) -> list[str]:
+        """The distinct ``timezone`` values of enabled schedules, sorted (one query). Reads
+        only; a stored value need not be a valid zone name."""
+
+    @abstractmethod
+    def future_runs_in_zones(
+        self, session: Session, zones: Sequence[str], now: datetime
+    ) -> Sequence[Any]:
+        """One row per live execution due after ``now`` of an enabled schedule whose
+        ``timezone`` is in ``zones``: the schedule's plan columns (as :meth:`plan_rows`,
+        ``id`` being the schedule's) and ``run_at``, ordered by schedule id then ``run_at``.
+        One query, whatever the number of zones; reads only."""
+
     @abstractmethod
     def setting(self, connection: Connection, key: str, candidate: str, stamp: datetime) -> str:
         """The value of setting ``key``, first stored as ``candidate`` if there is none.

@@ -89,6 +89,8 @@ _PLAN_COLUMNS = (
     _S.interval,
     _S.interval_unit,
     _S.timezone,
+    _S.dst_gap,
+    _S.dst_fold,
 )
 _SNAPSHOT_ONLY_COLUMNS = (_S.job_class, _S.args, _S.kwargs)
 
@@ -882,6 +884,32 @@ class SqlScheduleStore(ScheduleStore):
         scheduled = select(Schedule.queue).where(Schedule.enabled.is_(True))
         one_off = select(DelayedJob.queue).where(DelayedJob.status == DelayedStatus.PENDING)
         return sorted({str(name) for name in session.scalars(union(scheduled, one_off))})
+
+    def read_setting(self, session: Session, key: str) -> str | None:
+        table = Setting.__table__
+        value = session.scalar(select(table.c.value).where(table.c.key == key))
+        return None if value is None else str(value)
+
+    def write_setting(self, session: Session, key: str, value: str, stamp: datetime) -> None:
+        row = {"key": key, "value": value, "updated_at": stamp}
+        session.execute(self.upsert(Setting, ["key"], row, {"value": value, "updated_at": stamp}))
+
+    def schedule_zones(self, session: Session) -> list[str]:
+        statement = select(_S.timezone).where(_S.enabled).distinct().order_by(_S.timezone)
+        return [str(zone) for zone in session.scalars(statement)]
+
+    def future_runs_in_zones(
+        self, session: Session, zones: Sequence[str], now: datetime
+    ) -> Sequence[Any]:
+        if not zones:
+            return []
+        statement = (
+            select(*_PLAN_COLUMNS, _E.run_at)
+            .join(_E, _E.schedule_id == _S.id)
+            .where(_S.enabled, _S.timezone.in_(list(zones)), _future(now))
+            .order_by(_S.id, _E.run_at)
+        )
+        return session.execute(statement).all()
 
     def setting(self, connection: Connection, key: str, candidate: str, stamp: datetime) -> str:
         table = Setting.__table__
