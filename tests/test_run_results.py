@@ -113,7 +113,8 @@ def test_history_of_one_schedule_and_the_listing_of_pause_and_partial_success(
 
     from postburner_py.cli.inspect import _run_next
 
-    assert _run_next(_args(pb, json=False, cron=None, schedule="quiet", count=1, tz=None)) == 0
+    next_args = _args(pb, json=False, cron=None, schedule="quiet", count=1, tz=None)
+    assert _run_next(argparse.Namespace(**vars(next_args), dst_gap=None, dst_fold=None)) == 0
     assert "schedule quiet is paused since" in capsys.readouterr().err
 
     args = _args(pb, json=False, schedule=marker, from_=None, to=None, task=None, status=None)
