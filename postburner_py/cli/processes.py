@@ -56,7 +56,72 @@ def add_worker(commands: Any) -> None:
         help="after SIGTERM, wait at most this long for running jobs and their outcomes, then "
         "exit 1 (default 30); env POSTBURNER_SHUTDOWN_GRACE",
     )
+    add_metrics_options(command)
+    command.add_argument(
+        "--per-schedule-metrics",
+        action="store_true",
+        default=None,
+        help="label the run metrics with each schedule's name too (one series per schedule: "
+        "for few schedules); env POSTBURNER_PER_SCHEDULE_METRICS=1",
+    )
+    add_log_format(command)
     command.set_defaults(handler=_run_worker)
+
+
+def add_metrics_options(command: argparse.ArgumentParser) -> None:
+    """``--metrics-port`` and ``--metrics-host``, for the worker and the watchdog."""
+    command.add_argument(
+        "--metrics-port",
+        type=tcp_port,
+        default=None,
+        help="serve Prometheus metrics on this port; env POSTBURNER_METRICS_PORT",
+    )
+    command.add_argument(
+        "--metrics-host",
+        default=None,
+        help="address the metrics server listens on (default 127.0.0.1; 0.0.0.0 for every "
+        "interface, e.g. in a container); env POSTBURNER_METRICS_HOST",
+    )
+
+
+def _metrics_address(args: argparse.Namespace) -> tuple[int | None, str]:
+    from postburner_py.metrics import DEFAULT_METRICS_HOST
+
+    port = args.metrics_port or from_env("POSTBURNER_METRICS_PORT", tcp_port, None)
+    host = args.metrics_host or os.environ.get("POSTBURNER_METRICS_HOST") or DEFAULT_METRICS_HOST
+    return port, host
+
+
+def add_log_format(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--log-format",
+        type=_log_format,
+        default=None,
+        help="text (default) or json: one JSON object per line with a stable action key "
+        "(docs/operations.md); env POSTBURNER_LOG_FORMAT",
+    )
+
+
+def _log_format(text: str) -> str:
+    from postburner_py.logs import parse_log_format
+
+    try:
+        return parse_log_format(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def apply_log_format(args: argparse.Namespace) -> None:
+    """Switch the process's log lines to JSON when ``--log-format`` (or the env) says so."""
+    from postburner_py.logs import configure_logging
+
+    log_format = args.log_format or from_env("POSTBURNER_LOG_FORMAT", _log_format, "text")
+    if log_format != "text":
+        configure_logging(log_format)
+
+
+def _flag(variable: str) -> bool:
+    return os.environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _grace(text: str) -> float:
@@ -74,6 +139,9 @@ def _grace(text: str) -> float:
 def _run_worker(args: argparse.Namespace) -> int:
     from postburner_py.worker.process import run_worker
 
+    apply_log_format(args)
+    metrics_port, metrics_host = _metrics_address(args)
+    per_schedule = args.per_schedule_metrics or _flag("POSTBURNER_PER_SCHEDULE_METRICS")
     queues = args.queue or env_list("POSTBURNER_QUEUES") or ["default"]
     concurrency = args.concurrency or from_env("POSTBURNER_CONCURRENCY", concurrency_count, 1)
     prefetch = _prefetch(args.prefetch)
@@ -88,6 +156,9 @@ def _run_worker(args: argparse.Namespace) -> int:
             prefetch=prefetch,
             burst=args.burst,
             shutdown_grace=args.shutdown_grace,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            per_schedule_metrics=per_schedule,
         )
 
 
@@ -101,27 +172,17 @@ def _prefetch(given: int | None) -> int | None:
 def add_watchdog(commands: Any) -> None:
     command = commands.add_parser("watchdog", help="converge the queue to the database, forever")
     add_interval(command)
-    command.add_argument(
-        "--metrics-port",
-        type=tcp_port,
-        default=None,
-        help="serve Prometheus metrics on this port; env POSTBURNER_METRICS_PORT",
-    )
-    command.add_argument(
-        "--metrics-host",
-        default=None,
-        help="address the metrics server listens on (default 127.0.0.1; 0.0.0.0 for every "
-        "interface, e.g. in a container); env POSTBURNER_METRICS_HOST",
-    )
+    add_metrics_options(command)
+    add_log_format(command)
     command.set_defaults(handler=_run_watchdog)
 
 
 def _run_watchdog(args: argparse.Namespace) -> int:
-    from postburner_py.watchdog.process import DEFAULT_METRICS_HOST, run_watchdog
+    from postburner_py.watchdog.process import run_watchdog
 
+    apply_log_format(args)
     interval = watchdog_interval(args)
-    port = args.metrics_port or from_env("POSTBURNER_METRICS_PORT", tcp_port, None)
-    host = args.metrics_host or os.environ.get("POSTBURNER_METRICS_HOST") or DEFAULT_METRICS_HOST
+    port, host = _metrics_address(args)
     with postburner(args) as pb:
         require_servers(pb)
         return run_watchdog(pb, interval=interval, metrics_port=port, metrics_host=host)
@@ -159,6 +220,7 @@ def add_dev(commands: Any) -> None:
     command.add_argument("--schedules", help="schedule file (default examples/schedules.yml)")
     command.add_argument("--env", default="development", help="section of the schedule file")
     add_interval(command, default=10.0)
+    add_log_format(command)
     command.set_defaults(handler=_run_dev)
 
 
@@ -167,6 +229,7 @@ def _run_dev(args: argparse.Namespace) -> int:
 
     from postburner_py.cli.dev import run_dev
 
+    apply_log_format(args)
     schedule_file = Path(args.schedules) if args.schedules else None
     interval = watchdog_interval(args)
     with postburner(args) as pb:

@@ -102,6 +102,10 @@ class Occurrence:
     timeout: float | None = None
     #: Exception class names that fail the occurrence at once.
     no_retry_on: tuple[str, ...] = ()
+    #: The queue (not the tube) its job was put on: the label of its metrics.
+    queue: str = "default"
+    #: A one-off job's enqueuing trace context (:mod:`postburner_py.tracing`), if any.
+    trace_context: dict[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -460,6 +464,7 @@ def _occurrence(row: Any) -> Occurrence:
         catch_up=bool(snapshot.get("catch_up", False)),
         timeout=row.timeout,
         no_retry_on=tuple(row.no_retry_on or ()),
+        queue=str(snapshot.get("queue", "default")),
     )
 
 
@@ -481,4 +486,6 @@ def _delayed_occurrence(row: Any) -> Occurrence:
         catch_up=True,
         timeout=row.timeout,
         no_retry_on=tuple(row.no_retry_on or ()),
+        queue=row.queue,
+        trace_context=row.trace_context,
     )

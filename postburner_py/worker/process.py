@@ -18,11 +18,14 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from postburner_py.errors import QueueUnavailableError
-from postburner_py.queue.beanstalk import QueuedJob
+from postburner_py.logs import WORKER_STARTED, WORKER_STOPPED, fields
+from postburner_py.metrics import DEFAULT_METRICS_HOST, serve_metrics
+from postburner_py.queue.beanstalk import QueuedJob, QueueOutage
 from postburner_py.store.history import HistoryStore
+from postburner_py.worker.metrics import WorkerMetrics
 from postburner_py.worker.runner import JobRunner, Outcome, RunnerServices, default_backoff
 
 if TYPE_CHECKING:
@@ -55,6 +58,10 @@ class Worker:
     returns; :attr:`unfinished` then counts the attempts left behind (still running, or
     finished and not recorded), which Beanstalkd hands out again after their TTR and the
     dispatch log gives to the next attempt.
+
+    :attr:`metrics` holds the worker's Prometheus series (``metrics``: give your own, e.g.
+    with per-schedule labels); ``tracer_provider`` overrides OpenTelemetry's global one for
+    the attempts' spans (:mod:`postburner_py.tracing`).
     """
 
     def __init__(
@@ -71,6 +78,8 @@ class Worker:
         reserve_timeout: float = RESERVE_TIMEOUT,
         backoff: Callable[[int], int] = default_backoff,
         shutdown_grace: float | None = None,
+        metrics: WorkerMetrics | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         if shutdown_grace is None:
             shutdown_grace = pb.settings.shutdown_grace
@@ -90,6 +99,10 @@ class Worker:
         self.reserve_timeout = 0.0 if burst else reserve_timeout
         self.history = history or HistoryStore(pb.session_factory, clock=self.clock)
         self.backoff = backoff
+        self.metrics = metrics or WorkerMetrics()
+        self.tracer_provider = tracer_provider
+        #: Beanstalkd's reachability over all threads: one line per outage, not per thread.
+        self.queue_outage = QueueOutage(log, pb.queue.url)
         # One counter per thread, written only by its thread (no lock on the hot path).
         self._counts: list[Counter[Outcome]] = []
         self._counts_lock = threading.Lock()
@@ -105,7 +118,12 @@ class Worker:
     def run(self) -> None:
         """Run until :meth:`stop` (or, with ``burst``, until nothing is ready)."""
         services = RunnerServices.start(
-            self.pb, self.history, self.clock, concurrency=self.concurrency
+            self.pb,
+            self.history,
+            self.clock,
+            concurrency=self.concurrency,
+            metrics=self.metrics,
+            tracer_provider=self.tracer_provider,
         )
         self._threads, self._abandoned = [], set()
         try:
@@ -122,7 +140,8 @@ class Worker:
                 self.shutdown_grace,
                 self.unfinished,
             )
-        log.info("worker stopped: %s", dict(self.outcomes))
+        outcomes = {str(outcome): count for outcome, count in self.outcomes.items()}
+        log.info("worker stopped: %s", outcomes, extra=fields(WORKER_STOPPED, outcomes=outcomes))
 
     def stop(self) -> None:
         """Stop reserving; running attempts get ``shutdown_grace`` seconds to finish and be
@@ -238,13 +257,15 @@ class Worker:
             except QueueUnavailableError as exc:
                 if deletes:
                     # Their outcomes are recorded: back after the TTR, the log turns them away.
-                    log.warning("jobs %s may not be deleted: %s", deletes, exc)
+                    log.debug("jobs %s may not be deleted: %s", deletes, exc)
+                self.queue_outage.unreachable(exc)
                 if self.burst:  # a script waits for this worker: give up, do not wait
                     self.failure = exc
                     return
-                backoff = self._back_off(backoff, exc)
+                backoff = self._back_off(backoff)
                 continue
             backoff = 0.0
+            self.queue_outage.reachable()
             if job is None:
                 if runner.unsettled:
                     counts.update(runner.flush(wait=True, until=time.monotonic() + OUTCOME_WAIT))
@@ -261,14 +282,13 @@ class Worker:
         try:
             return runner.handle(job)
         except QueueUnavailableError as exc:
-            log.warning("Beanstalkd went away while handling job %s: %s", job.id, exc)
+            self.queue_outage.unreachable(exc)
+            log.debug("Beanstalkd went away while handling job %s: %s", job.id, exc)
         except Exception:
             log.exception("job %s could not be handled; it returns after its TTR", job.id)
         return None
 
-    def _back_off(self, previous: float, exc: Exception) -> float:
-        if previous == 0.0:
-            log.warning("Beanstalkd unreachable (%s); retrying", exc)
+    def _back_off(self, previous: float) -> float:
         delay = min(MAX_BACKOFF, max(0.1, previous * 2))
         self._stopping.wait(delay)
         return delay
@@ -282,9 +302,16 @@ def run_worker(
     prefetch: int | None = None,
     burst: bool = False,
     shutdown_grace: float | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str = DEFAULT_METRICS_HOST,
+    per_schedule_metrics: bool = False,
 ) -> int:
     """Run a worker in the foreground with signal handling; returns the exit code: 0, or 1
     when the shutdown grace ran out with attempts unfinished or unrecorded.
+
+    With ``metrics_port``, its Prometheus metrics are served on
+    ``http://metrics_host:metrics_port/metrics`` (default host 127.0.0.1: this machine
+    only); ``per_schedule_metrics`` adds a ``schedule`` label (one series per schedule).
 
     With ``burst``, Beanstalkd becoming unreachable ends the run with
     :class:`~postburner_py.errors.QueueUnavailableError` (after the running jobs finish).
@@ -296,6 +323,7 @@ def run_worker(
         prefetch=prefetch,
         burst=burst,
         shutdown_grace=shutdown_grace,
+        metrics=WorkerMetrics(per_schedule=per_schedule_metrics),
     )
     if threading.current_thread() is threading.main_thread():
         _install_signal_handlers(worker)
@@ -306,8 +334,25 @@ def run_worker(
         concurrency,
         worker.prefetch,
         ", burst" if burst else "",
+        extra=fields(
+            WORKER_STARTED,
+            node=pb.settings.node_id,
+            queues=list(queues),
+            concurrency=concurrency,
+            prefetch=worker.prefetch,
+        ),
     )
-    worker.run()
+    server = (
+        None
+        if metrics_port is None
+        else serve_metrics(worker.metrics.registry, metrics_port, metrics_host)
+    )
+    try:
+        worker.run()
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
     if worker.failure is not None:
         raise worker.failure
     return 1 if worker.unfinished else 0

@@ -13,7 +13,13 @@ from postburner_py.store import queries
 from postburner_py.store.contract.reports import ReportStore
 from postburner_py.store.dispatch_records import DispatchRecord
 from postburner_py.store.history_records import HistoryRecord
-from postburner_py.store.models import LIVE_STATUSES, Schedule, ScheduleExecution
+from postburner_py.store.models import (
+    LIVE_STATUSES,
+    DelayedJob,
+    DelayedStatus,
+    Schedule,
+    ScheduleExecution,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -121,6 +127,22 @@ class SqlReportStore(ReportStore):
             .group_by(table.schedule_id)
         )
         return {schedule_id: run_at for schedule_id, run_at in rows if schedule_id is not None}
+
+    def live_counts(self, session: Session) -> dict[tuple[str, str], int]:
+        executions = (
+            select(Schedule.queue, func.count())
+            .join(ScheduleExecution, ScheduleExecution.schedule_id == Schedule.id)
+            .where(ScheduleExecution.status.in_(LIVE_STATUSES))
+            .group_by(Schedule.queue)
+        )
+        delayed = (
+            select(DelayedJob.queue, func.count())
+            .where(DelayedJob.status == DelayedStatus.PENDING)
+            .group_by(DelayedJob.queue)
+        )
+        counts = {("execution", queue): n for queue, n in session.execute(executions)}
+        counts.update((("delayed", queue), n) for queue, n in session.execute(delayed))
+        return counts
 
 
 def _pairs(rows: Any) -> list[tuple[Schedule, datetime | None]]:
