@@ -90,3 +90,15 @@ def raise_base_exception(kind: str) -> None:
         "GeneratorExit": GeneratorExit(),
         "BaseException": _Escape("escaped"),
     }[kind]
+
+
+#: The span current inside ``record_current_span`` runs, by marker.
+CURRENT_SPANS: dict[str, Any] = {}
+
+
+def record_current_span(marker: str) -> None:
+    """Remember the span context current while the job runs (the tracing tests)."""
+    from opentelemetry import trace
+
+    with _lock:
+        CURRENT_SPANS[marker] = trace.get_current_span().get_span_context()

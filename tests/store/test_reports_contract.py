@@ -289,3 +289,38 @@ def _enable(schedule_id: int) -> Any:
     from sqlalchemy import update
 
     return update(Schedule).where(Schedule.id == schedule_id).values(enabled=True)
+
+
+def test_live_counts_has_the_live_rows_of_each_kind_per_queue(pb: Postburner) -> None:
+    from postburner_py.store.models import DelayedJob
+
+    with pb.session() as session:
+        reports = make_schedule(name="reports", enabled=False, queue="reports")
+        quick = make_schedule(name="quick", enabled=False)
+        session.add_all([reports, quick])
+        session.commit()
+        ids = {"reports": reports.id, "quick": quick.id}
+    _execution(pb, ids["reports"], NOW + timedelta(hours=1))
+    _execution(pb, ids["reports"], NOW - timedelta(hours=1), status="pending")  # due: live
+    _execution(pb, ids["reports"], NOW + timedelta(hours=2), status="skipped")
+    _execution(pb, ids["quick"], NOW + timedelta(hours=1), status="superseded")
+    _execution(pb, None, NOW + timedelta(hours=1))  # no schedule: no queue to count it in
+    with pb.session() as session:
+        for job_id, status in (("a", "pending"), ("b", "pending"), ("c", "completed")):
+            session.add(
+                DelayedJob(
+                    job_id=job_id,
+                    job_class="tests.jobs:record_run",
+                    args=[],
+                    kwargs={},
+                    queue="mail",
+                    priority=0,
+                    ttr=60,
+                    max_attempts=1,
+                    run_at=NOW,
+                    status=status,
+                )
+            )
+        session.commit()
+        counts = pb.store.live_counts(session)
+    assert counts == {("execution", "reports"): 2, ("delayed", "mail"): 2}
