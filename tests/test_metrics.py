@@ -221,3 +221,50 @@ def test_schedule_labels_are_only_there_behind_the_option(per_schedule: bool) ->
 def test_lateness_buckets_span_a_millisecond_to_an_hour() -> None:
     assert TIME_BUCKETS[0] == 0.001 and TIME_BUCKETS[-1] == 3600
     assert list(TIME_BUCKETS) == sorted(TIME_BUCKETS)
+
+
+def _exported_series() -> set[str]:
+    """Every series name a worker and a watchdog export (histograms with their parts)."""
+    from postburner_py.watchdog.metrics import WatchdogMetrics
+
+    names = set()
+    for metrics in (WorkerMetrics(), WatchdogMetrics()):
+        for family in metrics.registry.collect():
+            if family.type == "counter":
+                names.add(f"{family.name}_total")
+            elif family.type == "histogram":
+                names |= {f"{family.name}{part}" for part in ("", "_bucket", "_sum", "_count")}
+            else:
+                names.add(family.name)
+    return names
+
+
+def test_every_metric_is_documented_in_operations() -> None:
+    from postburner_py.schedules.chaining import PassReport
+
+    operations = (REPO / "docs" / "operations.md").read_text()
+    counts = {f"postburner_watchdog_{name}_total" for name in PassReport().counts()}
+    assert all(f"`{name}`" in operations for name in PassReport().counts())
+    parts = ("_bucket", "_sum", "_count")
+    undocumented = [
+        name
+        for name in _exported_series() - counts
+        if not name.endswith(parts) and f"`{name}`" not in operations
+    ]
+    assert not undocumented, undocumented
+
+
+def test_the_alert_rules_and_the_dashboard_use_only_exported_series() -> None:
+    import json
+
+    import yaml
+
+    rules = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())
+    expressions = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
+    assert {"PostburnerNoWorker", "PostburnerQueueUnserved"} <= alerts
+    assert {"PostburnerStartLatenessHigh", "PostburnerBuriedGrowing"} <= alerts
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "postburner.json").read_text())
+    expressions += [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {name for expr in expressions for name in re.findall(r"postburner_\w+", expr)}
+    assert used and used <= _exported_series(), used - _exported_series()
