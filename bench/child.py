@@ -75,12 +75,12 @@ def worker(args: dict[str, Any]) -> dict[str, Any]:
     )
     signal.signal(signal.SIGTERM, lambda _signum, _frame: work.stop())
     print("ready", flush=True)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     work.run()
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     pb.dispose()
     outcomes = {str(outcome): count for outcome, count in work.outcomes.items()}
-    return {"seconds": elapsed, "outcomes": outcomes, **memory_mb()}
+    return {"seconds": elapsed, "cpu_seconds": cpu, "outcomes": outcomes, **memory_mb()}
 
 
 def watchdog_memory(args: dict[str, Any]) -> dict[str, Any]:
