@@ -56,16 +56,15 @@ def worker(args: dict[str, Any]) -> dict[str, Any]:
     """A worker (``concurrency`` threads) until the queue is empty (``burst``) or SIGTERM.
 
     It runs as deployed: its INFO lines are formatted and written (to the null device; text,
-    or JSON with ``POSTBURNER_LOG_FORMAT=json``) and its metrics are kept, so their cost is
-    in the figures."""
+    or JSON with ``POSTBURNER_LOG_FORMAT=json``; ``BENCH_WORKER_LOG_LEVEL=WARNING`` for none)
+    and its metrics are kept, so their cost is in the figures."""
     from bench.common import make_postburner
     from postburner_py.logs import configure_logging
     from postburner_py.worker.process import Worker
 
     sink = open(os.devnull, "w")  # noqa: SIM115 (open for the whole process)
-    configure_logging(
-        os.environ.get("POSTBURNER_LOG_FORMAT", "text"), level=logging.INFO, stream=sink
-    )
+    level = logging.getLevelName(os.environ.get("BENCH_WORKER_LOG_LEVEL", "INFO"))
+    configure_logging(os.environ.get("POSTBURNER_LOG_FORMAT", "text"), level=level, stream=sink)
     pb = make_postburner(args["url"], args["beanstalkd"], args["namespace"])
     work = Worker(
         pb,

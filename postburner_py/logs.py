@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from logging.handlers import QueueHandler, QueueListener
+from queue import SimpleQueue
 from typing import Any, TextIO
 
 from pythonjsonlogger.json import JsonFormatter as _MaintainedJsonFormatter
@@ -114,27 +116,63 @@ def parse_log_format(text: str) -> str:
 
 
 def configure_logging(
-    log_format: str = "text", *, level: int | None = None, stream: TextIO | None = None
+    log_format: str = "text",
+    *,
+    level: int | None = None,
+    stream: TextIO | None = None,
+    background: bool = True,
 ) -> logging.Handler:
     """Send the root logger's lines to ``stream`` (standard error) as text or JSON, at
     ``level`` (None: the root logger's level stays). Replaces the plain stream handler
     ``logging.basicConfig`` installed (the command line's) and any this function installed
-    before; other handlers stay. Returns the new handler."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    formatter: logging.Formatter = (
+    before; other handlers stay. Returns the new handler.
+
+    With ``background`` (the processes' default), the calling thread only hands the record
+    to a queue and one writer thread formats and writes every line, in order: a worker's
+    threads never wait for one another's writes (measured: with eight threads logging two
+    lines per job, writing in place cost a quarter of the worker's CPU time, most of it
+    threads waking each other for the handler's lock). Lines still queued are written when
+    the process exits normally (``logging.shutdown``)."""
+    writer = logging.StreamHandler(stream or sys.stderr)
+    writer.setFormatter(
         JsonFormatter()
         if parse_log_format(log_format) == "json"
         else logging.Formatter(TEXT_FORMAT)
     )
-    handler.setFormatter(formatter)
+    handler: logging.Handler = BackgroundHandler(writer) if background else writer
     root = logging.getLogger()
     for old in [h for h in root.handlers if _replaceable(h)]:
         root.removeHandler(old)
+        if getattr(old, _OURS, False):
+            old.close()
     setattr(handler, _OURS, True)
     root.addHandler(handler)
     if level is not None:
         root.setLevel(level)
     return handler
+
+
+class BackgroundHandler(QueueHandler):
+    """Hands records to a writer thread that passes them to ``target`` (see
+    :func:`configure_logging`). Records are handed over as they are, not copied and
+    pre-formatted: they stay in this process, and formatting is the writer's work."""
+
+    def __init__(self, target: logging.Handler) -> None:
+        records: SimpleQueue[logging.LogRecord] = SimpleQueue()
+        super().__init__(records)
+        self.target = target
+        self._listener = QueueListener(records, target)
+        self._listener.start()
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+    def close(self) -> None:
+        """Write what is queued, stop the writer thread."""
+        listener, self._listener = self._listener, None  # type: ignore[assignment]
+        if listener is not None:
+            listener.stop()
+        super().close()
 
 
 def _replaceable(handler: logging.Handler) -> bool:

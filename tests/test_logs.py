@@ -197,12 +197,15 @@ def test_configure_logging_replaces_the_plain_handler_and_keeps_the_others() -> 
         again = configure_logging("json", stream=stream)
         assert plain not in root.handlers and ours not in root.handlers
         assert again in root.handlers and all(h in root.handlers for h in kept)
-        logging.getLogger("postburner_py.tests").warning("hello", extra={"action": "x.y"})
+        for n in range(100):
+            logging.getLogger("postburner_py.tests").warning("line %d", n, extra={"action": "x.y"})
     finally:
         root.removeHandler(plain)
         root.removeHandler(again)
-    [line] = [json.loads(text) for text in stream.getvalue().splitlines()]
-    assert (line["message"], line["action"], line["level"]) == ("hello", "x.y", "WARNING")
+        again.close()  # the writer thread writes what is queued, then stops
+    lines = [json.loads(text) for text in stream.getvalue().splitlines()]
+    assert [line["message"] for line in lines] == [f"line {n}" for n in range(100)]
+    assert (lines[0]["action"], lines[0]["level"]) == ("x.y", "WARNING")
     with pytest.raises(ValueError, match="text, json"):
         configure_logging("yaml")
 

@@ -112,12 +112,11 @@ def _log_format(text: str) -> str:
 
 
 def apply_log_format(args: argparse.Namespace) -> None:
-    """Switch the process's log lines to JSON when ``--log-format`` (or the env) says so."""
+    """Write the process's log lines from a writer thread, as text or (``--log-format``, or
+    the env) JSON."""
     from postburner_py.logs import configure_logging
 
-    log_format = args.log_format or from_env("POSTBURNER_LOG_FORMAT", _log_format, "text")
-    if log_format != "text":
-        configure_logging(log_format)
+    configure_logging(args.log_format or from_env("POSTBURNER_LOG_FORMAT", _log_format, "text"))
 
 
 def _flag(variable: str) -> bool:
