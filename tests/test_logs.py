@@ -193,8 +193,9 @@ def test_configure_logging_replaces_the_plain_handler_and_keeps_the_others() -> 
     root.addHandler(plain)
     stream = io.StringIO()
     try:
-        ours = configure_logging("json", stream=stream)
-        again = configure_logging("json", stream=stream)
+        # caller_info: leave the test process's records as they are
+        ours = configure_logging("json", stream=stream, caller_info=True)
+        again = configure_logging("json", stream=stream, caller_info=True)
         assert plain not in root.handlers and ours not in root.handlers
         assert again in root.handlers and all(h in root.handlers for h in kept)
         for n in range(100):
@@ -207,7 +208,7 @@ def test_configure_logging_replaces_the_plain_handler_and_keeps_the_others() -> 
     assert [line["message"] for line in lines] == [f"line {n}" for n in range(100)]
     assert (lines[0]["action"], lines[0]["level"]) == ("x.y", "WARNING")
     with pytest.raises(ValueError, match="text, json"):
-        configure_logging("yaml")
+        configure_logging("yaml", caller_info=True)
 
 
 def test_every_action_is_documented_in_operations() -> None:
