@@ -93,6 +93,16 @@ def test_json_lines_of_a_worker_parse_and_carry_the_documented_keys(
     assert by_action["worker.stopped"][0]["outcomes"] == {"completed": 1, "failed": 1}
 
 
+def test_log_level_warning_keeps_a_worker_from_writing_a_line_per_run(
+    make_postburner: MakePostburner, postgres_url: str
+) -> None:
+    pb = make_postburner(database_url=postgres_url)
+    pb.enqueue_at(_now(), "tests.jobs:record_run", ["ok"], job_id="quiet")
+    lines = _worker_lines(pb, "--log-format", "json", "--log-level", "WARNING")
+    assert not [line for line in lines if '"action": "run.' in line]
+    assert not [line for line in lines if '"level": "INFO"' in line]
+
+
 def test_a_run_logs_one_info_line_at_start_and_at_finish_and_a_retry_its_traceback(
     make_postburner: MakePostburner, sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -100,6 +100,28 @@ def add_log_format(command: argparse.ArgumentParser) -> None:
         help="text (default) or json: one JSON object per line with a stable action key "
         "(docs/operations.md); env POSTBURNER_LOG_FORMAT",
     )
+    command.add_argument(
+        "--log-level",
+        type=_log_level,
+        default=None,
+        help="DEBUG, INFO (default: a line per run start and finish), WARNING (no line "
+        "per run: the most jobs per second) or ERROR; env POSTBURNER_LOG_LEVEL",
+    )
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(text: str) -> int:
+    import logging
+
+    name = text.strip().upper()
+    if name not in _LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"log level: give one of {', '.join(_LOG_LEVELS)}, not {text!r}"
+        )
+    level: int = logging.getLevelName(name)
+    return level
 
 
 def _log_format(text: str) -> str:
@@ -116,7 +138,11 @@ def apply_log_format(args: argparse.Namespace) -> None:
     the env) JSON."""
     from postburner_py.logs import configure_logging
 
-    configure_logging(args.log_format or from_env("POSTBURNER_LOG_FORMAT", _log_format, "text"))
+    level = args.log_level or from_env("POSTBURNER_LOG_LEVEL", _log_level, None)
+    if getattr(args, "debug", False):
+        level = None  # --debug already set DEBUG
+    log_format = args.log_format or from_env("POSTBURNER_LOG_FORMAT", _log_format, "text")
+    configure_logging(log_format, level=level)
 
 
 def _flag(variable: str) -> bool:
