@@ -7,6 +7,8 @@ memory is their own and nothing else competes inside them.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import signal
 import sys
 import threading
@@ -51,10 +53,18 @@ def steady(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def worker(args: dict[str, Any]) -> dict[str, Any]:
-    """A worker (``concurrency`` threads) until the queue is empty (``burst``) or SIGTERM."""
+    """A worker (``concurrency`` threads) until the queue is empty (``burst``) or SIGTERM.
+
+    It runs as deployed: its INFO lines are formatted and written (to the null device; text,
+    or JSON with ``POSTBURNER_LOG_FORMAT=json``; ``BENCH_WORKER_LOG_LEVEL=WARNING`` for none)
+    and its metrics are kept, so their cost is in the figures."""
     from bench.common import make_postburner
+    from postburner_py.logs import configure_logging
     from postburner_py.worker.process import Worker
 
+    sink = open(os.devnull, "w")  # noqa: SIM115 (open for the whole process)
+    level = logging.getLevelName(os.environ.get("BENCH_WORKER_LOG_LEVEL", "INFO"))
+    configure_logging(os.environ.get("POSTBURNER_LOG_FORMAT", "text"), level=level, stream=sink)
     pb = make_postburner(args["url"], args["beanstalkd"], args["namespace"])
     work = Worker(
         pb,
@@ -64,12 +74,12 @@ def worker(args: dict[str, Any]) -> dict[str, Any]:
     )
     signal.signal(signal.SIGTERM, lambda _signum, _frame: work.stop())
     print("ready", flush=True)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     work.run()
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     pb.dispose()
     outcomes = {str(outcome): count for outcome, count in work.outcomes.items()}
-    return {"seconds": elapsed, "outcomes": outcomes, **memory_mb()}
+    return {"seconds": elapsed, "cpu_seconds": cpu, "outcomes": outcomes, **memory_mb()}
 
 
 def watchdog_memory(args: dict[str, Any]) -> dict[str, Any]:

@@ -125,6 +125,9 @@ def _drain(ctx: Context, name: str, count: int, concurrency: int) -> tuple[dict[
     drained = {
         f"{prefix}_per_s": rate(count, child["seconds"]),
         f"{prefix}_s": child["seconds"],
+        # CPU time of the worker process per job: far less sensitive to a busy host than
+        # the rate (the same work, whoever else runs).
+        f"{prefix}_worker_cpu_ms_per_job": child["cpu_seconds"] * 1000 / count,
         f"{prefix}_worker_rss_mb": child["rss_mb"],
         f"{prefix}_worker_peak_rss_mb": child["peak_rss_mb"],
         f"{prefix}_steal_pct": stolen,

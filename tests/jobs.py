@@ -100,3 +100,13 @@ def return_summary(marker: str, **_kwargs: Any) -> dict[str, Any]:
 def return_object(marker: str, **_kwargs: Any) -> object:
     """A job returning something JSON cannot hold: stored as a note with its repr."""
     return {marker: {1, 2}}
+#: The span current inside ``record_current_span`` runs, by marker.
+CURRENT_SPANS: dict[str, Any] = {}
+
+
+def record_current_span(marker: str) -> None:
+    """Remember the span context current while the job runs (the tracing tests)."""
+    from opentelemetry import trace
+
+    with _lock:
+        CURRENT_SPANS[marker] = trace.get_current_span().get_span_context()

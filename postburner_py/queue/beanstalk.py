@@ -17,6 +17,7 @@ Facts it is built on (DESIGN section 5):
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import socket
 import struct
@@ -53,9 +54,14 @@ _CONNECTION_LOST = (OSError, greenstalk.UnknownResponseError)
 _PIPELINE_WINDOW = 256
 #: Items per connection below which another connection (and thread) costs more than it saves.
 _ITEMS_PER_EXTRA_CONNECTION = 2000
+#: The job states of a tube, as :meth:`BeanstalkQueue.queue_stats` counts them.
+TUBE_STATES = ("ready", "delayed", "reserved", "buried")
 _STATUS_OF_ERROR = {cls: status for status, cls in greenstalk.ERROR_RESPONSES.items()}
 
 T = TypeVar("T")
+
+_BEANSTALKD_LOST = "beanstalkd.lost"
+_BEANSTALKD_RECOVERED = "beanstalkd.recovered"
 
 
 class ReservationLostError(PostburnerError, LookupError):
@@ -63,6 +69,63 @@ class ReservationLostError(PostburnerError, LookupError):
 
     Its TTR expired, it was deleted, or it was reserved on a connection since lost.
     """
+
+
+class QueueOutage:
+    """Whether Beanstalkd answers, as seen by every thread of one process: the first thread
+    to fail logs the outage once (WARNING, action ``beanstalkd.lost``), the first to succeed
+    afterwards logs its end once (INFO, ``beanstalkd.recovered``), however many threads
+    keep failing or reconnecting meanwhile. :meth:`reachable` is called after every
+    successful reserve, so while all is well it reads one attribute."""
+
+    def __init__(self, logger: logging.Logger, url: str) -> None:
+        self._log = logger
+        self._url = url
+        self._lock = threading.Lock()
+        self.down = False
+        #: Failed calls of this outage, over all threads.
+        self.failures = 0
+        #: Outages seen so far.
+        self.outages = 0
+
+    def unreachable(self, error: BaseException) -> bool:
+        """Record a failed call; True for the one that starts the outage (and logged it)."""
+        with self._lock:
+            self.failures += 1
+            if self.down:
+                return False
+            self.down = True
+            self.outages += 1
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        self._log.warning(
+            "Beanstalkd at %s is unreachable (%s); every thread retries with backoff",
+            self._url,
+            message,
+            extra={"action": _BEANSTALKD_LOST, "beanstalkd": self._url, "error": message},
+        )
+        return True
+
+    def _recover(self) -> int | None:
+        """End the outage: its failed calls, or None if it had ended already."""
+        with self._lock:
+            if not self.down:
+                return None
+            self.down, failures, self.failures = False, self.failures, 0
+            return failures
+
+    def reachable(self) -> None:
+        """Record a successful call; logs the end of an outage once."""
+        if not self.down:
+            return
+        failures = self._recover()
+        if failures is None:
+            return  # another thread logged it since the check above
+        self._log.info(
+            "Beanstalkd at %s is reachable again after %d failed call(s)",
+            self._url,
+            failures,
+            extra={"action": _BEANSTALKD_RECOVERED, "beanstalkd": self._url, "failures": failures},
+        )
 
 
 @dataclass(frozen=True)
@@ -436,6 +499,22 @@ class BeanstalkQueue:
         prefix = f"{self.namespace}."
         tubes = self._call(lambda conn: list(conn.client.tubes()))
         return sorted(str(tube)[len(prefix) :] for tube in tubes if str(tube).startswith(prefix))
+    def queue_stats(self) -> dict[str, dict[str, int]]:
+        """Per queue of this namespace whose tube exists: its jobs by state (``ready``,
+        ``delayed``, ``reserved``, ``buried``). One ``list-tubes`` and a ``stats-tube`` per
+        tube of the namespace."""
+        prefix = f"{self.namespace}."
+
+        def op(conn: _Connection) -> dict[str, dict[str, int]]:
+            found: dict[str, dict[str, int]] = {}
+            for tube in conn.client.tubes():
+                if tube.startswith(prefix):
+                    stats = _tube_counts(conn.client, tube)
+                    if stats is not None:
+                        found[tube[len(prefix) :]] = stats
+            return found
+
+        return self._call(op)
 
     def stats(self) -> dict[str, Any]:
         """Server-wide ``stats``."""
@@ -599,6 +678,15 @@ def _set_kernel_timeout(sock: socket.socket, option: int, seconds: float) -> Non
     whole = int(seconds)
     timeval = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
     sock.setsockopt(socket.SOL_SOCKET, option, timeval)
+
+
+def _tube_counts(client: greenstalk.Client[bytes], tube: str) -> dict[str, int] | None:
+    """A tube's jobs by state, or None when it vanished since it was listed."""
+    try:
+        stats: dict[str, Any] = dict(client.stats_tube(tube))
+    except greenstalk.NotFoundError:
+        return None
+    return {state: int(stats.get(f"current-jobs-{state}", 0)) for state in TUBE_STATES}
 
 
 def _or_none(read: Callable[[], T]) -> T | None:

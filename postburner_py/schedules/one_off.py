@@ -23,6 +23,7 @@ from postburner_py.queue.operations import JobRef, remove_job
 from postburner_py.queue.signing import JobBody, encode_body
 from postburner_py.store import store_for
 from postburner_py.store.models import DelayedJob, DelayedStatus
+from postburner_py.tracing import enqueue_context
 
 if TYPE_CHECKING:
     from postburner_py.app import Postburner
@@ -84,6 +85,7 @@ def enqueue_at(
     )
     row.timeout = validation.validate_timeout(timeout)
     row.no_retry_on = validation.validate_no_retry_on(no_retry_on)
+    row.trace_context = enqueue_context()
     with pb.work_session() as session:
         session.add(row)
         try:

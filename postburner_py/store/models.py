@@ -704,6 +704,8 @@ class DelayedJob(Base):
     max_attempts: Mapped[int] = mapped_column(Integer)
     timeout: Mapped[float | None] = mapped_column(Float)
     no_retry_on: Mapped[list[str] | None] = mapped_column(JSONType)
+    #: The trace context of the span that enqueued the job (``postburner_py.tracing``).
+    trace_context: Mapped[dict[str, str] | None] = mapped_column(JSONType)
     run_at: Mapped[datetime] = mapped_column(UTCDateTime)
     status: Mapped[str] = mapped_column(String(16))
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

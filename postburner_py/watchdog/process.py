@@ -32,23 +32,30 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from postburner_py.errors import ConfigurationError, QueueUnavailableError
 from postburner_py.health import HealthOptions, Pulse, Verdict, servers_ready
+from postburner_py.logs import (
+    BEANSTALKD_LOST,
+    BEANSTALKD_RECOVERED,
+    DATABASE_LOST,
+    DATABASE_RECOVERED,
+    WATCHDOG_PASS,
+    WATCHDOG_STARTED,
+    WATCHDOG_STOPPED,
+    fields,
+)
+from postburner_py.metrics import DEFAULT_METRICS_HOST
 from postburner_py.schedules.chaining import PassReport
 from postburner_py.store import store_for
 from postburner_py.store.models import WatchdogHeartbeat
+from postburner_py.watchdog.metrics import WatchdogMetrics
 from postburner_py.watchdog.queue_audit import audit_queue
 from postburner_py.watchdog.reconcile_pass import LOOKBACK, reconcile_pass
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from postburner_py.app import Postburner
 
 log = logging.getLogger("postburner_py.watchdog")
 
 DEFAULT_INTERVAL = 60.0
-#: Where the metrics server listens unless told otherwise: this machine only. A container
-#: (or a scraper on another host) needs ``0.0.0.0``, set explicitly.
-DEFAULT_METRICS_HOST = "127.0.0.1"
 #: First wait after a failed attempt; it doubles per failure up to BACKOFF_CAP seconds.
 BACKOFF_START = 1.0
 BACKOFF_CAP = 120.0
@@ -56,10 +63,12 @@ BACKOFF_CAP = 120.0
 DATABASE_DOWN = (OperationalError, InterfaceError)
 
 __all__ = [
+    "DEFAULT_METRICS_HOST",
     "PassReport",
     "Retention",
     "Watchdog",
     "WatchdogHeartbeat",
+    "WatchdogMetrics",
     "run_watchdog",
     "tick",
     "watchdog_health",
@@ -161,11 +170,19 @@ def run_watchdog(
     return 0
 
 
+#: The log actions of an outage, by what is out.
+_OUTAGE_ACTIONS = {
+    "the database": (DATABASE_LOST, DATABASE_RECOVERED),
+    "Beanstalkd": (BEANSTALKD_LOST, BEANSTALKD_RECOVERED),
+}
+
+
 class Outage:
     """One server's reachability: logs once per outage, backs off while it lasts."""
 
     def __init__(self, what: str, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.what = what
+        self._lost, self._recovered = _OUTAGE_ACTIONS.get(what, ("outage.lost", "outage.ended"))
         self.failures = 0
         self._monotonic = monotonic
         self._retry_at = 0.0
@@ -183,7 +200,12 @@ class Outage:
         """Record a failed attempt; the first one of an outage is logged as a warning."""
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         if not self.failures:
-            log.warning("%s is unreachable (%s); retrying with backoff", self.what, message)
+            log.warning(
+                "%s is unreachable (%s); retrying with backoff",
+                self.what,
+                message,
+                extra=fields(self._lost, error=message),
+            )
         else:
             log.debug("%s still unreachable: %s", self.what, message)
         self.failures += 1
@@ -193,7 +215,12 @@ class Outage:
     def succeeded(self) -> None:
         """Record a successful attempt; the end of an outage is logged."""
         if self.failures:
-            log.info("%s is reachable again after %d failed attempt(s)", self.what, self.failures)
+            log.info(
+                "%s is reachable again after %d failed attempt(s)",
+                self.what,
+                self.failures,
+                extra=fields(self._recovered, failures=self.failures),
+            )
         self.failures = 0
         self._retry_at = 0.0
 
@@ -319,10 +346,26 @@ class Watchdog:
             self.queue.failed(report.queue_error)
         elif kind == "audit" or report.created or report.requeued:
             self.queue.succeeded()  # the audit or a put reached the server
-        changed = any(report.counts().values())
-        log.log(logging.INFO if changed else logging.DEBUG, "%s: %s", kind, report.describe())
+        counts = report.counts()
+        level = logging.INFO if any(counts.values()) else logging.DEBUG
+        if log.isEnabledFor(level):
+            line = fields(WATCHDOG_PASS, kind=kind, duration=report.duration, counts=counts)
+            log.log(level, "%s: %s", kind, report.describe(), extra=line)
         if self.metrics is not None:
             self.metrics.observe(kind, report, queue_up=not self.queue.down)
+            self._observe_backlog(kind)
+
+    def _observe_backlog(self, kind: str) -> None:
+        """After an audit, Beanstalkd's jobs per tube; after a pass, the live rows."""
+        assert self.metrics is not None
+        try:
+            if kind == "audit" and not self.queue.down:
+                self.metrics.observe_tubes(self.pb.queue.queue_stats())
+            elif kind == "reconcile":
+                with self.pb.session() as session:
+                    self.metrics.observe_live(store_for(session).live_counts(session))
+        except (QueueUnavailableError, *DATABASE_DOWN) as exc:
+            log.debug("metrics: could not read the %s backlog: %s", kind, exc)
 
     # -- heartbeat ------------------------------------------------------------------------
 
@@ -362,7 +405,12 @@ class Watchdog:
             scheduler.add_job(job, "interval", seconds=seconds, next_run_time=first)
         self._stop_scheduler = functools.partial(scheduler.shutdown, wait=False)
         previous = _install_signal_handlers(self.stop)
-        log.info("watchdog %s started: passes every %ss", self.node, self.interval)
+        log.info(
+            "watchdog %s started: passes every %ss",
+            self.node,
+            self.interval,
+            extra=fields(WATCHDOG_STARTED, node=self.node, interval=self.interval),
+        )
         try:
             if not self.stopping.is_set():
                 scheduler.start()
@@ -386,7 +434,7 @@ class Watchdog:
                 self.forget_heartbeat()
             except DATABASE_DOWN as exc:
                 log.warning("could not remove the heartbeat row: %s", exc)
-        log.info("watchdog %s stopped", self.node)
+        log.info("watchdog %s stopped", self.node, extra=fields(WATCHDOG_STOPPED, node=self.node))
 
 
 def _install_signal_handlers(stop: Callable[[], None]) -> dict[int, Any]:
@@ -403,57 +451,3 @@ def _install_signal_handlers(stop: Callable[[], None]) -> dict[int, Any]:
 def _restore_signal_handlers(previous: dict[int, Any]) -> None:
     for sig, handler in previous.items():
         signal.signal(sig, handler)
-
-
-class WatchdogMetrics:
-    """Prometheus metrics of one watchdog: the pass counters, durations, server health."""
-
-    def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge
-
-        self.registry = CollectorRegistry()
-        self.counters = {
-            name: Counter(
-                f"postburner_watchdog_{name}", f"Watchdog count: {name}", registry=self.registry
-            )
-            for name in PassReport().counts()
-        }
-        self.duration = Gauge(
-            "postburner_watchdog_pass_duration_seconds",
-            "Duration of the last pass",
-            ["kind"],
-            registry=self.registry,
-        )
-        self.last_pass = Gauge(
-            "postburner_watchdog_last_pass_timestamp_seconds",
-            "Unix time of the last pass",
-            ["kind"],
-            registry=self.registry,
-        )
-        self.queue_up = Gauge(
-            "postburner_watchdog_beanstalkd_up",
-            "1 while Beanstalkd answers",
-            registry=self.registry,
-        )
-        self.invalid_schedules = Gauge(
-            "postburner_watchdog_invalid_schedules",
-            "Schedules the last reconcile pass could not plan (see postburner status)",
-            registry=self.registry,
-        )
-
-    def observe(self, kind: str, report: PassReport, *, queue_up: bool) -> None:
-        """Add a pass's counts."""
-        for name, value in report.counts().items():
-            self.counters[name].inc(value)
-        self.duration.labels(kind).set(report.duration)
-        self.last_pass.labels(kind).set(time.time())
-        self.queue_up.set(1 if queue_up else 0)
-        if kind == "reconcile":
-            self.invalid_schedules.set(report.invalid)
-
-    def serve(self, port: int, host: str = DEFAULT_METRICS_HOST) -> WSGIServer:
-        """Serve ``/metrics`` on ``host:port`` in a daemon thread; returns the HTTP server."""
-        from prometheus_client import start_http_server
-
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return server

@@ -36,6 +36,7 @@ from sqlalchemy import Connection
 
 from postburner_py.errors import JobNotAllowedError
 from postburner_py.keys import idempotency_key, occurrence_key, one_off_key
+from postburner_py.logs import DELIVERY_TURNED_AWAY, LEASE_TAKEN_OVER, fields
 from postburner_py.queue.signing import JobBody
 from postburner_py.schedules.one_off import PENDING as DELAYED_PENDING
 from postburner_py.schedules.planning import snapshot_window
@@ -105,6 +106,10 @@ class Occurrence:
     no_retry_on: tuple[str, ...] = ()
     #: The schedule's own catch-up window (None: the global one).
     catch_up_window: timedelta | None = None
+    #: The queue (not the tube) its job was put on: the label of its metrics.
+    queue: str = "default"
+    #: A one-off job's enqueuing trace context (:mod:`postburner_py.tracing`), if any.
+    trace_context: dict[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -221,7 +226,20 @@ class Admitter:
             what += f"; taken over by {request.worker_id} as attempt {claim.attempt}"
         else:
             what += f"; no attempt left of {occurrence.max_attempts}: the occurrence failed"
-        log.warning("%s at %s: %s", occurrence.key, occurrence.run_at.isoformat(), what)
+        run_at = occurrence.run_at.isoformat()
+        log.warning(
+            "%s at %s: %s",
+            occurrence.key,
+            run_at,
+            what,
+            extra=fields(
+                LEASE_TAKEN_OVER,
+                schedule=occurrence.key,
+                run_at=run_at,
+                attempt=claim.attempt,
+                outcome=str(claim.outcome),
+            ),
+        )
         return LostAttempt(
             correlation_id=idempotency_key(
                 self.pb.settings.namespace, occurrence.key, occurrence.run_at
@@ -294,7 +312,12 @@ class Admitter:
         try:
             check_job_allowed(occurrence.job_class, self.pb.settings.allowed_job_prefixes)
         except JobNotAllowedError as exc:
-            log.error("refusing %s: %s", occurrence.key, exc)
+            log.error(
+                "refusing %s: %s",
+                occurrence.key,
+                exc,
+                extra=fields(DELIVERY_TURNED_AWAY, outcome="refused", schedule=occurrence.key),
+            )
             return Admission(Outcome.REFUSED, occurrence)
         if self._too_late(occurrence, request) and self._record_missed(
             connection, occurrence, request
@@ -467,6 +490,7 @@ def _occurrence(row: Any) -> Occurrence:
         timeout=row.timeout,
         no_retry_on=tuple(row.no_retry_on or ()),
         catch_up_window=snapshot_window(snapshot),
+        queue=str(snapshot.get("queue", "default")),
     )
 
 
@@ -488,4 +512,6 @@ def _delayed_occurrence(row: Any) -> Occurrence:
         catch_up=True,
         timeout=row.timeout,
         no_retry_on=tuple(row.no_retry_on or ()),
+        queue=row.queue,
+        trace_context=row.trace_context,
     )

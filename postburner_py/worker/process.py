@@ -21,15 +21,18 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from postburner_py.errors import QueueUnavailableError
 from postburner_py.health import OK, HealthOptions, Verdict, servers_ready
-from postburner_py.queue.beanstalk import QueuedJob
+from postburner_py.logs import WORKER_STARTED, WORKER_STOPPED, fields
+from postburner_py.metrics import DEFAULT_METRICS_HOST, serve_metrics
+from postburner_py.queue.beanstalk import QueuedJob, QueueOutage
 from postburner_py.store.history import HistoryStore
 from postburner_py.worker.heartbeat import HEARTBEAT_INTERVAL, Heartbeat
+from postburner_py.worker.metrics import WorkerMetrics
 from postburner_py.worker.runner import JobRunner, Outcome, RunnerServices, default_backoff
 
 if TYPE_CHECKING:
@@ -67,6 +70,10 @@ class Worker:
     returns; :attr:`unfinished` then counts the attempts left behind (still running, or
     finished and not recorded), which Beanstalkd hands out again after their TTR and the
     dispatch log gives to the next attempt.
+
+    :attr:`metrics` holds the worker's Prometheus series (``metrics``: give your own, e.g.
+    with per-schedule labels); ``tracer_provider`` overrides OpenTelemetry's global one for
+    the attempts' spans (:mod:`postburner_py.tracing`).
     """
 
     def __init__(
@@ -84,6 +91,8 @@ class Worker:
         backoff: Callable[[int], int] = default_backoff,
         shutdown_grace: float | None = None,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        metrics: WorkerMetrics | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         if shutdown_grace is None:
             shutdown_grace = pb.settings.shutdown_grace
@@ -102,6 +111,10 @@ class Worker:
         self.reserve_timeout = 0.0 if burst else reserve_timeout
         self.history = history or HistoryStore(pb.session_factory, clock=self.clock)
         self.backoff = backoff
+        self.metrics = metrics or WorkerMetrics()
+        self.tracer_provider = tracer_provider
+        #: Beanstalkd's reachability over all threads: one line per outage, not per thread.
+        self.queue_outage = QueueOutage(log, pb.queue.url)
         # One counter per thread, written only by its thread (no lock on the hot path).
         self._counts: list[Counter[Outcome]] = []
         self._counts_lock = threading.Lock()
@@ -152,7 +165,12 @@ class Worker:
         """Run until :meth:`stop` (or, with ``burst``, until nothing is ready)."""
         self._start_heartbeat()
         services = RunnerServices.start(
-            self.pb, self.history, self.clock, concurrency=self.concurrency
+            self.pb,
+            self.history,
+            self.clock,
+            concurrency=self.concurrency,
+            metrics=self.metrics,
+            tracer_provider=self.tracer_provider,
         )
         self._threads, self._abandoned = [], set()
         try:
@@ -171,7 +189,8 @@ class Worker:
                 self.shutdown_grace,
                 self.unfinished,
             )
-        log.info("worker stopped: %s", dict(self.outcomes))
+        outcomes = {str(outcome): count for outcome, count in self.outcomes.items()}
+        log.info("worker stopped: %s", outcomes, extra=fields(WORKER_STOPPED, outcomes=outcomes))
 
     def _start_heartbeat(self) -> None:
         """Expire crashed workers' rows, write this one's first row (so a following worker
@@ -181,7 +200,17 @@ class Worker:
         except SQLAlchemyError as exc:
             log.debug("old worker heartbeats not expired: %s", exc)
         self.heartbeat.beat()
-        log.info("%s", self.describe())
+        log.info(
+            "%s",
+            self.describe(),
+            extra=fields(
+                WORKER_STARTED,
+                node=self.pb.settings.node_id,
+                queues=list(self.queues),
+                concurrency=self.concurrency,
+                prefetch=self.prefetch,
+            ),
+        )
         self.heartbeat.start(self._finished)
 
     def describe(self) -> str:
@@ -332,13 +361,15 @@ class Worker:
             except QueueUnavailableError as exc:
                 if deletes:
                     # Their outcomes are recorded: back after the TTR, the log turns them away.
-                    log.warning("jobs %s may not be deleted: %s", deletes, exc)
+                    log.debug("jobs %s may not be deleted: %s", deletes, exc)
+                self.queue_outage.unreachable(exc)
                 if self.burst:  # a script waits for this worker: give up, do not wait
                     self.failure = exc
                     return
-                backoff = self._back_off(backoff, exc)
+                backoff = self._back_off(backoff)
                 continue
             backoff = 0.0
+            self.queue_outage.reachable()
             if job is None:
                 if runner.unsettled:
                     counts.update(runner.flush(wait=True, until=time.monotonic() + OUTCOME_WAIT))
@@ -355,14 +386,13 @@ class Worker:
         try:
             return runner.handle(job)
         except QueueUnavailableError as exc:
-            log.warning("Beanstalkd went away while handling job %s: %s", job.id, exc)
+            self.queue_outage.unreachable(exc)
+            log.debug("Beanstalkd went away while handling job %s: %s", job.id, exc)
         except Exception:
             log.exception("job %s could not be handled; it returns after its TTR", job.id)
         return None
 
-    def _back_off(self, previous: float, exc: Exception) -> float:
-        if previous == 0.0:
-            log.warning("Beanstalkd unreachable (%s); retrying", exc)
+    def _back_off(self, previous: float) -> float:
         delay = min(MAX_BACKOFF, max(0.1, previous * 2))
         self._stopping.wait(delay)
         return delay
@@ -377,12 +407,18 @@ def run_worker(
     burst: bool = False,
     shutdown_grace: float | None = None,
     health: HealthOptions | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str = DEFAULT_METRICS_HOST,
+    per_schedule_metrics: bool = False,
 ) -> int:
     """Run a worker in the foreground with signal handling; returns the exit code: 0, or 1
     when the shutdown grace ran out with attempts unfinished or unrecorded.
 
     ``queues=None`` follows the queues in use (see :class:`Worker`). With ``health``, the
-    probes (:mod:`postburner_py.health`) are served while it runs.
+    probes (:mod:`postburner_py.health`) are served while it runs. With ``metrics_port``, its
+    Prometheus metrics are served on ``http://metrics_host:metrics_port/metrics`` (default
+    host 127.0.0.1: this machine only); ``per_schedule_metrics`` adds a ``schedule`` label
+    (one series per schedule).
 
     With ``burst``, Beanstalkd becoming unreachable ends the run with
     :class:`~postburner_py.errors.QueueUnavailableError` (after the running jobs finish).
@@ -394,13 +430,22 @@ def run_worker(
         prefetch=prefetch,
         burst=burst,
         shutdown_grace=shutdown_grace,
+        metrics=WorkerMetrics(per_schedule=per_schedule_metrics),
     )
     if threading.current_thread() is threading.main_thread():
         _install_signal_handlers(worker)
     probes = None if health is None else health.serve(worker.liveness, lambda: servers_ready(pb))
+    server = (
+        None
+        if metrics_port is None
+        else serve_metrics(worker.metrics.registry, metrics_port, metrics_host)
+    )
     try:
         worker.run()
     finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
         if probes is not None:
             probes.close()
     if worker.failure is not None:

@@ -46,6 +46,14 @@ from postburner_py.errors import (
     SignatureError,
 )
 from postburner_py.keys import idempotency_key
+from postburner_py.logs import (
+    DELIVERY_TURNED_AWAY,
+    RUN_FAILED,
+    RUN_FINISHED,
+    RUN_STARTED,
+    RUN_TIMED_OUT,
+    fields,
+)
 from postburner_py.queue.beanstalk import QueuedJob
 from postburner_py.queue.signing import decode_body
 from postburner_py.schedules.placeholders import render_arguments as fill_placeholders
@@ -55,6 +63,7 @@ from postburner_py.store.dispatch_log import (
     SqlDispatchRegistry,
 )
 from postburner_py.store.history import HistoryEntry, HistoryStatus, HistoryStore
+from postburner_py.tracing import AttemptTracer, attempt_tracer
 from postburner_py.validation import DEFAULT_PRIORITY
 from postburner_py.worker.admission import Admission, AdmitRequest, Admitter, Occurrence, Outcome
 from postburner_py.worker.answer import Answer
@@ -64,6 +73,7 @@ from postburner_py.worker.job_loader import resolve_job
 from postburner_py.worker.lease_keeper import LeaseKeeper
 from postburner_py.worker.ledger import Ledger
 from postburner_py.worker.results import storable_result
+from postburner_py.worker.metrics import WorkerMetrics
 from postburner_py.worker.settlement import Settlement, Settler
 from postburner_py.worker.slots import RunSlots
 
@@ -101,10 +111,21 @@ class RunnerServices:
     keeper: LeaseKeeper
     #: One per job that may run at once (the worker's concurrency).
     slots: RunSlots
+    #: The worker's Prometheus series.
+    metrics: WorkerMetrics
+    #: Spans per attempt (None: OpenTelemetry is not installed or not configured).
+    tracing: AttemptTracer | None = None
 
     @classmethod
     def start(
-        cls, pb: Postburner, history: HistoryStore, clock: Clock, *, concurrency: int
+        cls,
+        pb: Postburner,
+        history: HistoryStore,
+        clock: Clock,
+        *,
+        concurrency: int,
+        metrics: WorkerMetrics | None = None,
+        tracer_provider: Any = None,
     ) -> RunnerServices:
         """Start the ledger, chainer and keeper threads (stop them with :meth:`close`)."""
         registry = SqlDispatchRegistry(pb.session_factory, clock=clock)
@@ -116,6 +137,8 @@ class RunnerServices:
             chainer=Chainer(pb, clock=clock, linger=CHAIN_LINGER),
             keeper=LeaseKeeper(),
             slots=RunSlots(concurrency),
+            metrics=metrics or WorkerMetrics(),
+            tracing=attempt_tracer(tracer_provider),
         )
 
     def close(self, *, until: float | None = None) -> None:
@@ -208,12 +231,19 @@ class JobRunner:
         try:
             body = decode_body(job.body, self.pb.secret())
         except SignatureError as exc:
-            log.error("burying job %s: %s (its job class is never imported)", job.id, exc)
+            log.error(
+                "burying job %s: %s (its job class is never imported)",
+                job.id,
+                exc,
+                extra=fields(DELIVERY_TURNED_AWAY, outcome=str(Outcome.FORGED), job_id=job.id),
+            )
             self.pb.queue.bury(job.id, priority=DEFAULT_PRIORITY)
+            self.services.metrics.turned_away(Outcome.FORGED, None)
             return Outcome.FORGED
         early = (body.run_at - self.clock()).total_seconds()
         if early >= 1:
             self.pb.queue.release(job.id, priority=_priority_of(self.pb, job), delay=int(early))
+            self.services.metrics.turned_away(Outcome.EARLY, None)
             return Outcome.EARLY
         admitter = self.services.admitter
         request = AdmitRequest(body, self.clock(), self.worker_id)
@@ -221,8 +251,12 @@ class JobRunner:
             request = admitter.prepare(request)
         admission = admitter.answer(self.services.ledger.call(admitter, request))
         if admission.outcome is not None:
-            return self._turned_away(job, admission)
+            outcome = self._turned_away(job, admission)
+            self.services.metrics.turned_away(outcome, admission.occurrence)
+            return outcome
         assert admission.occurrence is not None and admission.claim is not None
+        if admission.claim.outcome is ClaimOutcome.TAKEN_OVER:
+            self.services.metrics.taken_over(admission.occurrence)
         if admission.started is None:
             return self._not_running(job, admission.occurrence, admission.claim)
         return self._attempt(job, admission.occurrence, admission.claim.attempt, admission.started)
@@ -235,7 +269,11 @@ class JobRunner:
         if admission.outcome is Outcome.MISSED and occurrence is not None:
             self._chain(occurrence)
         if admission.outcome is Outcome.FENCED:
-            log.info("dropping job %s: its row is no longer scheduled for that time", job.id)
+            log.info(
+                "dropping job %s: its row is no longer scheduled for that time",
+                job.id,
+                extra=fields(DELIVERY_TURNED_AWAY, outcome=str(Outcome.FENCED), job_id=job.id),
+            )
         self.pb.queue.delete(job.id)
         return admission.outcome or Outcome.FENCED
 
@@ -249,8 +287,10 @@ class JobRunner:
             # Another delivery holds a live lease: look again once it could have expired,
             # so a worker that dies now does not take the occurrence with it.
             self.pb.queue.release(job.id, priority=occurrence.priority, delay=wait)
+            self.services.metrics.turned_away(Outcome.BUSY, occurrence)
             return Outcome.BUSY
         self.pb.queue.delete(job.id)
+        self.services.metrics.turned_away(Outcome.DUPLICATE, occurrence)
         return Outcome.DUPLICATE
 
     # --- running -------------------------------------------------------------------------
@@ -312,21 +352,105 @@ class JobRunner:
             # it never coexists with this one as a second live future), by the chainer's
             # thread, so chaining never delays a start.
             self._chain(occurrence)
+            self._announce_start(run)
             began = time.perf_counter()
             self._running = run
             if occurrence.timeout is not None:
                 run.deadline = time.monotonic() + occurrence.timeout
             with self.services.keeper.keeping(self.keep_alive, self._keeper_interval()):
-                try:
-                    run.result = self._invoke(occurrence, context)
-                except BaseException as exc:  # whatever a job raises fails its attempt only
-                    run.error = exc
+                self._call_job(run, context)
             self._running = None
             run.elapsed_ms = (time.perf_counter() - began) * 1000
         finally:
             if not self.abandoned:  # an abandoned attempt's slot went back when it was
                 slots.release()
         return run
+
+    def _call_job(self, run: _Run, context: ExecutionContext) -> None:
+        """Call the job (inside its span, when traced): its result or what it raised."""
+        try:
+            if run.span is None:
+                run.result = self._invoke(run.occurrence, context)
+            else:
+                with AttemptTracer.current(run.span):
+                    run.result = self._invoke(run.occurrence, context)
+        except BaseException as exc:  # whatever a job raises fails its attempt only
+            run.error = exc
+
+    def _announce_start(self, run: _Run) -> None:
+        """The start's metrics, span and log line (fields built only when INFO is on)."""
+        occurrence = run.occurrence
+        lateness = (run.began_at - occurrence.run_at).total_seconds()
+        self.services.metrics.attempt_started(occurrence, lateness)
+        if self.services.tracing is not None:
+            run.span = self.services.tracing.start(occurrence, run.attempt, run.began_at)
+        if log.isEnabledFor(logging.INFO):
+            run_at = occurrence.run_at.isoformat()
+            log.info(
+                "run.started %s run_at %s attempt %d lateness %.3f s",
+                occurrence.key,
+                run_at,
+                run.attempt,
+                lateness,
+                extra=fields(
+                    RUN_STARTED,
+                    schedule=occurrence.key,
+                    run_at=run_at,
+                    attempt=run.attempt,
+                    lateness=lateness,
+                    queue=occurrence.queue,
+                    job_id=run.job.id,
+                ),
+            )
+
+    def _announce_finish(
+        self, run: _Run, outcome: Outcome, error: BaseException | None, retry_in: int | None
+    ) -> None:
+        """The end's metrics, span and log line: INFO, or ERROR with the traceback."""
+        occurrence = run.occurrence
+        seconds = run.elapsed_ms / 1000
+        self.services.metrics.attempt_finished(occurrence, outcome, seconds)
+        if run.span is not None:
+            AttemptTracer.end(run.span, str(outcome), error)
+        level = logging.INFO if error is None else logging.ERROR
+        if not log.isEnabledFor(level):
+            return
+        run_at = occurrence.run_at.isoformat()
+        line = fields(
+            RUN_FINISHED if error is None else RUN_FAILED,
+            schedule=occurrence.key,
+            run_at=run_at,
+            attempt=run.attempt,
+            lateness=(run.began_at - occurrence.run_at).total_seconds(),
+            duration=seconds,
+            outcome=str(outcome),
+            queue=occurrence.queue,
+            job_id=run.job.id,
+        )
+        if error is None:
+            log.info(
+                "run.finished %s run_at %s attempt %d: %s in %.3f s",
+                occurrence.key,
+                run_at,
+                run.attempt,
+                outcome,
+                seconds,
+                extra=line,
+            )
+            return
+        line["retry_in"] = retry_in
+        log.error(
+            "run.failed %s run_at %s attempt %d of %d after %.3f s: %s; %s",
+            occurrence.key,
+            run_at,
+            run.attempt,
+            occurrence.max_attempts,
+            seconds,
+            _describe(error),
+            f"retry in {retry_in} s" if retry_in is not None else "no retry",
+            exc_info=error,
+            extra=line,
+        )
 
     def _abandon_if_overdue(self, now: float) -> None:
         """Fail the running attempt once it ran past its ``timeout``: the keeper records the
@@ -345,6 +469,7 @@ class JobRunner:
             run.occurrence.key,
             run.attempt,
             run.occurrence.timeout,
+            extra=fields(RUN_TIMED_OUT, schedule=run.occurrence.key, attempt=run.attempt),
         )
         self._failed(
             run,
@@ -480,6 +605,8 @@ class JobRunner:
     ) -> None:
         """Hand the outcome to the ledger; the job is deleted, released or buried by
         :meth:`flush` once it committed (the thread meanwhile reserves its next job)."""
+        retry_in = self.backoff(run.attempt) if outcome is Outcome.RETRYING else None
+        self._announce_finish(run, outcome, error, retry_in)
         settlement = Settlement(
             occurrence=run.occurrence,
             attempt=run.attempt,
@@ -495,7 +622,7 @@ class JobRunner:
         )
         if self.services.ledger.has_fast_path:
             settlement = self.services.settler.prepare(settlement)
-        item = _Unsettled(run, outcome, settlement)
+        item = _Unsettled(run, outcome, settlement, retry_in=retry_in or 0)
         self._submit(item)
         self._unsettled.append(item)
 
@@ -564,7 +691,7 @@ class JobRunner:
                 # its TTR and the dispatch log decides as recorded.
                 continue
             try:
-                self._act(item.run, item.outcome, entry)
+                self._act(item, entry)
             except Exception as exc:
                 # Recorded already: when the job comes back after its TTR, the dispatch log
                 # turns it away (or retries it, as the record says).
@@ -624,23 +751,17 @@ class JobRunner:
         deletes, self._deletes = self._deletes, []
         return deletes
 
-    def _act(self, run: _Run, outcome: Outcome, entry: HistoryEntry) -> None:
-        occurrence, job_id = run.occurrence, run.job.id
-        if outcome is Outcome.RETRYING:
-            delay = self.backoff(run.attempt)
+    def _act(self, item: _Unsettled, entry: HistoryEntry) -> None:
+        """Release (for its retry), bury or (later) delete a job whose outcome committed;
+        the failure itself was logged, with its traceback, when the attempt ended."""
+        occurrence, job_id = item.run.occurrence, item.run.job.id
+        if item.outcome is Outcome.RETRYING:
+            self.pb.queue.release(job_id, priority=occurrence.priority, delay=item.retry_in)
+        elif item.outcome is Outcome.FAILED:
             log.warning(
-                "%s attempt %d failed (%s); retry in %d s",
+                "%s failed for good on attempt %d of %d (%s): its job is buried",
                 occurrence.key,
-                run.attempt,
-                entry.error_message,
-                delay,
-            )
-            self.pb.queue.release(job_id, priority=occurrence.priority, delay=delay)
-        elif outcome is Outcome.FAILED:
-            log.error(
-                "%s failed on attempt %d of %d: %s",
-                occurrence.key,
-                run.attempt,
+                item.run.attempt,
                 occurrence.max_attempts,
                 entry.error_message,
             )
@@ -661,6 +782,8 @@ class _Unsettled:
     failures: int = 0
     delay: float = 0.0
     retry_at: float = 0.0
+    #: Seconds before the retry delivery of a failed attempt that is retried.
+    retry_in: int = 0
 
 
 @dataclass
@@ -677,6 +800,8 @@ class _Run:
     error: BaseException | None = None
     #: The monotonic instant its ``timeout`` runs out (None: no limit).
     deadline: float | None = None
+    #: Its OpenTelemetry span, when traced.
+    span: Any = None
 
 
 def _renew_interval(occurrence: Occurrence) -> float:
@@ -770,6 +895,10 @@ def _never_retried(error: BaseException, occurrence: Occurrence) -> bool:
         if cls.__module__ == "builtins":
             names.add(cls.__qualname__)
     return not names.isdisjoint(occurrence.no_retry_on)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def _database_away(exc: BaseException) -> bool:

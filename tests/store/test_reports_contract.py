@@ -340,3 +340,36 @@ def test_dispatch_counts_since_counts_each_stored_status(pb: Postburner) -> None
     with pb.session() as session:
         counts = store.dispatch_counts_since(session, NOW - timedelta(hours=1))
     assert counts == {"completed": 2, "missed": 1}
+def test_live_counts_has_the_live_rows_of_each_kind_per_queue(pb: Postburner) -> None:
+    from postburner_py.store.models import DelayedJob
+
+    with pb.session() as session:
+        reports = make_schedule(name="reports", enabled=False, queue="reports")
+        quick = make_schedule(name="quick", enabled=False)
+        session.add_all([reports, quick])
+        session.commit()
+        ids = {"reports": reports.id, "quick": quick.id}
+    _execution(pb, ids["reports"], NOW + timedelta(hours=1))
+    _execution(pb, ids["reports"], NOW - timedelta(hours=1), status="pending")  # due: live
+    _execution(pb, ids["reports"], NOW + timedelta(hours=2), status="skipped")
+    _execution(pb, ids["quick"], NOW + timedelta(hours=1), status="superseded")
+    _execution(pb, None, NOW + timedelta(hours=1))  # no schedule: no queue to count it in
+    with pb.session() as session:
+        for job_id, status in (("a", "pending"), ("b", "pending"), ("c", "completed")):
+            session.add(
+                DelayedJob(
+                    job_id=job_id,
+                    job_class="tests.jobs:record_run",
+                    args=[],
+                    kwargs={},
+                    queue="mail",
+                    priority=0,
+                    ttr=60,
+                    max_attempts=1,
+                    run_at=NOW,
+                    status=status,
+                )
+            )
+        session.commit()
+        counts = pb.store.live_counts(session)
+    assert counts == {("execution", "reports"): 2, ("delayed", "mail"): 2}

@@ -103,7 +103,7 @@ class Closing:
 AdmittedRow = namedtuple(
     "AdmittedRow",
     "id key job_id run_at live job_class args kwargs priority ttr max_attempts "
-    "schedule_id next_run_at cached_schedule history_id timeout no_retry_on",
+    "schedule_id next_run_at cached_schedule history_id timeout no_retry_on queue trace_context",
 )
 #: A row of the batch statement's answer as the ledger's thread reads it: ``undecided`` (only
 #: the admission's transaction can decide the delivery) and the unparsed JSON of the row.

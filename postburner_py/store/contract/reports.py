@@ -132,3 +132,10 @@ class ReportStore(Facet, ABC):
         Schedules with no live future execution are absent; one-off rows (no schedule) never
         appear. Sync uses it to predict how each change moves the queue.
         """
+
+    @abstractmethod
+    def live_counts(self, session: Session) -> dict[tuple[str, str], int]:
+        """Live rows by ``(kind, queue)``: ``execution`` for schedule executions still to run
+        (``pending``/``scheduled``, due or not, of a schedule that exists: the queue is the
+        schedule's), ``delayed`` for pending one-off jobs. Kinds and queues without a live
+        row are absent. Read-only, one grouped query per kind (the watchdog's metrics)."""

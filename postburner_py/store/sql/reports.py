@@ -169,6 +169,22 @@ class SqlReportStore(ReportStore):
         )
         return {schedule_id: run_at for schedule_id, run_at in rows if schedule_id is not None}
 
+    def live_counts(self, session: Session) -> dict[tuple[str, str], int]:
+        executions = (
+            select(Schedule.queue, func.count())
+            .join(ScheduleExecution, ScheduleExecution.schedule_id == Schedule.id)
+            .where(ScheduleExecution.status.in_(LIVE_STATUSES))
+            .group_by(Schedule.queue)
+        )
+        delayed = (
+            select(DelayedJob.queue, func.count())
+            .where(DelayedJob.status == DelayedStatus.PENDING)
+            .group_by(DelayedJob.queue)
+        )
+        counts = {("execution", queue): n for queue, n in session.execute(executions)}
+        counts.update((("delayed", queue), n) for queue, n in session.execute(delayed))
+        return counts
+
 
 def _deferred_instants() -> list[Any]:
     """Load options deferring every instant column a hand-edited SQLite row may spoil."""

@@ -61,7 +61,7 @@ input AS (
            j.status, 'pending' AS live_status, j.job_class, j.args, j.kwargs, j.priority,
            j.ttr, j.max_attempts, j.timeout, j.no_retry_on,
            NULL::bigint AS schedule_id, NULL::timestamptz AS next_run_at,
-           NULL::jsonb AS cached_schedule
+           NULL::jsonb AS cached_schedule, j.queue, j.trace_context
     FROM postburner_delayed_jobs AS j
     JOIN input AS i ON i.kind = 'delayed' AND j.id = i.id
     WHERE j.id = ANY(ARRAY(SELECT id FROM input WHERE kind = 'delayed'))
@@ -73,7 +73,8 @@ input AS (
            e.cached_schedule ->> 'job_class' AS job_class,
            NULL::jsonb AS args, NULL::jsonb AS kwargs, NULL::bigint AS priority,
            NULL::int AS ttr, s.max_attempts, s.timeout, s.no_retry_on, e.schedule_id,
-           e.next_run_at, e.cached_schedule
+           e.next_run_at, e.cached_schedule, e.cached_schedule ->> 'queue' AS queue,
+           NULL::jsonb AS trace_context
     FROM postburner_schedule_executions AS e
     JOIN input AS i ON i.kind = 'execution' AND e.id = i.id
     LEFT JOIN postburner_schedules AS s ON s.id = e.schedule_id
@@ -124,7 +125,7 @@ SELECT f.n,
            f.status = f.live_status, f.job_class, f.args, f.kwargs, f.priority, f.ttr,
            f.max_attempts, f.schedule_id,
            (extract(epoch FROM f.next_run_at) * 1000000)::bigint, f.cached_schedule, s.id,
-           f.timeout, f.no_retry_on)
+           f.timeout, f.no_retry_on, f.queue, f.trace_context)
 FROM found AS f
 JOIN input AS i ON i.n = f.n
 LEFT JOIN fresh AS x ON x.n = f.n
