@@ -85,6 +85,7 @@ CACHEABLE_ATTRIBUTES = (
     "cron",
     "catch_up",
     "name",
+    "jitter",
 )
 
 DEFAULT_TTR = 300
@@ -97,6 +98,7 @@ _SCHEDULE_DEFAULTS: dict[str, Any] = {
     "timezone": "UTC",
     "catch_up": False,
     "enabled": True,
+    "overlap": "skip",
 }
 
 
@@ -203,6 +205,13 @@ class Schedule(Base):
     interval_unit: Mapped[str | None] = mapped_column(String(16))
     catch_up: Mapped[bool] = mapped_column(Boolean)
     enabled: Mapped[bool] = mapped_column(Boolean)
+    #: What an occurrence does that falls due while another of this schedule runs: ``skip``
+    #: (recorded ``skipped_overlap``), ``buffer_one`` (waits; at most one) or ``allow``.
+    #: Read by the worker at each delivery, not part of the queued snapshot.
+    overlap: Mapped[str] = mapped_column(String(16), server_default="skip")
+    #: Seconds each occurrence may start after its grid point (None: none): the offset in
+    #: ``[0, jitter)`` is derived from the key and the grid point (part of the snapshot).
+    jitter: Mapped[float | None] = mapped_column(Float)
     description: Mapped[str | None] = mapped_column(Text)
     #: Occurrences at or before this instant are never counted as missed. Set when the
     #: schedule is created or enabled and whenever what or when it runs changes.
@@ -314,6 +323,14 @@ class Schedule(Base):
     @validates("catch_up", "enabled")
     def _check_flag(self, key: str, value: Any) -> bool:
         return validation.validate_flag(key, value)
+
+    @validates("overlap")
+    def _check_overlap(self, _key: str, value: Any) -> str:
+        return validation.validate_overlap(value)
+
+    @validates("jitter")
+    def _check_jitter(self, _key: str, value: Any) -> float | None:
+        return validation.validate_jitter(value)
 
     @validates("description")
     def _check_description(self, key: str, value: Any) -> str | None:

@@ -49,11 +49,13 @@ from postburner_py.keys import idempotency_key
 from postburner_py.queue.beanstalk import QueuedJob
 from postburner_py.queue.signing import decode_body
 from postburner_py.schedules.placeholders import render_arguments as fill_placeholders
+from postburner_py.store import store_for
 from postburner_py.store.dispatch_log import (
     Claim,
     ClaimOutcome,
     SqlDispatchRegistry,
 )
+from postburner_py.store.dispatch_records import WAIT_POLL_SECONDS
 from postburner_py.store.history import HistoryEntry, HistoryStatus, HistoryStore
 from postburner_py.validation import DEFAULT_PRIORITY
 from postburner_py.worker.admission import Admission, AdmitRequest, Admitter, Occurrence, Outcome
@@ -224,7 +226,9 @@ class JobRunner:
         assert admission.occurrence is not None and admission.claim is not None
         if admission.started is None:
             return self._not_running(job, admission.occurrence, admission.claim)
-        return self._attempt(job, admission.occurrence, admission.claim.attempt, admission.started)
+        return self._attempt(
+            job, admission.occurrence, admission.claim.attempt, admission.started, request.now
+        )
 
     def _turned_away(self, job: QueuedJob, admission: Admission) -> Outcome:
         occurrence = admission.occurrence
@@ -242,6 +246,14 @@ class JobRunner:
         return idempotency_key(self.pb.settings.namespace, occurrence.key, occurrence.run_at)
 
     def _not_running(self, job: QueuedJob, occurrence: Occurrence, claim: Claim) -> Outcome:
+        if claim.outcome is ClaimOutcome.WAITING:
+            # Another occurrence of the schedule runs: look again shortly, so this one
+            # starts within about a second of the other's end.
+            self.pb.queue.release(job.id, priority=occurrence.priority, delay=WAIT_POLL_SECONDS)
+            return Outcome.WAITING
+        if claim.outcome is ClaimOutcome.OVERLAP:
+            self.pb.queue.delete(job.id)
+            return Outcome.SKIPPED_OVERLAP
         if claim.outcome is ClaimOutcome.BUSY and claim.entry is not None:
             lease_end = claim.entry.lease_expires_at or self.clock()
             wait = max(1, math.ceil((lease_end - self.clock()).total_seconds()) + 1)
@@ -255,13 +267,23 @@ class JobRunner:
     # --- running -------------------------------------------------------------------------
 
     def _attempt(
-        self, job: QueuedJob, occurrence: Occurrence, attempt: int, started: HistoryEntry
+        self,
+        job: QueuedJob,
+        occurrence: Occurrence,
+        attempt: int,
+        started: HistoryEntry,
+        admitted_at: datetime,
     ) -> Outcome | None:
-        """Run the admitted attempt and hand its outcome to the ledger (None: it ran), or
-        :attr:`Outcome.BUSY` when its lease turned out to be taken over before it started."""
+        """Run the admitted attempt and hand its outcome to the ledger (None: it ran),
+        :attr:`Outcome.BUSY` when its lease turned out to be taken over before it started, or
+        :attr:`Outcome.WITHDRAWN` when its execution was retired before its start instant."""
         self._hold(job, occurrence, attempt)
         try:
-            run = self._run(job, occurrence, attempt, started)
+            run = self._run(job, occurrence, attempt, started, admitted_at)
+        except _Withdrawn:
+            self._held.pop(job.id, None)
+            self._withdraw(job, occurrence, attempt, started)
+            return Outcome.WITHDRAWN
         except _LeaseLost:
             self._held.pop(job.id, None)
             log.error(
@@ -290,13 +312,19 @@ class JobRunner:
         return None
 
     def _run(
-        self, job: QueuedJob, occurrence: Occurrence, attempt: int, started: HistoryEntry
+        self,
+        job: QueuedJob,
+        occurrence: Occurrence,
+        attempt: int,
+        started: HistoryEntry,
+        admitted_at: datetime,
     ) -> _Run:
         slots = self.services.slots
-        announced = slots.starting(self._until(occurrence.run_at))
+        start_at = occurrence.start_at
+        announced = slots.starting(self._until(start_at))
         interval = _renew_interval(occurrence)
         try:
-            self._wait_until(occurrence.run_at, interval)
+            self._wait_until(start_at, interval)
             self._take_slot(interval)
             began_at = self.clock()
         finally:
@@ -304,6 +332,9 @@ class JobRunner:
         if not self._lease_confirmed(job.id):
             slots.release()
             raise _LeaseLost
+        if admitted_at < start_at and not self._still_scheduled(occurrence):
+            slots.release()
+            raise _Withdrawn
         try:
             context = self._context(occurrence, attempt, started)
             run = _Run(job, occurrence, attempt, started, began_at=began_at)
@@ -326,6 +357,44 @@ class JobRunner:
             if not self.abandoned:  # an abandoned attempt's slot went back when it was
                 slots.release()
         return run
+
+    def _still_scheduled(self, occurrence: Occurrence) -> bool:
+        """The start-instant re-check of an attempt admitted ahead of its start: is its
+        execution still ``scheduled`` for that ``run_at`` (not disabled, skipped or changed
+        meanwhile)? One primary-key read, only for attempts that waited. A database that
+        cannot answer does not stop the start (the admission's fencing stands)."""
+        if occurrence.kind != "execution":
+            return True  # a one-off job's cancel() refuses a claimed job
+        try:
+            with self.pb.session() as session:
+                return store_for(session).still_scheduled(
+                    session, occurrence.row_id, occurrence.run_at
+                )
+        except (OperationalError, InterfaceError) as exc:
+            log.warning("could not re-check %s before its start: %s", occurrence.key, exc)
+            return True
+
+    def _withdraw(
+        self, job: QueuedJob, occurrence: Occurrence, attempt: int, started: HistoryEntry
+    ) -> None:
+        """Undo the claim of an attempt whose execution was retired before it started: the
+        dispatch row becomes ``skipped``, its start record goes, its job is deleted."""
+        log.info(
+            "%s at %s not started: its execution was retired before its start instant",
+            occurrence.key,
+            occurrence.run_at.isoformat(),
+        )
+        with self.pb.work_session() as session:
+            store_for(session).withdraw_attempt(
+                session,
+                occurrence.key,
+                occurrence.run_at,
+                attempt=attempt,
+                history_id=started.id,
+                now=self.clock(),
+            )
+            session.commit()
+        self.pb.queue.delete(job.id)
 
     def _abandon_if_overdue(self, now: float) -> None:
         """Fail the running attempt once it ran past its ``timeout``: the keeper records the
@@ -734,6 +803,10 @@ class _Held:
             return None
         self._failing.discard(what)
         return result
+
+
+class _Withdrawn(Exception):
+    """The held attempt's execution was retired before its start instant: it must not start."""
 
 
 class _LeaseLost(Exception):

@@ -84,6 +84,7 @@ _PLAN_COLUMNS = (
     _S.interval,
     _S.interval_unit,
     _S.timezone,
+    _S.jitter,
 )
 _SNAPSHOT_ONLY_COLUMNS = (_S.job_class, _S.args, _S.kwargs)
 

@@ -22,7 +22,7 @@ SELECT v.schedule_id, v.run_at, v.next_run_at, 'scheduled', :now,
         'queue', s."queue", 'priority', s."priority", 'ttr', s."ttr",
         'timezone', s."timezone", 'anchor', v.anchor, 'interval', s."interval",
         'interval_unit', s."interval_unit", 'cron', s."cron", 'catch_up', s."catch_up",
-        'name', s."name"),
+        'name', s."name", 'jitter', s."jitter"),
     :stamp, :stamp
 FROM jsonb_to_recordset(CAST(:rows AS jsonb))
     AS v(schedule_id bigint, run_at timestamptz, next_run_at timestamptz, anchor jsonb)
