@@ -121,6 +121,51 @@ class LifecycleRules(Protocol):
 _LIFECYCLE: list[LifecycleRules] = []
 
 
+class RunControlRules(Protocol):
+    """What the model methods ask of :mod:`postburner_py.schedules.run_control`."""
+
+    def trigger_now(
+        self,
+        pb: Postburner,
+        schedule_id: int,
+        *,
+        overlap: str | None = ...,
+        now: datetime | None = ...,
+    ) -> Any: ...
+
+    def backfill(
+        self,
+        pb: Postburner,
+        schedule_id: int,
+        start: datetime,
+        end: datetime,
+        *,
+        dry_run: bool = ...,
+        now: datetime | None = ...,
+    ) -> Any: ...
+
+    def retry_occurrence(
+        self, pb: Postburner, schedule_id: int, fire_time: datetime, *, now: datetime | None = ...
+    ) -> Any: ...
+
+
+_RUN_CONTROL: list[RunControlRules] = []
+
+
+def register_run_control(rules: RunControlRules) -> None:
+    """Install the run-now, backfill and retry rules (the run_control module, on its import)."""
+    _RUN_CONTROL[:] = [rules]
+
+
+def run_control() -> RunControlRules:
+    """The registered run-control rules (imported with the session hooks)."""
+    if not _RUN_CONTROL:
+        raise PostburnerError(
+            "run control is not loaded; import postburner_py.schedules.run_control"
+        )
+    return _RUN_CONTROL[0]
+
+
 def register_lifecycle(rules: LifecycleRules) -> None:
     """Install the rules the model methods apply (the lifecycle module, on its import)."""
     _LIFECYCLE[:] = [rules]
@@ -401,6 +446,39 @@ class Schedule(Base):
         """
         pb = postburner_of(self)
         return lifecycle().reconcile_schedule(pb, self.id, blocking=blocking, now=now)
+
+    def trigger_now(self, *, overlap: str | None = None, now: datetime | None = None) -> Any:
+        """Run the job once, now, outside the grid (trigger ``manual``), through the same gate,
+        fencing and history; obeys the overlap policy unless ``overlap`` is given. Commits
+        the caller's session first. Returns a ``Triggered`` (key, fire_time, queued: False
+        when the same second's occurrence was queued already). See
+        :mod:`postburner_py.schedules.run_control`."""
+        _require_session(self).commit()
+        return run_control().trigger_now(postburner_of(self), self.id, overlap=overlap, now=now)
+
+    def backfill(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        dry_run: bool = False,
+        now: datetime | None = None,
+    ) -> Any:
+        """Run every grid point in ``start <= t <= end`` with no dispatch-log row, oldest
+        first, as trigger ``backfill``; returns a ``Backfill`` (``points``, ``queued``).
+        Refuses a window in the future or of more than 1,000 points
+        (:class:`~postburner_py.errors.ScheduleValidationError`, nothing written)."""
+        _require_session(self).commit()
+        return run_control().backfill(
+            postburner_of(self), self.id, start, end, dry_run=dry_run, now=now
+        )
+
+    def retry(self, fire_time: datetime, *, now: datetime | None = None) -> Any:
+        """Run the failed (or buried) occurrence at ``fire_time`` again as its next attempt
+        (trigger ``retry``); raises :class:`~postburner_py.errors.PostburnerError` when it
+        is not failed."""
+        _require_session(self).commit()
+        return run_control().retry_occurrence(postburner_of(self), self.id, fire_time, now=now)
 
     def enable(self, *, now: datetime | None = None) -> None:
         """Enable the schedule, commit, and queue its next occurrence."""

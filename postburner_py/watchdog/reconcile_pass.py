@@ -248,8 +248,8 @@ def _claim_batch(
 
 def _would_run(pb: Postburner, row: Row[Any], now: datetime) -> bool:
     """The worker's lateness rule (``job_runner``): would a delivery now still run?"""
-    if row.run_at > now:
-        return True
+    if row.run_at > now or row.cached_schedule.get("trigger") not in (None, "schedule"):
+        return True  # an occurrence an operator asked for is never too late
     if now - row.run_at > pb.settings.catch_up_window:
         return False
     catch_up = bool(row.cached_schedule.get("catch_up"))

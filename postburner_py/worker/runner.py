@@ -55,7 +55,7 @@ from postburner_py.store.dispatch_log import (
     ClaimOutcome,
     SqlDispatchRegistry,
 )
-from postburner_py.store.dispatch_records import WAIT_POLL_SECONDS
+from postburner_py.store.dispatch_records import WAIT_POLL_SECONDS, DispatchStatus
 from postburner_py.store.history import HistoryEntry, HistoryStatus, HistoryStore
 from postburner_py.validation import DEFAULT_PRIORITY
 from postburner_py.worker.admission import Admission, AdmitRequest, Admitter, Occurrence, Outcome
@@ -261,6 +261,19 @@ class JobRunner:
             # so a worker that dies now does not take the occurrence with it.
             self.pb.queue.release(job.id, priority=occurrence.priority, delay=wait)
             return Outcome.BUSY
+        if claim.outcome is ClaimOutcome.FINISHED and claim.entry.status is DispatchStatus.FAILED:
+            # A buried job kicked by hand: keep it buried (visible in postburner buried); a
+            # retry is postburner retry, which reopens the occurrence first.
+            log.error(
+                "job %s: %s at %s failed for good; burying it again (run it once more with "
+                "postburner retry --schedule NAME --at %s)",
+                job.id,
+                occurrence.key,
+                occurrence.run_at.isoformat(),
+                occurrence.run_at.isoformat(),
+            )
+            self.pb.queue.bury(job.id, priority=occurrence.priority)
+            return Outcome.DUPLICATE
         self.pb.queue.delete(job.id)
         return Outcome.DUPLICATE
 
