@@ -107,7 +107,7 @@ def test_upcoming_returns_aware_utc_instants_in_the_schedules_timezone() -> None
     ]
 
 
-def test_cacheable_attributes_are_the_thirteen_that_make_drift() -> None:
+def test_cacheable_attributes_are_the_fourteen_that_make_drift() -> None:
     assert set(make_schedule().cacheable_attributes()) == {
         "job_class",
         "args",
@@ -122,6 +122,7 @@ def test_cacheable_attributes_are_the_thirteen_that_make_drift() -> None:
         "cron",
         "catch_up",
         "name",
+        "jitter",
     }
 
 
