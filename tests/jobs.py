@@ -90,3 +90,26 @@ def raise_base_exception(kind: str) -> None:
         "GeneratorExit": GeneratorExit(),
         "BaseException": _Escape("escaped"),
     }[kind]
+
+
+def log_interval_then_sleep(path: str, seconds: float) -> None:
+    """Append ``S <pid> <wall time> <attempt>`` to ``path`` when the run starts and
+    ``E <pid> <wall time>`` when it ends, sleeping ``seconds`` between (overlap tests read the
+    intervals; a killed run leaves no end line)."""
+    import os
+
+    attempt = current_execution().attempt
+    with Path(path).open("a") as handle:
+        handle.write(f"S {os.getpid()} {time.time():.6f} {attempt}\n")
+    time.sleep(seconds)
+    with Path(path).open("a") as handle:
+        handle.write(f"E {os.getpid()} {time.time():.6f}\n")
+
+
+def fail_before_attempt(path: str, succeeding_attempt: int) -> None:
+    """Append the attempt number to ``path``; raise before attempt ``succeeding_attempt``."""
+    attempt = current_execution().attempt
+    with Path(path).open("a") as handle:
+        handle.write(f"{attempt}\n")
+    if attempt < succeeding_attempt:
+        raise RuntimeError(f"attempt {attempt}: the downstream service said no")
