@@ -250,9 +250,11 @@ class JobRunner:
             # Another occurrence of the schedule runs: look again shortly, so this one
             # starts within about a second of the other's end.
             self.pb.queue.release(job.id, priority=occurrence.priority, delay=WAIT_POLL_SECONDS)
+            self._chain_when_due(occurrence)
             return Outcome.WAITING
         if claim.outcome is ClaimOutcome.OVERLAP:
             self.pb.queue.delete(job.id)
+            self._chain_when_due(occurrence)
             return Outcome.SKIPPED_OVERLAP
         if claim.outcome is ClaimOutcome.BUSY and claim.entry is not None:
             lease_end = claim.entry.lease_expires_at or self.clock()
@@ -475,6 +477,13 @@ class JobRunner:
         alive meanwhile (a prefetched job waits here while the slots run others)."""
         while not self.services.slots.acquire(timeout=interval):
             self.keep_alive()
+
+    def _chain_when_due(self, occurrence: Occurrence) -> None:
+        """Chain the occurrence after one that will not run now (skipped or waiting for the
+        one running), once its ``run_at`` has come, as a start would: the grid goes on, and
+        the next occurrence never coexists with this one as a second live future."""
+        self._wait_until(occurrence.run_at, _renew_interval(occurrence))
+        self._chain(occurrence)
 
     def _chain(self, occurrence: Occurrence) -> None:
         if occurrence.schedule_id is not None:
