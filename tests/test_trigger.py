@@ -147,3 +147,10 @@ def test_backfill_refuses_a_future_or_too_large_window_and_writes_nothing(
     with pytest.raises(ScheduleValidationError, match="1000 grid points"):
         backfill(pb, schedule.id, now - timedelta(hours=1), now, now=now)
     assert _history(pb, schedule.name) == []
+
+
+def test_the_dispatches_command_accepts_every_dispatch_status() -> None:
+    from postburner_py.cli.inspect import _DISPATCH_STATUSES
+    from postburner_py.store.dispatch_records import DispatchStatus
+
+    assert list(_DISPATCH_STATUSES) == [str(status) for status in DispatchStatus]

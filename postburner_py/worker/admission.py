@@ -245,7 +245,15 @@ class Admitter:
             what += f"; taken over by {request.worker_id} as attempt {claim.attempt}"
         else:
             what += f"; no attempt left of {occurrence.max_attempts}: the occurrence failed"
-        log.warning("%s at %s: %s", occurrence.key, occurrence.run_at.isoformat(), what)
+        if _reopened_for_retry(previous):
+            log.info(
+                "%s at %s: retried by an operator as attempt %d",
+                occurrence.key,
+                occurrence.run_at.isoformat(),
+                claim.attempt,
+            )
+        else:
+            log.warning("%s at %s: %s", occurrence.key, occurrence.run_at.isoformat(), what)
         return LostAttempt(
             correlation_id=idempotency_key(
                 self.pb.settings.namespace, occurrence.key, occurrence.run_at
@@ -402,6 +410,15 @@ _Runnable = tuple[int, AdmitRequest, Occurrence]
 
 def _lease_until(request: AdmitRequest, occurrence: Occurrence) -> datetime:
     return request.now + timedelta(seconds=occurrence.ttr)
+
+
+def _reopened_for_retry(previous: DispatchEntry) -> bool:
+    """The row an operator's retry reopened (trigger ``retry``, its lease released, not
+    lapsed): no worker was lost, its attempt had failed and closed its history."""
+    released = previous.lease_expires_at is not None and (
+        previous.lease_expires_at <= previous.updated_at
+    )
+    return previous.trigger == Trigger.RETRY and released
 
 
 def _delivery(request: AdmitRequest, start: HistoryEntry) -> Delivery:
