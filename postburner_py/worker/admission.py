@@ -49,7 +49,7 @@ from postburner_py.store.dispatch_log import (
     SqlDispatchRegistry,
     insert_missed,
 )
-from postburner_py.store.dispatch_records import Overlap, Trigger
+from postburner_py.store.dispatch_records import Overlap, Trigger, holds_slot
 from postburner_py.store.history import HistoryEntry, HistoryStore, LostAttempt
 from postburner_py.store.models import DEFAULT_MAX_ATTEMPTS, SCHEDULED
 from postburner_py.timegrid.jitter import start_instant
@@ -452,6 +452,8 @@ def _acquired_entry(request: AdmitRequest, occurrence: Occurrence) -> DispatchEn
         attempt=1,
         lease_expires_at=_lease_until(request, occurrence),
         updated_at=request.now,
+        trigger=str(occurrence.trigger),
+        running_key=holds_slot(occurrence.key, occurrence.overlap),
     )
 
 
