@@ -84,6 +84,8 @@ def throughput(ctx: Context, index: int) -> dict[str, float]:
         drained, enqueued = _drain(ctx, f"bench_tp{concurrency}_{index}", count, concurrency)
         result.update(drained)
         enqueue_seconds += enqueued
+    for concurrency in (1, 4):
+        result.update(_drain_executions(ctx, f"bench_ts{concurrency}_{index}", count, concurrency))
     floor = _floor_rate(ctx, count)
     result.update(
         bulk_enqueue_per_s=rate(2 * count, enqueue_seconds),
@@ -133,6 +135,43 @@ def _drain(ctx: Context, name: str, count: int, concurrency: int) -> tuple[dict[
         f"{prefix}_steal_pct": stolen,
     }
     return drained, enqueued
+
+
+def _drain_executions(ctx: Context, name: str, count: int, concurrency: int) -> dict[str, float]:
+    """``count`` schedules (every-day intervals, default overlap policy: ``skip`` where the
+    schedule has one, so each claim takes its schedule's running slot), their first
+    executions created and put by one pass and due together; once due, one worker process
+    drains them (each run also chains its next execution). Its figures, ``sched_c{N}_*``."""
+    url = ctx.servers.fresh_database(name)
+    pb = ctx.servers.postburner(url, name)
+    # Lead time for the bulk INSERT and the pass to finish before the executions fall due.
+    due = _whole_second(10 + count / 1000)
+    _schedule(pb, "ts", [due] * count)
+    time.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds() + 0.5))
+    cpu_before = cpu_jiffies()
+    child = run_child(
+        "worker",
+        {
+            "url": url,
+            "beanstalkd": ctx.servers.beanstalkd.url,
+            "namespace": name,
+            "concurrency": concurrency,
+            "burst": True,
+        },
+        timeout=ctx.sizes.child_timeout,
+    )
+    stolen = steal_percent(cpu_before, cpu_jiffies())
+    completed = _completed(pb)
+    pb.dispose()
+    ctx.servers.drop_database(name)
+    if completed != count or child["outcomes"].get("completed") != count:
+        raise RuntimeError(f"scheduled throughput c{concurrency}: {completed} of {count}: {child}")
+    prefix = f"sched_c{concurrency}"
+    return {
+        f"{prefix}_per_s": rate(count, child["seconds"]),
+        f"{prefix}_s": child["seconds"],
+        f"{prefix}_steal_pct": stolen,
+    }
 
 
 def bulk_enqueue(pb: Postburner, run_at: Sequence[datetime], *, prefix: str) -> list[int]:

@@ -561,6 +561,22 @@ def validate_catch_up_window(value: Any) -> int | None:
     return value
 
 
+#: The overlap policies a schedule may name (``postburner_py.store.dispatch_records.Overlap``
+#: adds ``wait``, which only a backfill's occurrences use).
+OVERLAP_POLICIES = ("skip", "buffer_one", "allow")
+#: The longest jitter: one day.
+MAX_JITTER = 86400.0
+
+
+def validate_overlap(value: Any) -> str:
+    """One of :data:`OVERLAP_POLICIES`."""
+    if not isinstance(value, str) or value not in OVERLAP_POLICIES:
+        raise ScheduleValidationError(
+            "overlap", f"must be one of {', '.join(OVERLAP_POLICIES)}, got {value!r}"
+        )
+    return value
+
+
 def validate_optional_instant(field: str, value: Any) -> datetime | None:
     """None, or an aware datetime (returned in UTC): ``starts_at``, ``ends_at``, ``paused_at``."""
     if value is None:
@@ -587,3 +603,19 @@ def validate_label(value: Any) -> str | None:
             "label", f"must be a non-blank text naming the schedule file, or None, got {value!r}"
         )
     return value
+
+
+def validate_jitter(value: Any) -> float | None:
+    """Seconds each occurrence may start after its grid point: a number from 0 to
+    :data:`MAX_JITTER`, or None (no jitter)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise ScheduleValidationError(
+            "jitter", f"must be a number of seconds or None (no jitter), got {value!r}"
+        )
+    if not 0 <= value <= MAX_JITTER:
+        raise ScheduleValidationError(
+            "jitter", f"{value!r} is out of range: 0 to {MAX_JITTER:.0f} seconds (None: no jitter)"
+        )
+    return float(value)

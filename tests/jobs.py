@@ -100,6 +100,8 @@ def return_summary(marker: str, **_kwargs: Any) -> dict[str, Any]:
 def return_object(marker: str, **_kwargs: Any) -> object:
     """A job returning something JSON cannot hold: stored as a note with its repr."""
     return {marker: {1, 2}}
+
+
 #: The span current inside ``record_current_span`` runs, by marker.
 CURRENT_SPANS: dict[str, Any] = {}
 
@@ -110,3 +112,26 @@ def record_current_span(marker: str) -> None:
 
     with _lock:
         CURRENT_SPANS[marker] = trace.get_current_span().get_span_context()
+
+
+def log_interval_then_sleep(path: str, seconds: float) -> None:
+    """Append ``S <pid> <wall time> <attempt>`` to ``path`` when the run starts and
+    ``E <pid> <wall time>`` when it ends, sleeping ``seconds`` between (overlap tests read the
+    intervals; a killed run leaves no end line)."""
+    import os
+
+    attempt = current_execution().attempt
+    with Path(path).open("a") as handle:
+        handle.write(f"S {os.getpid()} {time.time():.6f} {attempt}\n")
+    time.sleep(seconds)
+    with Path(path).open("a") as handle:
+        handle.write(f"E {os.getpid()} {time.time():.6f}\n")
+
+
+def fail_before_attempt(path: str, succeeding_attempt: int) -> None:
+    """Append the attempt number to ``path``; raise before attempt ``succeeding_attempt``."""
+    attempt = current_execution().attempt
+    with Path(path).open("a") as handle:
+        handle.write(f"{attempt}\n")
+    if attempt < succeeding_attempt:
+        raise RuntimeError(f"attempt {attempt}: the downstream service said no")

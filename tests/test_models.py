@@ -127,6 +127,7 @@ def test_cacheable_attributes_are_exactly_those_that_change_what_runs() -> None:
         "ends_at",
         "dst_gap",
         "dst_fold",
+        "jitter",
     }
 
 

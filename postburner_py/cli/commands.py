@@ -4,8 +4,8 @@ Each command is one ``add_<command>`` function (its options, and its ``_run_<com
 handler set as the parser's default) in the module of its group: :mod:`.database` (init,
 migrate), :mod:`.inspect` (status, next, explain, history, dispatches), :mod:`.schedules`
 (sync, schedules), :mod:`.control` (pause, resume), :mod:`.jobs` (skip, cancel),
-:mod:`.processes` (worker, watchdog, tick, dev). :data:`COMMANDS` lists them all, in the
-order ``--help`` shows them. What they share
+:mod:`.run_control` (trigger, retry, backfill, buried), :mod:`.processes` (worker, watchdog,
+tick, dev). :data:`COMMANDS` lists them all, in the order ``--help`` shows them. What they share
 (the connection options, exit codes, argument types) is in :mod:`.parser`. Exit codes: 0
 success, 1 operational failure (a server does not answer, a schedule is not found, an action
 was refused), 2 usage error (bad options, a bad cron expression, an invalid schedule file).
@@ -43,6 +43,7 @@ from postburner_py.cli.parser import (
     subcommands,
 )
 from postburner_py.cli.processes import add_dev, add_tick, add_watchdog, add_worker
+from postburner_py.cli.run_control import add_backfill, add_buried, add_retry, add_trigger
 from postburner_py.cli.schedules import add_schedules, add_sync
 from postburner_py.errors import PostburnerError
 
@@ -72,6 +73,10 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     add_history,
     add_dispatches,
     add_cancel,
+    add_trigger,
+    add_retry,
+    add_backfill,
+    add_buried,
     add_worker,
     add_watchdog,
     add_tick,

@@ -186,20 +186,29 @@ def _run_history(args: argparse.Namespace) -> int:
         error = f"  error: {entry.error_message.splitlines()[0]}" if entry.error_message else ""
         print(
             f"{entry.started_at.isoformat()}  {entry.status:<15} {took:>10}  "
-            f"{entry.schedule_name or '-':<24} {entry.task_identifier}  "
+            f"{entry.schedule_name or '-':<24} {entry.trigger:<8} {entry.task_identifier}  "
             f"attempt {entry.attempt} on {entry.worker_id}{error}"
         )
     return EXIT_OK
+
+
+#: ``DispatchStatus``'s values (spelled out: the parser is built without importing the store).
+_DISPATCH_STATUSES = (
+    "dispatched",
+    "completed",
+    "failed",
+    "missed",
+    "skipped_overlap",
+    "paused",
+    "skipped",
+)
 
 
 def add_dispatches(commands: Any) -> None:
     command = commands.add_parser("dispatches", help="the dispatch log: which occurrence ran where")
     command.add_argument("--key", help="one schedule name")
     command.add_argument("--node", help="one node id (worker host:pid)")
-    command.add_argument(
-        "--status",
-        choices=("dispatched", "completed", "failed", "missed", "paused", "skipped"),
-    )
+    command.add_argument("--status", choices=_DISPATCH_STATUSES)
     command.add_argument("--since", help="fire times at or after (ISO-8601)")
     command.add_argument("--until", help="fire times before (ISO-8601)")
     command.add_argument("--limit", type=positive, default=50, help="at most (default 50)")
@@ -231,7 +240,7 @@ def _run_dispatches(args: argparse.Namespace) -> int:
         print("no dispatches match", file=sys.stderr)
     for entry in entries:
         print(
-            f"{entry.fire_time.isoformat()}  {entry.status:<10} {entry.key:<30} "
-            f"attempt {entry.attempt} on {entry.node_id}"
+            f"{entry.fire_time.isoformat()}  {entry.status:<15} {entry.key:<30} "
+            f"{entry.trigger:<8} attempt {entry.attempt} on {entry.node_id}"
         )
     return EXIT_OK

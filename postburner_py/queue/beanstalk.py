@@ -499,6 +499,7 @@ class BeanstalkQueue:
         prefix = f"{self.namespace}."
         tubes = self._call(lambda conn: list(conn.client.tubes()))
         return sorted(str(tube)[len(prefix) :] for tube in tubes if str(tube).startswith(prefix))
+
     def queue_stats(self) -> dict[str, dict[str, int]]:
         """Per queue of this namespace whose tube exists: its jobs by state (``ready``,
         ``delayed``, ``reserved``, ``buried``). One ``list-tubes`` and a ``stats-tube`` per

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from postburner_py.errors import QueueUnavailableError, SignatureError
 from postburner_py.queue.signing import JobBody, decode_body, encode_body
+from postburner_py.timegrid.jitter import start_instant
 
 if TYPE_CHECKING:
     from postburner_py.app import Postburner
@@ -48,13 +49,14 @@ def execution_body(pb: Postburner, execution: ScheduleExecution) -> bytes:
 
 
 def put_execution(pb: Postburner, execution: ScheduleExecution, now: datetime) -> tuple[int, str]:
-    """Put ``execution`` delayed until its ``run_at``; returns (job id, server id)."""
+    """Put ``execution`` delayed until it starts (its ``run_at`` plus its jitter offset);
+    returns (job id, server id)."""
     snapshot = execution.cached_schedule
     job_id = pb.queue.put_at(
         execution_body(pb, execution),
         queue=str(snapshot["queue"]),
         priority=int(snapshot["priority"]),
-        run_at=execution.run_at,
+        run_at=start_instant(str(snapshot["name"]), execution.run_at, snapshot.get("jitter")),
         now=now,
         ttr=int(snapshot["ttr"]),
     )

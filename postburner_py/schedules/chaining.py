@@ -35,6 +35,7 @@ from postburner_py.schedules.planning import (
 )
 from postburner_py.store import store_for
 from postburner_py.store.contract.schedules import PlannedExecution, PutRef
+from postburner_py.timegrid.jitter import start_instant
 from postburner_py.timegrid.window import WindowedGrid
 
 if TYPE_CHECKING:
@@ -143,6 +144,13 @@ class QueuedExecution:
     queue: str
     priority: int
     ttr: int
+    #: Seconds of jitter (None: none): the job is delayed to :attr:`start_at`.
+    jitter: float | None = None
+
+    @property
+    def start_at(self) -> datetime:
+        """The instant the occurrence starts (``run_at`` plus its jitter offset)."""
+        return start_instant(self.key, self.run_at, self.jitter)
 
     @classmethod
     def of(cls, execution_id: int, run_at: datetime, snapshot: dict[str, Any]) -> QueuedExecution:
@@ -154,6 +162,7 @@ class QueuedExecution:
             str(snapshot["queue"]),
             int(snapshot["priority"]),
             int(snapshot["ttr"]),
+            snapshot.get("jitter"),
         )
 
 
@@ -209,7 +218,9 @@ def _create_batch(
 def _queued(new: PlannedExecution, execution_id: int) -> QueuedExecution:
     """What the put needs, once the row has its id."""
     row = new.row
-    return QueuedExecution(execution_id, row.name, new.run_at, row.queue, row.priority, row.ttr)
+    return QueuedExecution(
+        execution_id, row.name, new.run_at, row.queue, row.priority, row.ttr, row.jitter
+    )
 
 
 class _Planner:
@@ -379,7 +390,7 @@ def _put_chunk(pb: Postburner, chunk: Sequence[QueuedExecution]) -> None:
             ),
             queue=item.queue,
             priority=item.priority,
-            delay=delay_seconds(item.run_at, moment),
+            delay=delay_seconds(item.start_at, moment),
             ttr=item.ttr,
         )
         for item in chunk

@@ -76,6 +76,8 @@ SCHEDULE_FIELDS = (
     "max_attempts",
     "timeout",
     "no_retry_on",
+    "overlap",
+    "jitter",
     "timezone",
     "cron",
     "anchor",

@@ -21,7 +21,7 @@ from postburner_py.queue.operations import JobRef
 
 # The lifecycle rules register themselves with the models on import: every session these
 # hooks are installed on can run ``schedule.reconcile()`` and the execution methods.
-from postburner_py.schedules import lifecycle
+from postburner_py.schedules import lifecycle, run_control  # noqa: F401
 from postburner_py.store import store_for
 from postburner_py.store.models import CACHEABLE_ATTRIBUTES, Schedule
 from postburner_py.validation import check_job_allowed

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Index, Integer, String, UniqueConstraint
+from sqlalchemy import CheckConstraint, Index, Integer, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from postburner_py.clock import Clock, require_aware
@@ -30,14 +30,51 @@ class DispatchStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     MISSED = "missed"
-    #: Fell while its schedule was paused: never ran (recorded in batches, see ``pause``).
+    #: Not run: an earlier occurrence of the same schedule was still running (overlap policy).
+    SKIPPED_OVERLAP = "skipped_overlap"
+    #: Not run: the schedule was paused when the occurrence fell due.
     PAUSED = "paused"
-    #: Skipped ahead by an operator (``skip_occurrence``): it never starts.
+    #: Not run: an operator skipped it (or stopped the schedule before its start instant).
     SKIPPED = "skipped"
 
 
+class Trigger(StrEnum):
+    """What asked for an occurrence: its schedule's grid, an operator's run now, a backfill
+    of a past window, or a retry of a failed occurrence."""
+
+    SCHEDULE = "schedule"
+    MANUAL = "manual"
+    BACKFILL = "backfill"
+    RETRY = "retry"
+
+
+class Overlap(StrEnum):
+    """A schedule's overlap policy: what an occurrence does that falls due while another
+    occurrence of the same schedule is running."""
+
+    #: Not run, recorded ``skipped_overlap``.
+    SKIP = "skip"
+    #: Waits and runs as soon as the running one finishes; at most one waits.
+    BUFFER_ONE = "buffer_one"
+    #: Runs anyway.
+    ALLOW = "allow"
+    #: Waits however many others wait (a backfill's occurrences, asked for explicitly).
+    WAIT = "wait"
+
+
+#: Seconds a waiting occurrence's job is held back before it looks at the running one again.
+WAIT_POLL_SECONDS = 1
+#: How long a waiting occurrence's row holds its place without its job coming back.
+WAIT_LEASE_SECONDS = 30
+
+
 #: Rows that record an occurrence which never ran (attempt 0, no lease): not a claim.
-NOT_RUN_STATUSES = (DispatchStatus.MISSED, DispatchStatus.PAUSED, DispatchStatus.SKIPPED)
+NOT_RUN_STATUSES = (
+    DispatchStatus.MISSED,
+    DispatchStatus.PAUSED,
+    DispatchStatus.SKIPPED,
+    DispatchStatus.SKIPPED_OVERLAP,
+)
 
 
 class ClaimOutcome(StrEnum):
@@ -53,10 +90,21 @@ class ClaimOutcome(StrEnum):
     FINISHED = "finished"
     #: The lease expired but every attempt was used; the row was marked failed. Do not run.
     EXHAUSTED = "exhausted"
+    #: Another occurrence of the schedule is running: recorded ``skipped_overlap``. Do not run.
+    OVERLAP = "overlap"
+    #: Another occurrence of the schedule is running and this one waits for it (``buffer_one``,
+    #: a backfill, a retry): look again in :data:`WAIT_POLL_SECONDS`. Do not run yet.
+    WAITING = "waiting"
 
 
 _RUNNABLE = frozenset({ClaimOutcome.ACQUIRED, ClaimOutcome.TAKEN_OVER})
-_STATUS_SQL = "status IN ('dispatched', 'completed', 'failed', 'missed', 'paused', 'skipped')"
+_STATUS_SQL = (
+    "status IN ('dispatched', 'completed', 'failed', 'missed', 'skipped_overlap', 'paused', "
+    "'skipped')"
+)
+#: A ``dispatched`` row of attempt 0 is an occurrence waiting for the running one (buffer_one).
+_WAITING_SQL = "status = 'dispatched' AND attempt = 0"
+_RUNNING_SQL = "running_key IS NOT NULL"
 
 
 class DispatchRecord(Base):
@@ -73,10 +121,31 @@ class DispatchRecord(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: What asked for the occurrence (:class:`Trigger`).
+    trigger: Mapped[str] = mapped_column(
+        String(16), default=Trigger.SCHEDULE, server_default=Trigger.SCHEDULE.value
+    )
+    #: The schedule's key while this attempt holds its running slot (overlap ``skip`` and
+    #: ``buffer_one``): unique, so two occurrences of one schedule never hold it at once.
+    running_key: Mapped[str | None] = mapped_column(String(255))
 
     __table_args__ = (
         UniqueConstraint("key", "fire_time", name="uq_postburner_dispatches_key_fire_time"),
         CheckConstraint(_STATUS_SQL, name="status"),
+        Index(
+            "uq_postburner_dispatches_running_key",
+            "running_key",
+            unique=True,
+            postgresql_where=text(_RUNNING_SQL),
+            sqlite_where=text(_RUNNING_SQL),
+        ),
+        Index(
+            "uq_postburner_dispatches_waiting_key",
+            "key",
+            unique=True,
+            postgresql_where=text(_WAITING_SQL),
+            sqlite_where=text(_WAITING_SQL),
+        ),
         Index("ix_postburner_dispatches_node_id_fire_time", "node_id", "fire_time"),
         Index("ix_postburner_dispatches_status_fire_time", "status", "fire_time"),
         Index("ix_postburner_dispatches_fire_time", "fire_time"),
@@ -95,6 +164,13 @@ class DispatchEntry:
     attempt: int
     lease_expires_at: datetime | None
     updated_at: datetime
+    trigger: str = Trigger.SCHEDULE
+    running_key: str | None = None
+
+    @property
+    def waiting(self) -> bool:
+        """True for an occurrence waiting for the running one (``buffer_one``), not started."""
+        return self.status is DispatchStatus.DISPATCHED and self.attempt == 0
 
     def lease_live(self, now: datetime) -> bool:
         """True while a ``dispatched`` attempt still holds its lease at ``now``."""
@@ -134,6 +210,10 @@ class ClaimRequest:
     lease_seconds: float
     max_attempts: int
     now: datetime
+    #: The occurrence's overlap policy (:class:`Overlap`); ``allow`` decides as before.
+    overlap: str = Overlap.ALLOW
+    #: What asked for the occurrence (:class:`Trigger`), written on a fresh row.
+    trigger: str = Trigger.SCHEDULE
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +236,7 @@ def decide(current: DispatchEntry, *, now: datetime, max_attempts: int) -> Claim
         return ClaimOutcome.FINISHED
     if current.lease_live(now):
         return ClaimOutcome.BUSY
-    if current.attempt < max_attempts:
+    if current.attempt < max_attempts or _retry_requested(current):
         return ClaimOutcome.TAKEN_OVER
     return ClaimOutcome.EXHAUSTED
 
@@ -167,8 +247,11 @@ def claim_changes(
     node_id: str,
     now: datetime,
     lease_until: datetime,
+    *,
+    running_key: str | None = None,
 ) -> dict[str, Any] | None:
-    """The column changes an outcome makes to the row; None when it leaves the row alone."""
+    """The column changes an outcome makes to the row; None when it leaves the row alone.
+    A take-over holds the schedule's running slot as ``running_key`` (None: no slot)."""
     if outcome is ClaimOutcome.TAKEN_OVER:
         return {
             "attempt": current.attempt + 1,
@@ -176,6 +259,7 @@ def claim_changes(
             "dispatched_at": now,
             "lease_expires_at": lease_until,
             "updated_at": now,
+            "running_key": running_key,
         }
     if outcome is ClaimOutcome.EXHAUSTED:
         return _final_changes(DispatchStatus.FAILED, now)
@@ -183,8 +267,15 @@ def claim_changes(
 
 
 def fresh_row(
-    ident: tuple[str, datetime], node_id: str, now: datetime, lease_until: datetime
+    ident: tuple[str, datetime],
+    node_id: str,
+    now: datetime,
+    lease_until: datetime,
+    *,
+    overlap: str = Overlap.ALLOW,
+    trigger: str = Trigger.SCHEDULE,
 ) -> dict[str, Any]:
+    """A first attempt's row; it holds the schedule's running slot unless overlap is allowed."""
     return {
         "key": ident[0],
         "fire_time": ident[1],
@@ -194,7 +285,43 @@ def fresh_row(
         "attempt": 1,
         "lease_expires_at": lease_until,
         "updated_at": now,
+        "trigger": str(trigger),
+        "running_key": holds_slot(ident[0], overlap),
     }
+
+
+def holds_slot(key: str, overlap: str) -> str | None:
+    """The ``running_key`` an attempt under ``overlap`` holds (None: it takes no slot)."""
+    return None if overlap == Overlap.ALLOW else key
+
+
+def not_run_row(
+    ident: tuple[str, datetime], node_id: str, now: datetime, status: DispatchStatus, trigger: str
+) -> dict[str, Any]:
+    """The row of an occurrence that was not run (attempt 0, no lease): ``skipped_overlap``,
+    ``paused`` or ``skipped``."""
+    return {
+        "key": ident[0],
+        "fire_time": ident[1],
+        "dispatched_at": now,
+        "node_id": node_id,
+        "status": status,
+        "attempt": 0,
+        "lease_expires_at": None,
+        "updated_at": now,
+        "trigger": str(trigger),
+        "running_key": None,
+    }
+
+
+def waiting_row(
+    ident: tuple[str, datetime], node_id: str, now: datetime, trigger: str
+) -> dict[str, Any]:
+    """The row of an occurrence waiting for the running one (``buffer_one``): ``dispatched``
+    attempt 0 without a slot, holding its place for :data:`WAIT_LEASE_SECONDS`."""
+    row = not_run_row(ident, node_id, now, DispatchStatus.DISPATCHED, trigger)
+    row["lease_expires_at"] = now + timedelta(seconds=WAIT_LEASE_SECONDS)
+    return row
 
 
 def missed_rows(
@@ -219,13 +346,20 @@ def missed_rows(
             "attempt": 0,
             "lease_expires_at": None,
             "updated_at": now,
+            "trigger": Trigger.SCHEDULE.value,
+            "running_key": None,
         }
         for key, fire_time in unique
     ]
 
 
 def _final_changes(status: DispatchStatus, now: datetime) -> dict[str, Any]:
-    return {"status": status, "lease_expires_at": None, "updated_at": require_aware("now", now)}
+    return {
+        "status": status,
+        "lease_expires_at": None,
+        "updated_at": require_aware("now", now),
+        "running_key": None,
+    }
 
 
 def _owned_by(entry: DispatchEntry, attempt: int) -> bool:
@@ -239,6 +373,24 @@ def _released(entry: DispatchEntry) -> bool:
     return entry.lease_expires_at is not None and entry.lease_expires_at <= entry.updated_at
 
 
+def _retry_requested(entry: DispatchEntry) -> bool:
+    """An operator's retry reopened the row (released, marked ``retry``): one more attempt,
+    whatever ``max_attempts`` says."""
+    return entry.trigger == Trigger.RETRY and _released(entry)
+
+
+def retry_changes(now: datetime) -> dict[str, Any]:
+    """Reopen a failed occurrence for an operator's retry: ``dispatched`` with its lease
+    released at ``now``, so the next delivery takes it over as ``attempt + 1``."""
+    return {
+        "status": DispatchStatus.DISPATCHED,
+        "lease_expires_at": now,
+        "updated_at": now,
+        "trigger": Trigger.RETRY.value,
+        "running_key": None,
+    }
+
+
 def entry_of(row: Any) -> DispatchEntry:
     """A :class:`DispatchEntry` from an ORM object or a Core row (same attribute names)."""
     return DispatchEntry(
@@ -250,6 +402,8 @@ def entry_of(row: Any) -> DispatchEntry:
         attempt=row.attempt,
         lease_expires_at=row.lease_expires_at,
         updated_at=row.updated_at,
+        trigger=row.trigger,
+        running_key=row.running_key,
     )
 
 

@@ -153,13 +153,17 @@ class HistoryStore:
         schedule_name: str | None = None,
         started_at: datetime | None = None,
         retention: timedelta | None = None,
+        trigger: str = "schedule",
+        due_at: datetime | None = None,
     ) -> HistoryEntry:
         """The unstored entry :meth:`record_start` would write (checked, ``id`` None); the
-        worker builds a batch of them and writes it with :meth:`insert_started`."""
+        worker builds a batch of them and writes it with :meth:`insert_started`. ``due_at``
+        (default ``run_at``) is what lateness is measured against (a jittered start)."""
         if attempt < 1:
             raise ValueError(f"attempt: must be at least 1, got {attempt!r}")
         started = self._now("started_at", started_at)
         due = None if run_at is None else require_aware("run_at", run_at)
+        late_from = due if due_at is None else require_aware("due_at", due_at)
         keep = self._retention if retention is None else _positive_retention(retention)
         return HistoryEntry(
             id=None,
@@ -173,12 +177,13 @@ class HistoryStore:
             run_at=due,
             started_at=started,
             finished_at=None,
-            queue_time_ms=None if due is None else _milliseconds(started - due),
+            queue_time_ms=None if late_from is None else _milliseconds(started - late_from),
             execution_time_ms=None,
             error_message=None,
             error_stack=None,
             results=None,
             expires_at=started + keep,
+            trigger=trigger,
         )
 
     def insert_started(self, session: Executor, entries: list[HistoryEntry]) -> list[HistoryEntry]:

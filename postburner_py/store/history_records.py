@@ -63,6 +63,8 @@ class HistoryRecord(Base):
     error_stack: Mapped[str | None] = mapped_column(Text)
     results: Mapped[Any | None] = mapped_column(JSONType)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: What asked for the occurrence: ``schedule``, ``manual``, ``backfill`` or ``retry``.
+    trigger: Mapped[str] = mapped_column(String(16), default="schedule", server_default="schedule")
 
     __table_args__ = (
         CheckConstraint(_STATUS_SQL, name="status"),
@@ -100,6 +102,8 @@ class HistoryEntry:
     error_stack: str | None
     results: Any
     expires_at: datetime
+    #: What asked for the occurrence (see the dispatch log's ``Trigger``).
+    trigger: str = "schedule"
 
 
 COLUMNS = tuple(field.name for field in fields(HistoryEntry) if field.name != "id")
@@ -192,18 +196,19 @@ def terminal_changes(
     began_at: datetime,
     results: Any = None,
     error: BaseException | str | None = None,
+    due_at: datetime | None = None,
 ) -> dict[str, Any]:
     """The column values that close ``started`` as ``status`` (a
     :class:`~postburner_py.store.contract.gate.Closing`'s ``changes``): the real start
     ``began_at`` corrects the start instant and the lateness, as the ``started_at`` argument
     of the terminal records does; an ``error`` is kept as message and formatted stack, as
-    :meth:`record_failure` keeps it."""
+    :meth:`record_failure` keeps it. ``due_at`` (default: the row's ``run_at``) is the
+    instant lateness is measured against (a jittered occurrence's start instant)."""
     changes = _terminal(worker_id, execution_time_ms, require_aware("finished_at", finished_at))
     changes["status"] = status
     changes["started_at"] = require_aware("began_at", began_at)
-    changes["queue_time_ms"] = (
-        None if started.run_at is None else _milliseconds(changes["started_at"] - started.run_at)
-    )
+    due = started.run_at if due_at is None else due_at
+    changes["queue_time_ms"] = None if due is None else _milliseconds(changes["started_at"] - due)
     changes["results"] = None if results is None else _json_value(results)
     changes["error_message"], changes["error_stack"] = (
         (None, None) if error is None else _describe(error)

@@ -98,6 +98,7 @@ CACHEABLE_ATTRIBUTES = (
     "ends_at",
     "dst_gap",
     "dst_fold",
+    "jitter",
 )
 
 DEFAULT_TTR = 300
@@ -112,6 +113,7 @@ _SCHEDULE_DEFAULTS: dict[str, Any] = {
     "enabled": True,
     "dst_gap": DEFAULT_DST_GAP,
     "dst_fold": DEFAULT_DST_FOLD,
+    "overlap": "skip",
 }
 
 
@@ -144,6 +146,51 @@ class LifecycleRules(Protocol):
 
 
 _LIFECYCLE: list[LifecycleRules] = []
+
+
+class RunControlRules(Protocol):
+    """What the model methods ask of :mod:`postburner_py.schedules.run_control`."""
+
+    def trigger_now(
+        self,
+        pb: Postburner,
+        schedule_id: int,
+        *,
+        overlap: str | None = ...,
+        now: datetime | None = ...,
+    ) -> Any: ...
+
+    def backfill(
+        self,
+        pb: Postburner,
+        schedule_id: int,
+        start: datetime,
+        end: datetime,
+        *,
+        dry_run: bool = ...,
+        now: datetime | None = ...,
+    ) -> Any: ...
+
+    def retry_occurrence(
+        self, pb: Postburner, schedule_id: int, fire_time: datetime, *, now: datetime | None = ...
+    ) -> Any: ...
+
+
+_RUN_CONTROL: list[RunControlRules] = []
+
+
+def register_run_control(rules: RunControlRules) -> None:
+    """Install the run-now, backfill and retry rules (the run_control module, on its import)."""
+    _RUN_CONTROL[:] = [rules]
+
+
+def run_control() -> RunControlRules:
+    """The registered run-control rules (imported with the session hooks)."""
+    if not _RUN_CONTROL:
+        raise PostburnerError(
+            "run control is not loaded; import postburner_py.schedules.run_control"
+        )
+    return _RUN_CONTROL[0]
 
 
 def register_lifecycle(rules: LifecycleRules) -> None:
@@ -240,6 +287,13 @@ class Schedule(Base):
         String(8), default=DEFAULT_DST_FOLD, server_default=DEFAULT_DST_FOLD
     )
     enabled: Mapped[bool] = mapped_column(Boolean)
+    #: What an occurrence does that falls due while another of this schedule runs: ``skip``
+    #: (recorded ``skipped_overlap``), ``buffer_one`` (waits; at most one) or ``allow``.
+    #: Read by the worker at each delivery, not part of the queued snapshot.
+    overlap: Mapped[str] = mapped_column(String(16), server_default="skip")
+    #: Seconds each occurrence may start after its grid point (None: none): the offset in
+    #: ``[0, jitter)`` is derived from the key and the grid point (part of the snapshot).
+    jitter: Mapped[float | None] = mapped_column(Float)
     description: Mapped[str | None] = mapped_column(Text)
     #: Occurrences at or before this instant are never counted as missed. Set when the
     #: schedule is created, enabled or resumed and whenever what or when it runs changes.
@@ -393,6 +447,14 @@ class Schedule(Base):
     def _check_flag(self, key: str, value: Any) -> bool:
         return validation.validate_flag(key, value)
 
+    @validates("overlap")
+    def _check_overlap(self, _key: str, value: Any) -> str:
+        return validation.validate_overlap(value)
+
+    @validates("jitter")
+    def _check_jitter(self, _key: str, value: Any) -> float | None:
+        return validation.validate_jitter(value)
+
     @validates("description")
     def _check_description(self, key: str, value: Any) -> str | None:
         return self._fits(key, validation.validate_optional_text(key, value))  # type: ignore[no-any-return]
@@ -480,6 +542,39 @@ class Schedule(Base):
         """
         pb = postburner_of(self)
         return lifecycle().reconcile_schedule(pb, self.id, blocking=blocking, now=now)
+
+    def trigger_now(self, *, overlap: str | None = None, now: datetime | None = None) -> Any:
+        """Run the job once, now, outside the grid (trigger ``manual``), through the same gate,
+        fencing and history; obeys the overlap policy unless ``overlap`` is given. Commits
+        the caller's session first. Returns a ``Triggered`` (key, fire_time, queued: False
+        when the same second's occurrence was queued already). See
+        :mod:`postburner_py.schedules.run_control`."""
+        _require_session(self).commit()
+        return run_control().trigger_now(postburner_of(self), self.id, overlap=overlap, now=now)
+
+    def backfill(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        dry_run: bool = False,
+        now: datetime | None = None,
+    ) -> Any:
+        """Run every grid point in ``start <= t <= end`` with no dispatch-log row, oldest
+        first, as trigger ``backfill``; returns a ``Backfill`` (``points``, ``queued``).
+        Refuses a window in the future or of more than 1,000 points
+        (:class:`~postburner_py.errors.ScheduleValidationError`, nothing written)."""
+        _require_session(self).commit()
+        return run_control().backfill(
+            postburner_of(self), self.id, start, end, dry_run=dry_run, now=now
+        )
+
+    def retry(self, fire_time: datetime, *, now: datetime | None = None) -> Any:
+        """Run the failed (or buried) occurrence at ``fire_time`` again as its next attempt
+        (trigger ``retry``); raises :class:`~postburner_py.errors.PostburnerError` when it
+        is not failed."""
+        _require_session(self).commit()
+        return run_control().retry_occurrence(postburner_of(self), self.id, fire_time, now=now)
 
     def enable(self, *, now: datetime | None = None) -> None:
         """Enable the schedule, commit, and queue its next occurrence."""

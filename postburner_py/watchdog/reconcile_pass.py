@@ -261,8 +261,8 @@ def _claim_batch(
 
 def _would_run(pb: Postburner, row: Row[Any], now: datetime) -> bool:
     """The worker's lateness rule (``job_runner``): would a delivery now still run?"""
-    if row.run_at > now:
-        return True
+    if row.run_at > now or row.cached_schedule.get("trigger") not in (None, "schedule"):
+        return True  # an occurrence an operator asked for is never too late
     window = snapshot_window(row.cached_schedule)
     if now - row.run_at > (pb.settings.catch_up_window if window is None else window):
         return False

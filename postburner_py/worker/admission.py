@@ -51,8 +51,10 @@ from postburner_py.store.dispatch_log import (
     SqlDispatchRegistry,
     insert_missed,
 )
+from postburner_py.store.dispatch_records import Overlap, Trigger, holds_slot
 from postburner_py.store.history import HistoryEntry, HistoryStore, LostAttempt
 from postburner_py.store.models import DEFAULT_MAX_ATTEMPTS, SCHEDULED
+from postburner_py.timegrid.jitter import start_instant
 from postburner_py.validation import DEFAULT_PRIORITY, check_job_allowed
 from postburner_py.worker.ledger import UNDECIDED
 
@@ -76,6 +78,13 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
     BUSY = "busy"
     MISSED = "missed"
+    #: Another occurrence of the schedule was running: recorded ``skipped_overlap``.
+    SKIPPED_OVERLAP = "skipped_overlap"
+    #: Another occurrence of the schedule is running and this one waits for it.
+    WAITING = "waiting"
+    #: Admitted ahead of its start instant, but its execution was retired meanwhile
+    #: (disable, skip, a change): not started, recorded ``skipped``.
+    WITHDRAWN = "withdrawn"
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,17 @@ class Occurrence:
     queue: str = "default"
     #: A one-off job's enqueuing trace context (:mod:`postburner_py.tracing`), if any.
     trace_context: dict[str, str] | None = None
+    #: The overlap policy this occurrence obeys (``Overlap``).
+    overlap: str = Overlap.ALLOW
+    #: What asked for it (``Trigger``).
+    trigger: str = Trigger.SCHEDULE
+    #: Seconds of jitter (None: none); the occurrence starts at :attr:`start_at`.
+    jitter: float | None = None
+
+    @property
+    def start_at(self) -> datetime:
+        """When the occurrence starts: ``run_at`` plus its jitter offset."""
+        return start_instant(self.key, self.run_at, self.jitter)
 
 
 @dataclass(slots=True)
@@ -185,11 +205,18 @@ class Admitter:
         )
         self._close_lost(connection, runnable, claims)
         starts = [
-            self._start_entry(request, occurrence, claim.attempt)
+            self._start_entry(request, occurrence, claim.attempt, claim.entry.trigger)
             for (_, request, occurrence), claim in zip(runnable, claims, strict=True)
             if claim.should_run
         ]
         stored = iter(store.insert_started(connection, starts))
+        for (_, _request, occurrence), claim in zip(runnable, claims, strict=True):
+            if claim.outcome is ClaimOutcome.OVERLAP:
+                log.info(
+                    "%s at %s not run: another occurrence of it is running (skipped_overlap)",
+                    occurrence.key,
+                    occurrence.run_at.isoformat(),
+                )
         return [
             Admission(None, occurrence, claim, next(stored) if claim.should_run else None)
             for (_, _, occurrence), claim in zip(runnable, claims, strict=True)
@@ -227,19 +254,27 @@ class Admitter:
         else:
             what += f"; no attempt left of {occurrence.max_attempts}: the occurrence failed"
         run_at = occurrence.run_at.isoformat()
-        log.warning(
-            "%s at %s: %s",
-            occurrence.key,
-            run_at,
-            what,
-            extra=fields(
-                LEASE_TAKEN_OVER,
-                schedule=occurrence.key,
-                run_at=run_at,
-                attempt=claim.attempt,
-                outcome=str(claim.outcome),
-            ),
-        )
+        if _reopened_for_retry(previous):
+            log.info(
+                "%s at %s: retried by an operator as attempt %d",
+                occurrence.key,
+                run_at,
+                claim.attempt,
+            )
+        else:
+            log.warning(
+                "%s at %s: %s",
+                occurrence.key,
+                run_at,
+                what,
+                extra=fields(
+                    LEASE_TAKEN_OVER,
+                    schedule=occurrence.key,
+                    run_at=run_at,
+                    attempt=claim.attempt,
+                    outcome=str(claim.outcome),
+                ),
+            )
         return LostAttempt(
             correlation_id=idempotency_key(
                 self.pb.settings.namespace, occurrence.key, occurrence.run_at
@@ -287,6 +322,7 @@ class Admitter:
             id=row.history_id,
             job_id=occurrence.history_job_id,
             task_identifier=occurrence.job_class,
+            trigger=occurrence.trigger,
         )
         claim = Claim(ClaimOutcome.ACQUIRED, _acquired_entry(request, occurrence))
         return Admission(None, occurrence, claim, entry)
@@ -327,14 +363,14 @@ class Admitter:
 
     def _too_late(self, occurrence: Occurrence, request: AdmitRequest) -> bool:
         """Later than the catch-up window, or (without ``catch_up``) the next one is due."""
-        if occurrence.kind == "delayed":
-            return False  # a one-off job was asked for explicitly: run it however late
+        if occurrence.kind == "delayed" or occurrence.trigger != Trigger.SCHEDULE:
+            return False  # asked for explicitly (a one-off job, run now, backfill, retry)
         now = request.now
         next_due = occurrence.next_run_at
         window = occurrence.catch_up_window
         if window is None:
             window = self.pb.settings.catch_up_window
-        return now - occurrence.run_at > window or (
+        return now - occurrence.start_at > window or (
             not occurrence.catch_up and next_due is not None and next_due <= now
         )
 
@@ -358,7 +394,7 @@ class Admitter:
         return bool(added)
 
     def _start_entry(
-        self, request: AdmitRequest, occurrence: Occurrence, attempt: int
+        self, request: AdmitRequest, occurrence: Occurrence, attempt: int, trigger: str
     ) -> HistoryEntry:
         return self._start(
             request,
@@ -367,6 +403,8 @@ class Admitter:
             job_id=occurrence.history_job_id,
             job_class=occurrence.job_class,
             attempt=attempt,
+            trigger=trigger,
+            due_at=occurrence.start_at,
         )
 
     def _start(
@@ -378,7 +416,10 @@ class Admitter:
         job_id: str,
         job_class: str,
         attempt: int = 1,
+        trigger: str = Trigger.SCHEDULE,
+        due_at: datetime | None = None,
     ) -> HistoryEntry:
+        due = run_at if due_at is None else due_at
         return self.history.start_entry(
             job_id=job_id,
             task_identifier=job_class,
@@ -387,7 +428,9 @@ class Admitter:
             attempt=attempt,
             run_at=run_at,
             schedule_name=key,
-            started_at=max(request.now, run_at),
+            started_at=max(request.now, due),
+            trigger=str(trigger),
+            due_at=due,
         )
 
 
@@ -396,6 +439,15 @@ _Runnable = tuple[int, AdmitRequest, Occurrence]
 
 def _lease_until(request: AdmitRequest, occurrence: Occurrence) -> datetime:
     return request.now + timedelta(seconds=occurrence.ttr)
+
+
+def _reopened_for_retry(previous: DispatchEntry) -> bool:
+    """The row an operator's retry reopened (trigger ``retry``, its lease released, not
+    lapsed): no worker was lost, its attempt had failed and closed its history."""
+    released = previous.lease_expires_at is not None and (
+        previous.lease_expires_at <= previous.updated_at
+    )
+    return previous.trigger == Trigger.RETRY and released
 
 
 def _delivery(request: AdmitRequest, start: HistoryEntry) -> Delivery:
@@ -429,6 +481,8 @@ def _acquired_entry(request: AdmitRequest, occurrence: Occurrence) -> DispatchEn
         attempt=1,
         lease_expires_at=_lease_until(request, occurrence),
         updated_at=request.now,
+        trigger=str(occurrence.trigger),
+        running_key=holds_slot(occurrence.key, occurrence.overlap),
     )
 
 
@@ -440,6 +494,8 @@ def _claim_request(request: AdmitRequest, occurrence: Occurrence) -> ClaimReques
         lease_seconds=occurrence.ttr,
         max_attempts=occurrence.max_attempts,
         now=request.now,
+        overlap=occurrence.overlap,
+        trigger=occurrence.trigger,
     )
 
 
@@ -491,6 +547,9 @@ def _occurrence(row: Any) -> Occurrence:
         no_retry_on=tuple(row.no_retry_on or ()),
         catch_up_window=snapshot_window(snapshot),
         queue=str(snapshot.get("queue", "default")),
+        overlap=str(snapshot.get("overlap") or row.overlap or Overlap.ALLOW),
+        trigger=str(snapshot.get("trigger") or Trigger.SCHEDULE),
+        jitter=snapshot.get("jitter"),
     )
 
 

@@ -57,11 +57,13 @@ from postburner_py.logs import (
 from postburner_py.queue.beanstalk import QueuedJob
 from postburner_py.queue.signing import decode_body
 from postburner_py.schedules.placeholders import render_arguments as fill_placeholders
+from postburner_py.store import store_for
 from postburner_py.store.dispatch_log import (
     Claim,
     ClaimOutcome,
     SqlDispatchRegistry,
 )
+from postburner_py.store.dispatch_records import WAIT_POLL_SECONDS, DispatchStatus
 from postburner_py.store.history import HistoryEntry, HistoryStatus, HistoryStore
 from postburner_py.tracing import AttemptTracer, attempt_tracer
 from postburner_py.validation import DEFAULT_PRIORITY
@@ -72,8 +74,8 @@ from postburner_py.worker.fast_path import worker_ledger
 from postburner_py.worker.job_loader import resolve_job
 from postburner_py.worker.lease_keeper import LeaseKeeper
 from postburner_py.worker.ledger import Ledger
-from postburner_py.worker.results import storable_result
 from postburner_py.worker.metrics import WorkerMetrics
+from postburner_py.worker.results import storable_result
 from postburner_py.worker.settlement import Settlement, Settler
 from postburner_py.worker.slots import RunSlots
 
@@ -259,7 +261,9 @@ class JobRunner:
             self.services.metrics.taken_over(admission.occurrence)
         if admission.started is None:
             return self._not_running(job, admission.occurrence, admission.claim)
-        return self._attempt(job, admission.occurrence, admission.claim.attempt, admission.started)
+        return self._attempt(
+            job, admission.occurrence, admission.claim.attempt, admission.started, request.now
+        )
 
     def _turned_away(self, job: QueuedJob, admission: Admission) -> Outcome:
         occurrence = admission.occurrence
@@ -281,6 +285,16 @@ class JobRunner:
         return idempotency_key(self.pb.settings.namespace, occurrence.key, occurrence.run_at)
 
     def _not_running(self, job: QueuedJob, occurrence: Occurrence, claim: Claim) -> Outcome:
+        if claim.outcome is ClaimOutcome.WAITING:
+            # Another occurrence of the schedule runs: look again shortly, so this one
+            # starts within about a second of the other's end.
+            self.pb.queue.release(job.id, priority=occurrence.priority, delay=WAIT_POLL_SECONDS)
+            self._chain_when_due(occurrence)
+            return Outcome.WAITING
+        if claim.outcome is ClaimOutcome.OVERLAP:
+            self.pb.queue.delete(job.id)
+            self._chain_when_due(occurrence)
+            return Outcome.SKIPPED_OVERLAP
         if claim.outcome is ClaimOutcome.BUSY and claim.entry is not None:
             lease_end = claim.entry.lease_expires_at or self.clock()
             wait = max(1, math.ceil((lease_end - self.clock()).total_seconds()) + 1)
@@ -289,6 +303,19 @@ class JobRunner:
             self.pb.queue.release(job.id, priority=occurrence.priority, delay=wait)
             self.services.metrics.turned_away(Outcome.BUSY, occurrence)
             return Outcome.BUSY
+        if claim.outcome is ClaimOutcome.FINISHED and claim.entry.status is DispatchStatus.FAILED:
+            # A buried job kicked by hand: keep it buried (visible in postburner buried); a
+            # retry is postburner retry, which reopens the occurrence first.
+            log.error(
+                "job %s: %s at %s failed for good; burying it again (run it once more with "
+                "postburner retry --schedule NAME --at %s)",
+                job.id,
+                occurrence.key,
+                occurrence.run_at.isoformat(),
+                occurrence.run_at.isoformat(),
+            )
+            self.pb.queue.bury(job.id, priority=occurrence.priority)
+            return Outcome.DUPLICATE
         self.pb.queue.delete(job.id)
         self.services.metrics.turned_away(Outcome.DUPLICATE, occurrence)
         return Outcome.DUPLICATE
@@ -296,13 +323,23 @@ class JobRunner:
     # --- running -------------------------------------------------------------------------
 
     def _attempt(
-        self, job: QueuedJob, occurrence: Occurrence, attempt: int, started: HistoryEntry
+        self,
+        job: QueuedJob,
+        occurrence: Occurrence,
+        attempt: int,
+        started: HistoryEntry,
+        admitted_at: datetime,
     ) -> Outcome | None:
-        """Run the admitted attempt and hand its outcome to the ledger (None: it ran), or
-        :attr:`Outcome.BUSY` when its lease turned out to be taken over before it started."""
+        """Run the admitted attempt and hand its outcome to the ledger (None: it ran),
+        :attr:`Outcome.BUSY` when its lease turned out to be taken over before it started, or
+        :attr:`Outcome.WITHDRAWN` when its execution was retired before its start instant."""
         self._hold(job, occurrence, attempt)
         try:
-            run = self._run(job, occurrence, attempt, started)
+            run = self._run(job, occurrence, attempt, started, admitted_at)
+        except _Withdrawn:
+            self._held.pop(job.id, None)
+            self._withdraw(job, occurrence, attempt, started)
+            return Outcome.WITHDRAWN
         except _LeaseLost:
             self._held.pop(job.id, None)
             log.error(
@@ -331,13 +368,19 @@ class JobRunner:
         return None
 
     def _run(
-        self, job: QueuedJob, occurrence: Occurrence, attempt: int, started: HistoryEntry
+        self,
+        job: QueuedJob,
+        occurrence: Occurrence,
+        attempt: int,
+        started: HistoryEntry,
+        admitted_at: datetime,
     ) -> _Run:
         slots = self.services.slots
-        announced = slots.starting(self._until(occurrence.run_at))
+        start_at = occurrence.start_at
+        announced = slots.starting(self._until(start_at))
         interval = _renew_interval(occurrence)
         try:
-            self._wait_until(occurrence.run_at, interval)
+            self._wait_until(start_at, interval)
             self._take_slot(interval)
             began_at = self.clock()
         finally:
@@ -345,6 +388,9 @@ class JobRunner:
         if not self._lease_confirmed(job.id):
             slots.release()
             raise _LeaseLost
+        if admitted_at < start_at and not self._still_scheduled(occurrence):
+            slots.release()
+            raise _Withdrawn
         try:
             context = self._context(occurrence, attempt, started)
             run = _Run(job, occurrence, attempt, started, began_at=began_at)
@@ -380,7 +426,7 @@ class JobRunner:
     def _announce_start(self, run: _Run) -> None:
         """The start's metrics, span and log line (fields built only when INFO is on)."""
         occurrence = run.occurrence
-        lateness = (run.began_at - occurrence.run_at).total_seconds()
+        lateness = (run.began_at - occurrence.start_at).total_seconds()
         self.services.metrics.attempt_started(occurrence, lateness)
         if self.services.tracing is not None:
             run.span = self.services.tracing.start(occurrence, run.attempt, run.began_at)
@@ -421,7 +467,7 @@ class JobRunner:
             schedule=occurrence.key,
             run_at=run_at,
             attempt=run.attempt,
-            lateness=(run.began_at - occurrence.run_at).total_seconds(),
+            lateness=(run.began_at - occurrence.start_at).total_seconds(),
             duration=seconds,
             outcome=str(outcome),
             queue=occurrence.queue,
@@ -451,6 +497,44 @@ class JobRunner:
             exc_info=error,
             extra=line,
         )
+
+    def _still_scheduled(self, occurrence: Occurrence) -> bool:
+        """The start-instant re-check of an attempt admitted ahead of its start: is its
+        execution still ``scheduled`` for that ``run_at`` (not disabled, skipped or changed
+        meanwhile)? One primary-key read, only for attempts that waited. A database that
+        cannot answer does not stop the start (the admission's fencing stands)."""
+        if occurrence.kind != "execution":
+            return True  # a one-off job's cancel() refuses a claimed job
+        try:
+            with self.pb.session() as session:
+                return store_for(session).still_scheduled(
+                    session, occurrence.row_id, occurrence.run_at
+                )
+        except (OperationalError, InterfaceError) as exc:
+            log.warning("could not re-check %s before its start: %s", occurrence.key, exc)
+            return True
+
+    def _withdraw(
+        self, job: QueuedJob, occurrence: Occurrence, attempt: int, started: HistoryEntry
+    ) -> None:
+        """Undo the claim of an attempt whose execution was retired before it started: the
+        dispatch row becomes ``skipped``, its start record goes, its job is deleted."""
+        log.info(
+            "%s at %s not started: its execution was retired before its start instant",
+            occurrence.key,
+            occurrence.run_at.isoformat(),
+        )
+        with self.pb.work_session() as session:
+            store_for(session).withdraw_attempt(
+                session,
+                occurrence.key,
+                occurrence.run_at,
+                attempt=attempt,
+                history_id=started.id,
+                now=self.clock(),
+            )
+            session.commit()
+        self.pb.queue.delete(job.id)
 
     def _abandon_if_overdue(self, now: float) -> None:
         """Fail the running attempt once it ran past its ``timeout``: the keeper records the
@@ -519,6 +603,13 @@ class JobRunner:
         alive meanwhile (a prefetched job waits here while the slots run others)."""
         while not self.services.slots.acquire(timeout=interval):
             self.keep_alive()
+
+    def _chain_when_due(self, occurrence: Occurrence) -> None:
+        """Chain the occurrence after one that will not run now (skipped or waiting for the
+        one running), once its ``run_at`` has come, as a start would: the grid goes on, and
+        the next occurrence never coexists with this one as a second live future."""
+        self._wait_until(occurrence.run_at, _renew_interval(occurrence))
+        self._chain(occurrence)
 
     def _chain(self, occurrence: Occurrence) -> None:
         if occurrence.schedule_id is not None:
@@ -861,6 +952,10 @@ class _Held:
             return None
         self._failing.discard(what)
         return result
+
+
+class _Withdrawn(Exception):
+    """The held attempt's execution was retired before its start instant: it must not start."""
 
 
 class _LeaseLost(Exception):

@@ -104,6 +104,7 @@ def _changes(item: Settlement) -> dict[str, Any]:
         began_at=item.began_at,
         results=item.results,
         error=item.error,
+        due_at=item.occurrence.start_at,
     )
 
 

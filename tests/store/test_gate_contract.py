@@ -489,3 +489,163 @@ def test_record_missed_records_paused_and_skipped_occurrences_with_their_status(
         ("paused", 0),
         ("skipped", 0),
     ]
+
+
+# --- overlap: the schedule's running slot ---------------------------------------------------
+
+STEP = timedelta(seconds=20)
+
+
+def _schedule_occurrences(gate: Gate, name: str, overlap: str, count: int) -> list[JobBody]:
+    """A (disabled: nothing queued) schedule and ``count`` scheduled executions one STEP apart
+    from DUE, as the bodies of their deliveries."""
+    from postburner_py.store.models import Schedule, ScheduleExecution
+
+    with gate.pb.session() as session:
+        schedule = Schedule(
+            name=name,
+            job_class="tests.jobs:record_run",
+            cron="* * * * *",
+            ttr=TTR,
+            overlap=overlap,
+            enabled=False,
+        )
+        session.add(schedule)
+        session.commit()  # its reconcile (disabled) runs now, before the rows exist
+        rows = [
+            ScheduleExecution(
+                schedule_id=schedule.id,
+                run_at=DUE + n * STEP,
+                next_run_at=DUE + (n + 1) * STEP,
+                status="scheduled",
+                cached_schedule={**schedule.snapshot(), "catch_up": True},
+            )
+            for n in range(count)
+        ]
+        session.add_all(rows)
+        session.commit()
+        return [JobBody("execution", row.id, name, row.run_at) for row in rows]
+
+
+def _admit_occurrences(
+    gate: Gate, bodies: Sequence[JobBody], *, now: Any, node: str = "w-1"
+) -> list[str]:
+    """Admit executions as the worker does: the batch statement first (on its path), then the
+    transaction for what it left undecided."""
+    answers: list[str | None] = [None] * len(bodies)
+    if gate.path == "batch":
+        wires = [_occurrence_delivery(body, now, node).wire() for body in bodies]
+        with gate.pb.writer_engine.connect() as connection:
+            rows = gate.store.settle_and_admit(
+                connection, [], wires, allowed_prefixes=(), catch_up_window=timedelta(hours=1)
+            )
+            gate.store.end_batch(connection)
+        for n, row in rows.items():
+            if not row.undecided:
+                answers[n] = ClaimOutcome.ACQUIRED if _claimed(row) else FENCED
+    rest = [n for n, answer in enumerate(answers) if answer is None]
+    if rest:
+        with gate.pb.writer_engine.begin() as connection:
+            _, rows = gate.store.lock_occurrences(
+                connection, delayed_ids=[], execution_ids=[bodies[n].id for n in rest]
+            )
+            by_id = {row.id: row for row in rows}
+            requests = [
+                ClaimRequest(
+                    bodies[n].key,
+                    bodies[n].run_at,
+                    node,
+                    TTR,
+                    3,
+                    now,
+                    overlap=by_id[bodies[n].id].overlap,
+                )
+                for n in rest
+            ]
+            claims = gate.store.claim(connection, requests)
+        for n, claim in zip(rest, claims, strict=True):
+            answers[n] = claim.outcome
+    return [str(answer) for answer in answers]
+
+
+def _occurrence_delivery(body: JobBody, now: Any, node: str) -> Delivery:
+    return replace(_delivery(body, now, node), key=body.key)
+
+
+def _statuses(gate: Gate) -> list[tuple[str, int]]:
+    return [(row.status, row.attempt) for row in gate.dispatches()]
+
+
+def test_overlap_skip_records_an_occurrence_due_while_another_runs_skipped_overlap(
+    gate: Gate,
+) -> None:
+    first, second, third = _schedule_occurrences(gate, "ov-skip", "skip", 3)
+
+    assert _admit_occurrences(gate, [first], now=first.run_at) == [ClaimOutcome.ACQUIRED]
+    assert _admit_occurrences(gate, [second], now=second.run_at, node="w-2") == [
+        ClaimOutcome.OVERLAP
+    ]
+
+    assert _statuses(gate) == [("dispatched", 1), ("skipped_overlap", 0)]
+    [running] = [row for row in gate.dispatches() if row.status == "dispatched"]
+    assert running.running_key == "ov-skip"
+    # Once the first's lease lapses (its worker died), the third runs: never beyond the TTR.
+    later = first.run_at + timedelta(seconds=TTR + 1)
+    assert _admit_occurrences(gate, [third], now=later) == [ClaimOutcome.ACQUIRED]
+    holders = [row.fire_time for row in gate.dispatches() if row.running_key is not None]
+    assert holders == [third.run_at]
+
+
+def test_overlap_skip_lets_two_occurrences_of_one_batch_never_both_run(gate: Gate) -> None:
+    first, second = _schedule_occurrences(gate, "ov-batch", "skip", 2)
+
+    answers = _admit_occurrences(gate, [first, second], now=second.run_at)
+
+    assert sorted(answers) == sorted([ClaimOutcome.ACQUIRED, ClaimOutcome.OVERLAP])
+
+
+def test_overlap_buffer_one_lets_one_wait_and_skips_the_next(gate: Gate) -> None:
+    first, second, third = _schedule_occurrences(gate, "ov-buffer", "buffer_one", 3)
+    assert _admit_occurrences(gate, [first], now=first.run_at) == [ClaimOutcome.ACQUIRED]
+
+    assert _admit_occurrences(gate, [second], now=second.run_at) == [ClaimOutcome.WAITING]
+    assert _admit_occurrences(gate, [third], now=third.run_at) == [ClaimOutcome.OVERLAP]
+    # Still running: the waiting one keeps waiting.
+    assert _admit_occurrences(gate, [second], now=third.run_at) == [ClaimOutcome.WAITING]
+
+    with gate.pb.writer_engine.begin() as connection:
+        assert gate.store.end_attempt(
+            connection,
+            "ov-buffer",
+            first.run_at,
+            attempt=1,
+            status=DispatchStatus.COMPLETED,
+            now=third.run_at,
+        )
+    assert _admit_occurrences(gate, [second], now=third.run_at) == [ClaimOutcome.ACQUIRED]
+    assert _statuses(gate) == [("completed", 1), ("dispatched", 1), ("skipped_overlap", 0)]
+
+
+def test_overlap_allow_runs_occurrences_side_by_side(gate: Gate) -> None:
+    first, second = _schedule_occurrences(gate, "ov-allow", "allow", 2)
+
+    assert _admit_occurrences(gate, [first], now=first.run_at) == [ClaimOutcome.ACQUIRED]
+    assert _admit_occurrences(gate, [second], now=second.run_at) == [ClaimOutcome.ACQUIRED]
+
+    assert all(row.running_key is None for row in gate.dispatches())
+
+
+def test_settling_an_attempt_frees_its_schedules_running_slot(gate: Gate) -> None:
+    first, second = _schedule_occurrences(gate, "ov-free", "skip", 2)
+    assert _admit_occurrences(gate, [first], now=first.run_at) == [ClaimOutcome.ACQUIRED]
+    with gate.pb.writer_engine.begin() as connection:
+        gate.store.end_attempt(
+            connection,
+            "ov-free",
+            first.run_at,
+            attempt=1,
+            status=DispatchStatus.COMPLETED,
+            now=first.run_at,
+        )
+
+    assert _admit_occurrences(gate, [second], now=second.run_at) == [ClaimOutcome.ACQUIRED]

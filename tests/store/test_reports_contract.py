@@ -340,6 +340,8 @@ def test_dispatch_counts_since_counts_each_stored_status(pb: Postburner) -> None
     with pb.session() as session:
         counts = store.dispatch_counts_since(session, NOW - timedelta(hours=1))
     assert counts == {"completed": 2, "missed": 1}
+
+
 def test_live_counts_has_the_live_rows_of_each_kind_per_queue(pb: Postburner) -> None:
     from postburner_py.store.models import DelayedJob
 

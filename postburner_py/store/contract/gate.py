@@ -103,7 +103,8 @@ class Closing:
 AdmittedRow = namedtuple(
     "AdmittedRow",
     "id key job_id run_at live job_class args kwargs priority ttr max_attempts "
-    "schedule_id next_run_at cached_schedule history_id timeout no_retry_on queue trace_context",
+    "schedule_id next_run_at cached_schedule history_id timeout no_retry_on queue trace_context "
+    "overlap",
 )
 #: A row of the batch statement's answer as the ledger's thread reads it: ``undecided`` (only
 #: the admission's transaction can decide the delivery) and the unparsed JSON of the row.
@@ -188,14 +189,22 @@ class GateStore(Facet, ABC):
         self, connection: Executor, *, delayed_ids: Sequence[int], execution_ids: Sequence[int]
     ) -> tuple[list[Any], list[Any]]:
         """The one-off job rows and the execution rows (each joined to its schedule's
-        ``max_attempts``, ``timeout``, ``no_retry_on``) with these ids, in id order, locked
-        until the transaction ends (``FOR UPDATE`` where rows can be locked; a single-writer
-        engine's write transaction locks everything). Rows whatever their status: the caller
-        fences. Locking serialises admission with ``skip()``."""
+        ``max_attempts``, ``timeout``, ``no_retry_on``, ``overlap``) with these ids, in id
+        order, locked until the transaction ends (``FOR UPDATE`` where rows can be locked; a
+        single-writer engine's write transaction locks everything). Rows whatever their
+        status: the caller fences. Locking serialises admission with ``skip()``."""
 
     @abstractmethod
     def claim(self, connection: Executor, requests: Sequence[ClaimRequest]) -> list[Claim]:
         """Claim each occurrence, in order, answering a :class:`Claim` for each.
+
+        Overlap (the request's ``overlap``): unless ``allow``, an attempt that may run holds its
+        schedule's running slot (``running_key``), which one row at most holds; a fresh
+        occurrence that finds it held by a live lease is recorded ``skipped_overlap``
+        (``overlap``), or waits (``waiting``: ``buffer_one`` records a ``dispatched`` attempt-0
+        row, one per key at most, later ones are skipped; ``wait`` records nothing). A holder
+        whose lease lapsed loses the slot to the claim: a dead worker never blocks a schedule
+        beyond its TTR. A take-over that needs the slot while another holds it waits.
 
         No row: insert ``dispatched`` attempt 1 (``acquired``); never two acquired claims of
         one ``(key, fire_time)``, even when a batch names it twice or two transactions race.
@@ -241,6 +250,48 @@ class GateStore(Facet, ABC):
     ) -> None:
         """Mark each one-off job ``(id, now)`` ``failed`` at ``now`` (its attempts are spent)
         while ``pending``, so its job id is free again; other statuses are left alone."""
+
+    # --- run control ----------------------------------------------------------------------
+
+    @abstractmethod
+    def still_scheduled(self, connection: Executor, execution_id: int, run_at: datetime) -> bool:
+        """Whether execution ``execution_id`` is still ``scheduled`` for ``run_at``: the
+        start-instant re-check of an attempt admitted ahead of its start (one primary-key
+        read; takes no lock, writes nothing)."""
+
+    @abstractmethod
+    def withdraw_attempt(
+        self,
+        connection: Executor,
+        key: str,
+        fire_time: datetime,
+        *,
+        attempt: int,
+        history_id: int | None,
+        now: datetime,
+    ) -> bool:
+        """Undo the claim of an attempt that never started (its execution was retired before
+        its start instant): while ``attempt`` owns the row it becomes ``skipped`` (lease and
+        running slot cleared), and the ``started`` history row ``history_id`` is deleted.
+        Whether the dispatch row changed."""
+
+    @abstractmethod
+    def reopen_for_retry(
+        self, connection: Executor, key: str, fire_time: datetime, *, now: datetime
+    ) -> DispatchEntry | None:
+        """Reopen a ``failed`` occurrence for an operator's retry: ``dispatched``, trigger
+        ``retry``, its lease released at ``now``, so the next delivery takes it over as the
+        next attempt (one attempt beyond ``max_attempts``). The row as reopened; None (nothing
+        written) when the occurrence has no row or is not ``failed``."""
+
+    @abstractmethod
+    def insert_occurrences(
+        self, connection: Executor, rows: Sequence[dict[str, Any]]
+    ) -> list[tuple[int, datetime]]:
+        """Insert execution rows an operator asked for (run now, backfill; their snapshot
+        names the ``trigger``), skipping any that the live ``(schedule_id, run_at)`` index
+        refuses (that occurrence is queued already); ``(id, run_at)`` of those inserted, in
+        one statement."""
 
     # --- settlement, in the caller's transaction -------------------------------------------
 

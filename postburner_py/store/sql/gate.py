@@ -22,6 +22,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 
 from postburner_py.clock import require_aware
 from postburner_py.errors import PostburnerError
@@ -35,6 +36,7 @@ from postburner_py.store.dispatch_records import (
     DispatchEntry,
     DispatchRecord,
     DispatchStatus,
+    Overlap,
 )
 from postburner_py.store.engine import Executor, connection_of
 from postburner_py.store.history_records import (
@@ -43,7 +45,13 @@ from postburner_py.store.history_records import (
     HistoryStatus,
     LostAttempt,
 )
-from postburner_py.store.models import DelayedJob, DelayedStatus, Schedule, ScheduleExecution
+from postburner_py.store.models import (
+    SCHEDULED,
+    DelayedJob,
+    DelayedStatus,
+    Schedule,
+    ScheduleExecution,
+)
 
 #: How often a claim re-reads the row after losing a compare-and-set before giving up.
 _CLAIM_ROUNDS = 5
@@ -67,6 +75,7 @@ _LOCK_EXECUTIONS = (
         _SCHEDULE_T.c.max_attempts,
         _SCHEDULE_T.c.timeout,
         _SCHEDULE_T.c.no_retry_on,
+        _SCHEDULE_T.c.overlap,
     )
     .outerjoin(_SCHEDULE_T, _SCHEDULE_T.c.id == _EXECUTION_T.c.schedule_id)
     .where(_EXECUTION_T.c.id.in_(bindparam("ids", expanding=True)))
@@ -101,6 +110,7 @@ _FINISH_OWNED = (
         status=bindparam("status"),
         lease_expires_at=bindparam("lease_expires_at"),
         updated_at=bindparam("updated_at"),
+        running_key=None,
     )
 )
 _RELEASE_OWNED = (
@@ -174,8 +184,9 @@ class SqlGateStore(GateStore):
 
     def claim(self, connection: Executor, requests: Sequence[ClaimRequest]) -> list[Claim]:
         """Occurrences without a row are claimed by one multi-row INSERT that skips existing
-        rows; the rest (already in the log, or named twice in the batch) are decided one by
-        one after it, each by insert-or-compare-and-set."""
+        rows (and rows whose schedule's running slot is taken); the rest (already in the log,
+        named twice in the batch, or overlapping a running occurrence) are decided one by one
+        after it, each by insert-or-compare-and-set."""
         target = connection_of(connection)
         checked = [
             log_.claim_arguments(r.key, r.fire_time, r.lease_seconds, r.max_attempts, r.now)
@@ -183,7 +194,7 @@ class SqlGateStore(GateStore):
         ]
         fresh: dict[tuple[str, datetime], dict[str, Any]] = {}
         for request, (ident, now, lease_until) in zip(requests, checked, strict=True):
-            fresh.setdefault(ident, log_.fresh_row(ident, request.node_id, now, lease_until))
+            fresh.setdefault(ident, _fresh(request, ident, now, lease_until))
         inserted = self._insert_absent(target, list(fresh.values()))
         claims: list[Claim] = []
         for request, (ident, now, lease_until) in zip(requests, checked, strict=True):
@@ -202,13 +213,17 @@ class SqlGateStore(GateStore):
         now: datetime,
         lease_until: datetime,
     ) -> Claim:
-        row = log_.fresh_row(ident, request.node_id, now, lease_until)
+        row = _fresh(request, ident, now, lease_until)
         for _ in range(_CLAIM_ROUNDS):
             if self._insert_absent(connection, [row]):
                 return Claim(ClaimOutcome.ACQUIRED, DispatchEntry(**row))
-            claim = self._decide_existing(
-                connection, ident, request.node_id, now, lease_until, request.max_attempts
-            )
+            current = self.find_dispatch(connection, *ident)
+            if current is None:  # the schedule's running slot is taken
+                claim = self._overlapping(connection, request, ident, now)
+            elif current.waiting:
+                claim = self._promote(connection, request, current, now, lease_until)
+            else:
+                claim = self._decide_existing(connection, request, current, now, lease_until)
             if claim is not None:
                 return claim
         raise PostburnerError(
@@ -219,18 +234,23 @@ class SqlGateStore(GateStore):
     def _decide_existing(
         self,
         connection: Any,
-        ident: tuple[str, datetime],
-        node_id: str,
+        request: ClaimRequest,
+        current: DispatchEntry,
         now: datetime,
         lease_until: datetime,
-        max_attempts: int,
     ) -> Claim | None:
         """Classify an existing row and apply the outcome; None when the row changed meanwhile."""
-        current = self.find_dispatch(connection, *ident)
-        if current is None:  # deleted since our insert conflicted: try the insert again
-            return None
-        outcome = log_.decide(current, now=now, max_attempts=max_attempts)
-        changes = log_.claim_changes(outcome, current, node_id, now, lease_until)
+        outcome = log_.decide(current, now=now, max_attempts=request.max_attempts)
+        slot = log_.holds_slot(current.key, request.overlap)
+        if outcome is ClaimOutcome.TAKEN_OVER and slot is not None and current.running_key is None:
+            holder = self._slot_holder(connection, current.key)
+            if holder is not None and holder.lease_live(now):
+                return Claim(ClaimOutcome.WAITING, current)  # runs once the other finished
+            if holder is not None:
+                self._free_slot(connection, holder, now)
+        changes = log_.claim_changes(
+            outcome, current, request.node_id, now, lease_until, running_key=slot
+        )
         if changes is None:
             return Claim(outcome, current)
         statement = (
@@ -244,9 +264,122 @@ class SqlGateStore(GateStore):
             )
             .values(**changes)
         )
-        if connection.execute(statement).rowcount == 1:
+        if self._guarded(connection, statement) == 1:
             return Claim(outcome, replace(current, **changes), previous=current)
         return None
+
+    # --- overlap: the schedule's running slot ----------------------------------------------
+
+    def _overlapping(
+        self, connection: Any, request: ClaimRequest, ident: tuple[str, datetime], now: datetime
+    ) -> Claim | None:
+        """A fresh occurrence whose schedule's slot is taken: free a dead holder's slot (None:
+        claim again), or decide by the policy while the holder runs."""
+        holder = self._slot_holder(connection, ident[0])
+        if holder is None:
+            return None  # freed meanwhile
+        if not holder.lease_live(now):
+            self._free_slot(connection, holder, now)
+            return None
+        if request.overlap == Overlap.WAIT:
+            return Claim(ClaimOutcome.WAITING, holder)
+        if request.overlap == Overlap.BUFFER_ONE:
+            waiting = log_.waiting_row(ident, request.node_id, now, request.trigger)
+            if self._insert_absent(connection, [waiting]):
+                return Claim(ClaimOutcome.WAITING, DispatchEntry(**waiting))
+            if self._replace_dead_waiter(connection, ident, now):
+                return None
+        return self._skip_overlapping(connection, request, ident, now)
+
+    def _skip_overlapping(
+        self, connection: Any, request: ClaimRequest, ident: tuple[str, datetime], now: datetime
+    ) -> Claim | None:
+        row = log_.not_run_row(
+            ident, request.node_id, now, DispatchStatus.SKIPPED_OVERLAP, request.trigger
+        )
+        if self._insert_absent(connection, [row]):
+            return Claim(ClaimOutcome.OVERLAP, DispatchEntry(**row))
+        return None
+
+    def _replace_dead_waiter(
+        self, connection: Any, ident: tuple[str, datetime], now: datetime
+    ) -> bool:
+        """Turn the schedule's waiting occurrence ``skipped_overlap`` when its job stopped
+        coming back (its place lapsed); whether it did."""
+        statement = (
+            update(DispatchRecord)
+            .where(
+                DispatchRecord.key == ident[0],
+                DispatchRecord.fire_time != ident[1],
+                DispatchRecord.status == DispatchStatus.DISPATCHED,
+                DispatchRecord.attempt == 0,
+                DispatchRecord.lease_expires_at <= now,
+            )
+            .values(status=DispatchStatus.SKIPPED_OVERLAP, lease_expires_at=None, updated_at=now)
+        )
+        return bool(connection.execute(statement).rowcount)
+
+    def _promote(
+        self,
+        connection: Any,
+        request: ClaimRequest,
+        current: DispatchEntry,
+        now: datetime,
+        lease_until: datetime,
+    ) -> Claim | None:
+        """The waiting occurrence's job came back: run it as attempt 1 once the slot is free,
+        or hold its place while the other still runs."""
+        ident = (current.key, current.fire_time)
+        waiting = _owned_update(current.key, current.fire_time, 0)
+        holder = self._slot_holder(connection, current.key)
+        if holder is not None and holder.lease_live(now):
+            place = now + timedelta(seconds=log_.WAIT_LEASE_SECONDS)
+            connection.execute(waiting.values(lease_expires_at=place, updated_at=now))
+            return Claim(ClaimOutcome.WAITING, holder)
+        if holder is not None:
+            self._free_slot(connection, holder, now)
+        changes = log_.fresh_row(
+            ident, request.node_id, now, lease_until, overlap=Overlap.SKIP, trigger=current.trigger
+        )
+        del changes["key"], changes["fire_time"]
+        if self._guarded(connection, waiting.values(**changes)) == 1:
+            return Claim(ClaimOutcome.ACQUIRED, replace(current, **changes))
+        return None
+
+    def _slot_holder(self, connection: Any, key: str) -> DispatchEntry | None:
+        statement = select(_DISPATCH_T).where(_DISPATCH_T.c.running_key == key)
+        row = connection.execute(statement).one_or_none()
+        return None if row is None else log_.entry_of(row)
+
+    def _free_slot(self, connection: Any, holder: DispatchEntry, now: datetime) -> None:
+        """Take the running slot from an attempt whose lease lapsed (its worker is gone or it
+        was released for a retry); a renewal meanwhile keeps it."""
+        live = and_(
+            DispatchRecord.status == DispatchStatus.DISPATCHED,
+            or_(DispatchRecord.lease_expires_at.is_(None), DispatchRecord.lease_expires_at > now),
+        )
+        statement = (
+            update(DispatchRecord)
+            .where(
+                DispatchRecord.key == holder.key,
+                DispatchRecord.fire_time == holder.fire_time,
+                DispatchRecord.running_key.is_not(None),
+                not_(live),
+            )
+            .values(running_key=None)
+        )
+        connection.execute(statement)
+
+    def _guarded(self, connection: Any, statement: Any) -> int:
+        """Rows ``statement`` changed; 0 when it would take a running slot another transaction
+        took meanwhile (only possible with concurrent writers: a savepoint keeps the rest)."""
+        if self.capabilities.single_writer:
+            return int(connection.execute(statement).rowcount)
+        try:
+            with connection.begin_nested():
+                return int(connection.execute(statement).rowcount)
+        except IntegrityError:
+            return 0
 
     def record_missed(
         self,
@@ -310,6 +443,67 @@ class SqlGateStore(GateStore):
         if spent:
             params = [{"b_id": row_id, "b_updated_at": now} for row_id, now in spent]
             connection_of(connection).execute(_FAIL_DELAYED, params)
+
+    # --- run control --------------------------------------------------------------------------
+
+    def still_scheduled(self, connection: Executor, execution_id: int, run_at: datetime) -> bool:
+        statement = select(_EXECUTION_T.c.id).where(
+            _EXECUTION_T.c.id == execution_id,
+            _EXECUTION_T.c.status == SCHEDULED,
+            _EXECUTION_T.c.run_at == run_at,
+        )
+        return connection_of(connection).execute(statement).first() is not None
+
+    def withdraw_attempt(
+        self,
+        connection: Executor,
+        key: str,
+        fire_time: datetime,
+        *,
+        attempt: int,
+        history_id: int | None,
+        now: datetime,
+    ) -> bool:
+        target = connection_of(connection)
+        statement = _owned_update(key, fire_time, attempt).values(
+            status=DispatchStatus.SKIPPED, lease_expires_at=None, updated_at=now, running_key=None
+        )
+        changed = target.execute(statement).rowcount == 1
+        if changed and history_id is not None:
+            target.execute(
+                delete(_HISTORY_T).where(
+                    _HISTORY_T.c.id == history_id, _HISTORY_T.c.status == HistoryStatus.STARTED
+                )
+            )
+        return changed
+
+    def reopen_for_retry(
+        self, connection: Executor, key: str, fire_time: datetime, *, now: datetime
+    ) -> DispatchEntry | None:
+        now = require_aware("now", now)
+        statement = (
+            update(_DISPATCH_T)
+            .where(
+                _DISPATCH_T.c.key == key,
+                _DISPATCH_T.c.fire_time == require_aware("fire_time", fire_time),
+                _DISPATCH_T.c.status == DispatchStatus.FAILED,
+            )
+            .values(log_.retry_changes(now))
+            .returning(*_DISPATCH_T.c)
+        )
+        row = connection_of(connection).execute(statement).first()
+        return None if row is None else log_.entry_of(row)
+
+    def insert_occurrences(
+        self, connection: Executor, rows: Sequence[dict[str, Any]]
+    ) -> list[tuple[int, datetime]]:
+        if not rows:
+            return []
+        statement = self.insert_ignoring_conflicts(ScheduleExecution).returning(
+            _EXECUTION_T.c.id, _EXECUTION_T.c.run_at
+        )
+        inserted = connection_of(connection).execute(statement, list(rows)).all()
+        return [(int(row[0]), require_aware("run_at", row[1])) for row in inserted]
 
     # --- settlement ---------------------------------------------------------------------------
 
@@ -381,7 +575,7 @@ class SqlGateStore(GateStore):
         now: datetime,
     ) -> bool:
         statement = _owned_update(key, fire_time, attempt).values(
-            status=status, lease_expires_at=None, updated_at=now
+            status=status, lease_expires_at=None, updated_at=now, running_key=None
         )
         return connection_of(connection).execute(statement).rowcount == 1
 
@@ -512,6 +706,19 @@ class SqlGateStore(GateStore):
     def expire_history(self, connection: Executor, *, now: datetime) -> int:
         statement = delete(HistoryRecord).where(HistoryRecord.expires_at <= now)
         return connection_of(connection).execute(statement).rowcount
+
+
+def _fresh(
+    request: ClaimRequest, ident: tuple[str, datetime], now: datetime, lease_until: datetime
+) -> dict[str, Any]:
+    return log_.fresh_row(
+        ident,
+        request.node_id,
+        now,
+        lease_until,
+        overlap=request.overlap,
+        trigger=request.trigger,
+    )
 
 
 def _rows(connection: Any, statement: Any, ids: Sequence[int]) -> list[Any]:

@@ -91,6 +91,7 @@ _PLAN_COLUMNS = (
     _S.timezone,
     _S.dst_gap,
     _S.dst_fold,
+    _S.jitter,
 )
 _SNAPSHOT_ONLY_COLUMNS = (_S.job_class, _S.args, _S.kwargs)
 

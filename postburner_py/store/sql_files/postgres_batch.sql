@@ -26,7 +26,8 @@ closed_history AS (
     UPDATE postburner_dispatches AS d
     SET status = coalesce(i.final_status, d.status),
         lease_expires_at = CASE WHEN i.final_status IS NULL THEN i.finished_at END,
-        updated_at = i.finished_at
+        updated_at = i.finished_at,
+        running_key = CASE WHEN i.final_status IS NULL THEN d.running_key END
     FROM jsonb_to_recordset($1::jsonb) AS i(
         key text, fire_time timestamptz, attempt int, final_status text,
         finished_at timestamptz)
@@ -48,7 +49,11 @@ closed_history AS (
 -- name: admit_ctes
 -- Admission: lock the rows the deliveries ($2) name, in id order, keep those still live for
 -- the body's key and run_at, and claim each (first of a batch only) with its start record,
--- when the allow-list ($3) admits its job class and it is on time (catch-up window $4).
+-- when the allow-list ($3) admits its job class, it is on time (catch-up window $4; an
+-- occurrence an operator asked for is never late) and has no jitter. Unless its overlap is
+-- allowed, the claim takes its schedule's running slot (running_key, unique): when another
+-- occurrence holds it (running, or a dead worker's), nothing is claimed here and the
+-- admission's transaction decides by the overlap policy.
 input AS (
     SELECT (a.o - 1)::int AS n, i.*
     FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS a(j, o),
@@ -61,7 +66,8 @@ input AS (
            j.status, 'pending' AS live_status, j.job_class, j.args, j.kwargs, j.priority,
            j.ttr, j.max_attempts, j.timeout, j.no_retry_on,
            NULL::bigint AS schedule_id, NULL::timestamptz AS next_run_at,
-           NULL::jsonb AS cached_schedule, j.queue, j.trace_context
+           NULL::jsonb AS cached_schedule, j.queue, j.trace_context, 'allow' AS overlap,
+           'schedule' AS trigger, 0::float8 AS jitter
     FROM postburner_delayed_jobs AS j
     JOIN input AS i ON i.kind = 'delayed' AND j.id = i.id
     WHERE j.id = ANY(ARRAY(SELECT id FROM input WHERE kind = 'delayed'))
@@ -74,7 +80,10 @@ input AS (
            NULL::jsonb AS args, NULL::jsonb AS kwargs, NULL::bigint AS priority,
            NULL::int AS ttr, s.max_attempts, s.timeout, s.no_retry_on, e.schedule_id,
            e.next_run_at, e.cached_schedule, e.cached_schedule ->> 'queue' AS queue,
-           NULL::jsonb AS trace_context
+           NULL::jsonb AS trace_context,
+           coalesce(e.cached_schedule ->> 'overlap', s.overlap, 'allow') AS overlap,
+           coalesce(e.cached_schedule ->> 'trigger', 'schedule') AS trigger,
+           coalesce((e.cached_schedule ->> 'jitter')::float8, 0) AS jitter
     FROM postburner_schedule_executions AS e
     JOIN input AS i ON i.kind = 'execution' AND e.id = i.id
     LEFT JOIN postburner_schedules AS s ON s.id = e.schedule_id
@@ -85,7 +94,7 @@ input AS (
     SELECT * FROM one_offs UNION ALL SELECT * FROM executions
 ), fresh AS (
     SELECT DISTINCT ON (f.key, f.run_at)
-           f.n, f.key, f.run_at, f.job_class, f.job_id, i.node_id, i.now,
+           f.n, f.key, f.run_at, f.job_class, f.job_id, f.overlap, f.trigger, i.node_id, i.now,
            i.correlation_id, i.started_at, i.queue_time_ms, i.expires_at,
            i.now + make_interval(secs => coalesce(f.ttr, (f.cached_schedule ->> 'ttr')::int, 300))
                AS lease_until
@@ -93,23 +102,27 @@ input AS (
     JOIN input AS i ON i.n = f.n
     WHERE f.status = f.live_status AND f.key = i.key AND f.run_at = i.run_at
       AND {allowed}
-      AND (f.live_status = 'pending'
+      AND f.jitter = 0
+      AND (f.live_status = 'pending' OR f.trigger <> 'schedule'
            OR (f.run_at >= i.now - make_interval(secs => coalesce(
                    (f.cached_schedule ->> 'catch_up_window')::float8, $4::float8))
                AND (f.next_run_at IS NULL OR f.next_run_at > i.now)))
     ORDER BY f.key, f.run_at, f.n
 ), claimed AS (
     INSERT INTO postburner_dispatches
-        (key, fire_time, dispatched_at, node_id, status, attempt, lease_expires_at, updated_at)
-    SELECT key, run_at, now, node_id, 'dispatched', 1, lease_until, now FROM fresh
-    ON CONFLICT (key, fire_time) DO NOTHING
+        (key, fire_time, dispatched_at, node_id, status, attempt, lease_expires_at, updated_at,
+         trigger, running_key)
+    SELECT key, run_at, now, node_id, 'dispatched', 1, lease_until, now, trigger,
+           CASE WHEN overlap <> 'allow' THEN key END
+    FROM fresh
+    ON CONFLICT DO NOTHING
     RETURNING key, fire_time
 ), started AS (
     INSERT INTO postburner_job_history
         (job_id, correlation_id, task_identifier, schedule_name, status, worker_id, attempt,
-         run_at, started_at, queue_time_ms, expires_at, results)
+         run_at, started_at, queue_time_ms, expires_at, results, trigger)
     SELECT f.job_id, f.correlation_id, f.job_class, f.key, 'started', f.node_id, 1,
-           f.run_at, f.started_at, f.queue_time_ms, f.expires_at, 'null'::jsonb
+           f.run_at, f.started_at, f.queue_time_ms, f.expires_at, 'null'::jsonb, f.trigger
     FROM fresh AS f
     JOIN claimed AS c ON c.key = f.key AND c.fire_time = f.run_at
     RETURNING id, schedule_name, run_at
@@ -125,7 +138,7 @@ SELECT f.n,
            f.status = f.live_status, f.job_class, f.args, f.kwargs, f.priority, f.ttr,
            f.max_attempts, f.schedule_id,
            (extract(epoch FROM f.next_run_at) * 1000000)::bigint, f.cached_schedule, s.id,
-           f.timeout, f.no_retry_on, f.queue, f.trace_context)
+           f.timeout, f.no_retry_on, f.queue, f.trace_context, f.overlap)
 FROM found AS f
 JOIN input AS i ON i.n = f.n
 LEFT JOIN fresh AS x ON x.n = f.n

@@ -23,7 +23,8 @@ SELECT v.schedule_id, v.run_at, v.next_run_at, 'scheduled', :now,
         'timezone', s."timezone", 'anchor', v.anchor, 'interval', s."interval",
         'interval_unit', s."interval_unit", 'cron', s."cron", 'catch_up', s."catch_up",
         'name', s."name", 'catch_up_window', s."catch_up_window", 'starts_at', v.starts_at,
-        'ends_at', v.ends_at, 'dst_gap', s."dst_gap", 'dst_fold', s."dst_fold"),
+        'ends_at', v.ends_at, 'dst_gap', s."dst_gap", 'dst_fold', s."dst_fold",
+        'jitter', s."jitter"),
     :stamp, :stamp
 FROM jsonb_to_recordset(CAST(:rows AS jsonb))
     AS v(schedule_id bigint, run_at timestamptz, next_run_at timestamptz, anchor jsonb,

@@ -15,3 +15,11 @@ def pulse(*args: Any, **kwargs: Any) -> None:
 
 def remind(*args: Any, **kwargs: Any) -> None:
     """The README's one-off reminder."""
+
+
+def flaky(*args: Any, **kwargs: Any) -> None:
+    """Fails its first attempt (the retry examples): later attempts succeed."""
+    from postburner_py.context import current_execution
+
+    if current_execution().attempt == 1:
+        raise ConnectionError("the upstream API timed out")
