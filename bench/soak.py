@@ -53,6 +53,7 @@ from postburner_py import Postburner, ScheduleExecution  # noqa: E402
 from postburner_py.errors import SignatureError  # noqa: E402
 from postburner_py.queue.signing import decode_body  # noqa: E402
 from postburner_py.store.dispatch_log import DispatchRecord  # noqa: E402
+from postburner_py.store.dispatch_records import NOT_RUN_STATUSES  # noqa: E402
 from postburner_py.store.history import HistoryRecord  # noqa: E402
 from postburner_py.store.models import LIVE_STATUSES, SUPERSEDED, Schedule  # noqa: E402
 
@@ -328,9 +329,11 @@ def read_events(records_dir: Path) -> tuple[list[JobEvent], int]:
 def read_database(pb: Postburner, schedules: SoakSchedules, facts: Facts) -> None:
     """Missed occurrences, committed outcomes, and the occurrences a disable dropped."""
     with pb.session() as session:
+        # Recorded as not run: missed, or turned away by the overlap policy while an earlier
+        # occurrence (a killed worker's, until its TTR) held the schedule's running slot.
         missed = session.execute(
             select(DispatchRecord.key, DispatchRecord.fire_time).where(
-                DispatchRecord.status == "missed"
+                DispatchRecord.status.in_(NOT_RUN_STATUSES)
             )
         )
         facts.missed = {(key, fire_time) for key, fire_time in missed}

@@ -15,7 +15,9 @@ An *occurrence* is ``(key, run_at)``: a schedule name and one point of its grid.
   apart and, unless ``strict``, not as a duplicate.
 - **Lost.** Each :class:`Segment` is a stretch of one schedule's life with one definition,
   enabled. Each of its grid points up to the end of the fault phase must have started, be
-  recorded ``missed`` in the dispatch log, be skipped by the soak (``skip()`` returned True),
+  recorded as not run in the dispatch log (``missed``, or ``skipped_overlap``: the schedule's
+  overlap policy turned it away while an earlier occurrence, a killed worker's until its TTR,
+  still held the running slot), be skipped by the soak (``skip()`` returned True),
   or have been dropped, not yet started, by the soak's own disable (its row superseded by
   that call). Otherwise it is lost.
 - **Unexpected starts.** A start of a point no segment allows: a skipped occurrence (a
