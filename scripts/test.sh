@@ -7,4 +7,5 @@ bash scripts/bootstrap.sh --with-postgres
 .venv/bin/ruff format --check postburner_py migrations tests bench scripts
 .venv/bin/ruff check postburner_py migrations tests bench scripts
 .venv/bin/mypy postburner_py
-.venv/bin/python -m pytest "$@"
+# Two processes (pytest-xdist): each starts its own PostgreSQL and Beanstalkd.
+.venv/bin/python -m pytest -n 2 "$@"
