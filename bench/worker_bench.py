@@ -105,24 +105,7 @@ def _drain(ctx: Context, name: str, count: int, concurrency: int) -> tuple[dict[
     started = time.perf_counter()
     bulk_enqueue(pb, [datetime.now(UTC)] * count, prefix="t")
     enqueued = time.perf_counter() - started
-    cpu_before = cpu_jiffies()
-    child = run_child(
-        "worker",
-        {
-            "url": url,
-            "beanstalkd": ctx.servers.beanstalkd.url,
-            "namespace": name,
-            "concurrency": concurrency,
-            "burst": True,
-        },
-        timeout=ctx.sizes.child_timeout,
-    )
-    stolen = steal_percent(cpu_before, cpu_jiffies())
-    completed = _completed(pb)
-    pb.dispose()
-    ctx.servers.drop_database(name)
-    if completed != count or child["outcomes"].get("completed") != count:
-        raise RuntimeError(f"throughput c{concurrency}: {completed} of {count}: {child}")
+    child, stolen = _burst_worker(ctx, pb, url, name, count, concurrency, "throughput")
     prefix = f"c{concurrency}"
     drained = {
         f"{prefix}_per_s": rate(count, child["seconds"]),
@@ -148,6 +131,20 @@ def _drain_executions(ctx: Context, name: str, count: int, concurrency: int) -> 
     due = _whole_second(10 + count / 1000)
     _schedule(pb, "ts", [due] * count)
     time.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds() + 0.5))
+    child, stolen = _burst_worker(ctx, pb, url, name, count, concurrency, "scheduled throughput")
+    prefix = f"sched_c{concurrency}"
+    return {
+        f"{prefix}_per_s": rate(count, child["seconds"]),
+        f"{prefix}_s": child["seconds"],
+        f"{prefix}_steal_pct": stolen,
+    }
+
+
+def _burst_worker(
+    ctx: Context, pb: Postburner, url: str, name: str, count: int, concurrency: int, what: str
+) -> tuple[dict[str, Any], float]:
+    """One burst worker process drains the database ``name``; its report and the stolen CPU
+    share. Checks every one of ``count`` jobs completed, then drops the database."""
     cpu_before = cpu_jiffies()
     child = run_child(
         "worker",
@@ -165,13 +162,8 @@ def _drain_executions(ctx: Context, name: str, count: int, concurrency: int) -> 
     pb.dispose()
     ctx.servers.drop_database(name)
     if completed != count or child["outcomes"].get("completed") != count:
-        raise RuntimeError(f"scheduled throughput c{concurrency}: {completed} of {count}: {child}")
-    prefix = f"sched_c{concurrency}"
-    return {
-        f"{prefix}_per_s": rate(count, child["seconds"]),
-        f"{prefix}_s": child["seconds"],
-        f"{prefix}_steal_pct": stolen,
-    }
+        raise RuntimeError(f"{what} c{concurrency}: {completed} of {count}: {child}")
+    return child, stolen
 
 
 def bulk_enqueue(pb: Postburner, run_at: Sequence[datetime], *, prefix: str) -> list[int]:
