@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from postburner_py.app import Postburner
-from postburner_py.store.models import Schedule
+from postburner_py.store.models import DelayedJob, Schedule
 
 _sequence = itertools.count(1)
 
@@ -37,6 +37,24 @@ def create_schedule(pb: Postburner, **overrides: Any) -> int:
         session.add(schedule)
         session.commit()
         return schedule.id
+
+
+def make_one_off(**overrides: Any) -> DelayedJob:
+    """An unsaved pending one-off :class:`DelayedJob` (no Beanstalkd job), due now."""
+    attributes: dict[str, Any] = {
+        "job_id": f"one-off-{next(_sequence)}",
+        "job_class": "tests.jobs:record_run",
+        "args": [],
+        "kwargs": {},
+        "queue": "default",
+        "priority": 1,
+        "ttr": 60,
+        "max_attempts": 1,
+        "run_at": datetime.now(UTC),
+        "status": "pending",
+    }
+    attributes.update(overrides)
+    return DelayedJob(**attributes)
 
 
 def at(text: str) -> datetime:

@@ -20,7 +20,7 @@ from postburner_py.store.dispatch_log import DispatchRecord
 from postburner_py.store.history import HistoryRecord
 from postburner_py.store.metadata import target_metadata
 from postburner_py.store.models import Schedule, ScheduleExecution
-from tests.factories import make_schedule
+from tests.factories import make_one_off, make_schedule
 
 MakePostburner = Callable[..., Postburner]
 pytestmark = pytest.mark.usefixtures("database_url")
@@ -292,23 +292,8 @@ def _enable(schedule_id: int) -> Any:
 
 
 def _one_off(pb: Postburner, job_id: str, run_at: datetime, queue: str) -> None:
-    from postburner_py.store.models import DelayedJob
-
     with pb.session() as session:
-        session.add(
-            DelayedJob(
-                job_id=job_id,
-                job_class="tests.jobs:record_run",
-                args=[],
-                kwargs={},
-                queue=queue,
-                priority=1,
-                ttr=60,
-                max_attempts=1,
-                run_at=run_at,
-                status="pending",
-            )
-        )
+        session.add(make_one_off(job_id=job_id, run_at=run_at, queue=queue))
         session.commit()
 
 

@@ -26,7 +26,7 @@ from postburner_py.store.models import (
     ScheduleExecution,
     WatchdogHeartbeat,
 )
-from tests.factories import at, make_schedule
+from tests.factories import at, make_one_off, make_schedule
 
 NOW = at("2031-03-01 10:30")
 NEXT = at("2031-03-01 11:00")
@@ -476,20 +476,7 @@ def test_queues_in_use_are_those_of_enabled_schedules_and_pending_one_off_jobs(
 
 
 def _pending_one_off(queue: str, status: str) -> Any:
-    from postburner_py.store.models import DelayedJob
-
-    return DelayedJob(
-        job_id=f"one-off-{queue}",
-        job_class="tests.jobs:record_run",
-        args=[],
-        kwargs={},
-        queue=queue,
-        priority=1,
-        ttr=60,
-        max_attempts=1,
-        run_at=NOW,
-        status=status,
-    )
+    return make_one_off(job_id=f"one-off-{queue}", queue=queue, run_at=NOW, status=status)
 
 
 def test_paused_schedules_are_stale_and_ended_ones_are_not_missing(
